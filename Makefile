@@ -1,0 +1,39 @@
+# One-command set-up: every target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NODE_STAMP := tests/js/node_modules/.installed
+
+.PHONY: run test bench install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,postgres]'
+	touch $(STAMP)
+
+$(NODE_STAMP): tests/js/package.json
+	cd tests/js && npm install --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/calsync db upgrade
+	$(BIN)/calsync demo --if-empty
+	$(BIN)/calsync serve --host 127.0.0.1 --port 8080
+
+test: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src connectors tests || true
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules var

@@ -1,0 +1,1 @@
+"""The HTTP API: feeds, platform endpoints, OAuth callbacks, webhooks."""

@@ -1,0 +1,79 @@
+"""Bearer API tokens and roles. Tokens are stored as SHA-256 hashes only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from calsync.db.models import ApiToken, utcnow
+from calsync.errors import AuthError, Forbidden, UserError
+from calsync.secrets import hash_api_token, new_api_token
+
+ROLES = ("admin", "dispatcher", "user")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. ``user_id`` is set for role ``user``."""
+
+    role: str
+    user_id: str | None
+    token_name: str
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_name}"
+
+    def can_see_details_of(self, owner_id: str) -> bool:
+        """Details of external events are for their owner only (DESIGN 7)."""
+        return self.role == "user" and self.user_id == owner_id
+
+    def require(self, *roles: str) -> None:
+        if self.role not in roles:
+            raise Forbidden(f"role {self.role!r} may not do this; needs {' or '.join(roles)}")
+
+    def require_user_access(self, user_id: str, *, write: bool = False) -> None:
+        """admin: all; dispatcher: read all; user: own only."""
+        if self.role == "admin":
+            return
+        if self.role == "dispatcher" and not write:
+            return
+        if self.role == "user" and self.user_id == user_id:
+            return
+        raise Forbidden(f"role {self.role!r} may not access user {user_id!r}")
+
+
+def create_api_token(session: Session, name: str, role: str, user_id: str | None) -> str:
+    if role not in ROLES:
+        raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if role == "user" and not user_id:
+        raise UserError("role 'user' needs --user USER")
+    if role != "user" and user_id:
+        raise UserError(f"--user goes with role 'user' only, not {role!r}")
+    token = new_api_token()
+    session.add(ApiToken(name=name, role=role, user_id=user_id,
+                         token_hash=hash_api_token(token), prefix=token[:8]))
+    return token
+
+
+def principal_for(session: Session, header: str | None) -> Principal:
+    if not header or not header.lower().startswith("bearer "):
+        raise AuthError("missing bearer token (Authorization: Bearer TOKEN)")
+    token = header[7:].strip()
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(token)))
+    if row is None or row.revoked_at is not None:
+        raise AuthError("invalid or revoked API token")
+    row.last_used_at = utcnow()
+    return Principal(role=row.role, user_id=row.user_id, token_name=row.name)
+
+
+def current_principal(request: Request) -> Principal:
+    db = request.app.state.db
+    with db.session() as s:
+        return principal_for(s, request.headers.get("authorization"))
+
+
+PrincipalDep = Depends(current_principal)

@@ -1,0 +1,155 @@
+"""Platform endpoints: upserts of users, jobs, time off, blocks; feed link management;
+health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import func, select
+
+from calsync.api.auth import Principal, PrincipalDep
+from calsync.audit import audit
+from calsync.db.models import Connection, FeedCache, ScheduleItem, User
+from calsync.errors import NotFound, ValidationError
+from calsync.feeds.links import feed_url, issue_feed, revoke_feed
+from calsync.schedule.records import PARSERS, parse_user
+from calsync.schedule.store import upsert_item, upsert_user
+
+router = APIRouter()
+
+_ITEM_PATHS = {"jobs": "job", "time-off": "time_off", "blocks": "block"}
+
+
+def _body_id(body: Any, path_id: str, record: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationError(record, "*", "expected a JSON object")
+    if "id" in body and body["id"] != path_id:
+        raise ValidationError(record, "id", f"{body['id']!r} does not match the URL id")
+    return {**body, "id": path_id}
+
+
+@router.put("/api/users/{user_id}", tags=["schedule"])
+def put_user(user_id: str, request: Request, response: Response,
+             body: Any = Body(...), who: Principal = PrincipalDep) -> dict[str, Any]:
+    who.require("admin")
+    rec = parse_user(_body_id(body, user_id, f"user (id={user_id!r})"), f"user (id={user_id!r})")
+    with request.app.state.db.session() as s:
+        outcome = upsert_user(s, rec, who.actor)
+    response.status_code = 201 if outcome == "created" else 200
+    return {"id": user_id, "result": outcome}
+
+
+@router.delete("/api/users/{user_id}", tags=["schedule"])
+def delete_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+    who.require("admin")
+    rec = parse_user({"id": user_id, "deleted": True})
+    with request.app.state.db.session() as s:
+        outcome = upsert_user(s, rec, who.actor)
+    if outcome == "missing":
+        raise NotFound(f"user {user_id!r} not found")
+    return {"id": user_id, "result": outcome}
+
+
+def _item_routes(path: str, kind: str) -> None:
+    record = kind.replace("_", " ")
+
+    def put_item(item_id: str, request: Request, response: Response,
+                 body: Any = Body(...), who: Principal = PrincipalDep) -> dict[str, Any]:
+        who.require("admin")
+        name = f"{record} (id={item_id!r})"
+        rec = PARSERS[kind](_body_id(body, item_id, name), name)
+        with request.app.state.db.session() as s:
+            outcome = upsert_item(s, rec, who.actor, record=name)
+        if outcome == "missing":
+            raise NotFound(f"{record} {item_id!r} not found")
+        response.status_code = 201 if outcome == "created" else 200
+        return {"id": item_id, "result": outcome}
+
+    def delete(item_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+        who.require("admin")
+        rec = PARSERS[kind]({"id": item_id, "deleted": True})
+        with request.app.state.db.session() as s:
+            outcome = upsert_item(s, rec, who.actor)
+        if outcome == "missing":
+            raise NotFound(f"{record} {item_id!r} not found")
+        return {"id": item_id, "result": outcome}
+
+    router.add_api_route(f"/api/{path}/{{item_id}}", put_item, methods=["PUT"],
+                         tags=["schedule"], name=f"put_{kind}")
+    router.add_api_route(f"/api/{path}/{{item_id}}", delete, methods=["DELETE"],
+                         tags=["schedule"], name=f"delete_{kind}")
+
+
+for _path, _kind in _ITEM_PATHS.items():
+    _item_routes(_path, _kind)
+
+
+def _user_or_404(s: Any, user_id: str) -> User:
+    user = s.get(User, user_id)
+    if user is None or user.deleted_at is not None:
+        raise NotFound(f"user {user_id!r} not found")
+    return user
+
+
+@router.post("/api/users/{user_id}/feed", tags=["feeds"])
+def post_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+    who.require_user_access(user_id, write=True)
+    with request.app.state.db.session() as s:
+        user = _user_or_404(s, user_id)
+        regenerated = user.feed_enabled
+        issue_feed(user)
+        audit(s, who.actor, "feed.regenerate" if regenerated else "feed.issue", "user", user_id)
+        return {"user_id": user_id, "url": feed_url(request.app.state.settings, user)}
+
+
+@router.delete("/api/users/{user_id}/feed", tags=["feeds"])
+def delete_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+    who.require_user_access(user_id, write=True)
+    with request.app.state.db.session() as s:
+        user = _user_or_404(s, user_id)
+        revoke_feed(user)
+        audit(s, who.actor, "feed.revoke", "user", user_id)
+    return {"user_id": user_id, "revoked": True}
+
+
+@router.get("/api/users/{user_id}", tags=["schedule"])
+def get_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+    who.require_user_access(user_id)
+    with request.app.state.db.session() as s:
+        user = _user_or_404(s, user_id)
+        fetched = user.feed_last_fetched_at
+        return {"id": user.id, "name": user.name, "email": user.email,
+                "timezone": user.timezone, "private_mode": user.private_mode,
+                "working_hours": user.working_hours, "feed_enabled": user.feed_enabled,
+                "feed_last_fetched_at": fetched.isoformat() if fetched else None}
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz(request: Request) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        s.execute(select(1))
+    return {"status": "ok"}
+
+
+@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+def metrics(request: Request) -> str:
+    with request.app.state.db.session() as s:
+        users = s.scalar(select(func.count()).select_from(User).where(User.deleted_at.is_(None)))
+        items = s.execute(select(ScheduleItem.kind, func.count()).where(
+            ScheduleItem.deleted_at.is_(None)).group_by(ScheduleItem.kind)).all()
+        dirty = s.scalar(select(func.count()).select_from(FeedCache).where(FeedCache.dirty))
+        conns = s.execute(select(Connection.provider, Connection.status, func.count())
+                          .group_by(Connection.provider, Connection.status)).all()
+    lines = ["# HELP calsync_users Users known to calsync.", "# TYPE calsync_users gauge",
+             f"calsync_users {users or 0}",
+             "# HELP calsync_schedule_items Live schedule items by kind.",
+             "# TYPE calsync_schedule_items gauge"]
+    lines += [f'calsync_schedule_items{{kind="{k}"}} {n}' for k, n in items]
+    lines += ["# HELP calsync_feeds_dirty Feeds waiting to be re-rendered.",
+              "# TYPE calsync_feeds_dirty gauge", f"calsync_feeds_dirty {dirty or 0}",
+              "# HELP calsync_connections Connections by provider and status.",
+              "# TYPE calsync_connections gauge"]
+    lines += [f'calsync_connections{{provider="{p}",status="{st}"}} {n}' for p, st, n in conns]
+    return "\n".join(lines) + "\n"

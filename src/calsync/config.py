@@ -1,0 +1,232 @@
+"""Settings: one typed object from a TOML file plus ``CALSYNC_*`` environment overrides.
+
+Lookup order for the file: ``--config FILE``, ``$CALSYNC_CONFIG``, ``./calsync.toml``,
+then built-in defaults. Every key is documented in ``config.example.toml``. A bad value
+raises :class:`ConfigError` naming the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from calsync.errors import ConfigError
+
+DEFAULT_SECRET = "dev-insecure-change-me"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./var/calsync.db"
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    secret_key: str = DEFAULT_SECRET
+    # Older secrets still accepted to decrypt stored credentials (key rotation).
+    previous_secret_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    history_months: int = 1
+    future_months: int = 12
+    refresh_interval_minutes: int = 15
+    calendar_name_template: str = "{name} — schedule"
+    job_url_template: str = ""
+    refresh_seconds: int = 5
+    rebuild_cron_hour: int = 3
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    interval_seconds: int = 300
+    history_months: int = 1
+    future_months: int = 12
+    conflict_policy: str = "newest_wins"
+    stale_after_seconds: int = 1800
+    max_occurrences: int = 1000
+    request_timeout_seconds: float = 30.0
+    max_retries: int = 4
+    lease_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class CaldavSettings:
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class IcloudSettings:
+    url: str = "https://caldav.icloud.com/"
+
+
+@dataclass(frozen=True)
+class OutlookSettings:
+    client_id: str = ""
+    client_secret: str = ""
+    tenant: str = "common"
+    authority_host: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    redirect_uri: str = ""
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class GoogleSettings:
+    client_id: str = ""
+    client_secret: str = ""
+    token_uri: str = "https://oauth2.googleapis.com/token"
+    auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    device_auth_uri: str = "https://oauth2.googleapis.com/device/code"
+    api_root: str = "https://www.googleapis.com/"
+    redirect_uri: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    feeds: FeedSettings = field(default_factory=FeedSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    caldav: CaldavSettings = field(default_factory=CaldavSettings)
+    icloud: IcloudSettings = field(default_factory=IcloudSettings)
+    outlook: OutlookSettings = field(default_factory=OutlookSettings)
+    google: GoogleSettings = field(default_factory=GoogleSettings)
+    source: str = "<defaults>"
+
+
+_ENV_OVERRIDES = {
+    "CALSYNC_DATABASE_URL": ("database", "url"),
+    "CALSYNC_SECRET_KEY": ("security", "secret_key"),
+    "CALSYNC_BASE_URL": ("server", "base_url"),
+}
+
+_CONFLICT_POLICIES = ("newest_wins", "calsync_wins", "remote_wins")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default``; raise ConfigError on mismatch."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "true or false")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "an integer")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, value, "a number")
+    if isinstance(default, tuple):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, value, "a list of strings")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(key, value, "a string")
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(name, raw, "a table")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", value, f"one of the keys {sorted(known)}")
+        values[key] = _coerce(f"{name}.{key}", value, getattr(defaults, key))
+    return replace(defaults, **values)
+
+
+def _validate(s: Settings) -> None:
+    def positive(key: str, value: int | float) -> None:
+        if value <= 0:
+            raise ConfigError(key, value, "a number greater than 0")
+
+    def non_negative(key: str, value: int) -> None:
+        if value < 0:
+            raise ConfigError(key, value, "an integer of 0 or more")
+
+    if urlparse(s.database.url).scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError("database.url", s.database.url, "a sqlite:/// or postgresql:// URL")
+    if not 0 < s.server.port < 65536:
+        raise ConfigError("server.port", s.server.port, "a TCP port from 1 to 65535")
+    base = urlparse(s.server.base_url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise ConfigError("server.base_url", s.server.base_url, "an http(s):// URL")
+    if len(s.security.secret_key) < 16:
+        raise ConfigError("security.secret_key", "<hidden>", "at least 16 characters")
+    non_negative("feeds.history_months", s.feeds.history_months)
+    positive("feeds.future_months", s.feeds.future_months)
+    positive("feeds.refresh_interval_minutes", s.feeds.refresh_interval_minutes)
+    positive("feeds.refresh_seconds", s.feeds.refresh_seconds)
+    if not 0 <= s.feeds.rebuild_cron_hour <= 23:
+        raise ConfigError("feeds.rebuild_cron_hour", s.feeds.rebuild_cron_hour, "an hour 0-23")
+    if s.feeds.job_url_template and "{job_id}" not in s.feeds.job_url_template:
+        raise ConfigError("feeds.job_url_template", s.feeds.job_url_template,
+                          "a URL containing {job_id}, or empty")
+    positive("sync.interval_seconds", s.sync.interval_seconds)
+    non_negative("sync.history_months", s.sync.history_months)
+    positive("sync.future_months", s.sync.future_months)
+    positive("sync.stale_after_seconds", s.sync.stale_after_seconds)
+    positive("sync.max_occurrences", s.sync.max_occurrences)
+    positive("sync.request_timeout_seconds", s.sync.request_timeout_seconds)
+    positive("sync.lease_seconds", s.sync.lease_seconds)
+    if s.sync.conflict_policy not in _CONFLICT_POLICIES:
+        raise ConfigError("sync.conflict_policy", s.sync.conflict_policy,
+                          f"one of {', '.join(_CONFLICT_POLICIES)}")
+    positive("outlook.max_concurrency", s.outlook.max_concurrency)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: dict[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or the default lookup) and apply env overrides."""
+    env = dict(os.environ if env is None else env)
+    candidate = path or env.get("CALSYNC_CONFIG")
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if candidate:
+        file = Path(candidate)
+        if not file.is_file():
+            raise ConfigError("--config", str(file), "an existing TOML file")
+    else:
+        file = Path("calsync.toml")
+    if file.is_file():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), "<file>", f"valid TOML ({exc})") from exc
+        source = str(file)
+
+    sections: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings) if f.name != "source"}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(name, value, f"one of the tables {sorted(known)}")
+    for name, f in known.items():
+        cls = type(f.default_factory())  # type: ignore[misc]
+        sections[name] = _section(name, cls, raw.get(name, {}))
+    settings = Settings(**sections, source=source)
+
+    for var, (section, key) in _ENV_OVERRIDES.items():
+        if env.get(var):
+            settings = replace(settings, **{section: replace(getattr(settings, section),
+                                                             **{key: env[var]})})
+    _validate(settings)
+    return settings

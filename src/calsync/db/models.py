@@ -1,0 +1,318 @@
+"""SQLAlchemy 2.0 typed models. All instants are UTC (naive-free: stored as aware UTC).
+
+Tables by subsystem:
+- schedule: ``users``, ``schedule_items`` (jobs, time off, blocks), ``item_assignees``
+- feeds: ``feed_cache`` (rendered body + ETag per user)
+- platform: ``api_tokens``, ``audit_log``
+- sync: ``connections``, ``calendars``, ``links``, ``external_events``, ``external_busy``,
+  ``quarantine``
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores aware datetimes as UTC; always returns aware UTC (SQLite drops tzinfo)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to a UTC column")
+        value = value.astimezone(dt.timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+# --- schedule ---------------------------------------------------------------------------
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    email: Mapped[str | None] = mapped_column(String(320))
+    timezone: Mapped[str] = mapped_column(String(64))
+    working_hours: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    private_mode: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Feed link: the token is HMAC(secret, user id + feed_version); nothing usable is stored.
+    feed_version: Mapped[int] = mapped_column(Integer, default=0)
+    feed_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    feed_last_fetched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ScheduleItem(Base):
+    """A job, time off or blocked event. ``(kind, ext_id)`` is the platform's identity."""
+
+    __tablename__ = "schedule_items"
+    __table_args__ = (
+        UniqueConstraint("kind", "ext_id", name="uq_schedule_items_kind_ext_id"),
+        Index("ix_schedule_items_window", "start_at", "end_at"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # job | time_off | block
+    ext_id: Mapped[str] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(Text, default="")
+    job_type: Mapped[str | None] = mapped_column(String(128))
+    account: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")
+    all_day: Mapped[bool] = mapped_column(Boolean, default=False)
+    start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    start_date: Mapped[dt.date | None] = mapped_column(Date)  # all-day only
+    end_date: Mapped[dt.date | None] = mapped_column(Date)  # all-day only, exclusive
+    tzid: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Cached VEVENT text; valid while fragment_key == content_hash + renderer version.
+    ics_fragment: Mapped[str | None] = mapped_column(Text)
+    fragment_key: Mapped[str | None] = mapped_column(String(80))
+
+    assignees: Mapped[list[ItemAssignee]] = relationship(
+        back_populates="item", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def user_ids(self) -> list[str]:
+        return sorted(a.user_id for a in self.assignees)
+
+
+class ItemAssignee(Base):
+    __tablename__ = "item_assignees"
+    __table_args__ = (Index("ix_item_assignees_user", "user_id", "item_pk"),)
+
+    item_pk: Mapped[int] = mapped_column(
+        ForeignKey("schedule_items.pk", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    item: Mapped[ScheduleItem] = relationship(back_populates="assignees")
+
+
+# --- feeds ------------------------------------------------------------------------------
+
+class FeedCache(Base):
+    """The rendered feed of one user. ``dirty`` asks the scheduler to re-render it."""
+
+    __tablename__ = "feed_cache"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    dirty: Mapped[bool] = mapped_column(Boolean, default=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    etag: Mapped[str | None] = mapped_column(String(80))
+    last_modified: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    generated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    schema_version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# --- platform ---------------------------------------------------------------------------
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # admin | dispatcher | user
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(160))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --- sync -------------------------------------------------------------------------------
+
+class Connection(Base):
+    """A linked external account. ``credentials`` is encrypted (see calsync.secrets)."""
+
+    __tablename__ = "connections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))  # outlook | icloud | google | caldav
+    account: Mapped[str] = mapped_column(String(320), default="")
+    url: Mapped[str | None] = mapped_column(Text)
+    credentials: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | needs_reauth | error
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    next_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    calendars: Mapped[list[Calendar]] = relationship(
+        back_populates="connection", cascade="all, delete-orphan"
+    )
+
+
+class Calendar(Base):
+    __tablename__ = "calendars"
+    __table_args__ = (UniqueConstraint("connection_id", "remote_id", name="uq_calendars_remote"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, default="")
+    role: Mapped[str] = mapped_column(String(16), default="ignored")  # primary|conflict|ignored
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    sync_token: Mapped[str | None] = mapped_column(Text)  # versioned: "v1:<token>"
+    ctag: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error | guarded
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    known_items: Mapped[int] = mapped_column(Integer, default=0)
+    empty_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    connection: Mapped[Connection] = relationship(back_populates="calendars")
+
+
+class Link(Base):
+    """Ties one schedule item to its copy on one remote calendar."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("item_pk", "calendar_id", name="uq_links_item_calendar"),
+        Index("ix_links_calendar_remote", "calendar_id", "remote_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_pk: Mapped[int] = mapped_column(ForeignKey("schedule_items.pk", ondelete="CASCADE"))
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(Text)
+    local_hash: Mapped[str] = mapped_column(String(64))
+    remote_hash: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExternalEvent(Base):
+    """An event on a remote calendar that calsync did not write."""
+
+    __tablename__ = "external_events"
+    __table_args__ = (
+        UniqueConstraint("calendar_id", "remote_id", name="uq_external_events_remote"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    remote_id: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    uid: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(Text)
+    organizer: Mapped[str | None] = mapped_column(Text)
+    attendees: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    busy_status: Mapped[str] = mapped_column(String(24), default="busy")
+    status: Mapped[str] = mapped_column(String(16), default="confirmed")
+    response: Mapped[str | None] = mapped_column(String(24))  # accepted|declined|...
+    private_at_source: Mapped[bool] = mapped_column(Boolean, default=False)
+    all_day: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    occurrences: Mapped[list[ExternalBusy]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ExternalBusy(Base):
+    """One occurrence of an external event (recurrences expanded inside the window)."""
+
+    __tablename__ = "external_busy"
+    __table_args__ = (Index("ix_external_busy_user_window", "user_id", "start_at", "end_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("external_events.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(128))
+    start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    event: Mapped[ExternalEvent] = relationship(back_populates="occurrences")
+
+
+class Quarantine(Base):
+    """A remote object calsync could not read; kept with the reason, never silently dropped."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,107 @@
+"""Engine and session set-up, SQLite pragmas, and migrating to head."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def make_engine(url: str, echo: bool = False) -> Engine:
+    url = _normalise_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30,
+                                                             "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # Let SQLAlchemy emit BEGIN itself so "BEGIN IMMEDIATE" can be used for locks.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+            mode = conn.info.pop("sqlite_begin", "BEGIN")
+            conn.exec_driver_sql(mode)
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to ``revision`` on ``engine``."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+class Database:
+    """An engine plus a session factory. ``write_lock()`` serialises writers on SQLite."""
+
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = _normalise_url(url)
+        self.engine = make_engine(url, echo=echo)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def upgrade(self) -> None:
+        upgrade(self.engine)
+
+    def is_migrated(self) -> bool:
+        return inspect(self.engine).has_table("users")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: commits on success, rolls back on error."""
+        with self.sessions() as s:
+            with s.begin():
+                yield s
+
+    @contextlib.contextmanager
+    def locked_session(self) -> Iterator[Session]:
+        """A write transaction taken up front: SQLite ``BEGIN IMMEDIATE`` (one writer at a
+        time, across processes). On PostgreSQL the caller takes row locks itself
+        (``with_for_update``). Commits on success, rolls back on error."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+            with conn.begin():
+                s = Session(bind=conn, expire_on_commit=False,
+                            join_transaction_mode="conservative_savepoint")
+                try:
+                    yield s
+                    s.flush()
+                finally:
+                    s.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

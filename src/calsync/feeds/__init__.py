@@ -1,0 +1,1 @@
+"""Per-user iCalendar feeds: link signing, per-item ICS fragments, the feed service."""

@@ -1,0 +1,1 @@
+"""Users, jobs, time off and blocked events: validation of incoming records and the store."""

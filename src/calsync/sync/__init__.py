@@ -1,0 +1,1 @@
+"""Two-way sync: the Connector protocol, the pure planner, and the runner."""

@@ -1,0 +1,87 @@
+"""The platform API: upserts, errors as JSON, and the role matrix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_import import DOC
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_upserts_are_idempotent_and_report_outcome(app_client, make_token) -> None:
+    admin = _auth(make_token("admin"))
+    r = app_client.put("/api/users/u1", json=DOC["users"][0], headers=admin)
+    assert r.status_code == 201 and r.json()["result"] == "created"
+    r = app_client.put("/api/users/u1", json=DOC["users"][0], headers=admin)
+    assert r.status_code == 200 and r.json()["result"] == "unchanged"
+    app_client.put("/api/users/u2", json=DOC["users"][1], headers=admin)
+    job = {k: v for k, v in DOC["jobs"][0].items() if k != "id"}
+    assert app_client.put("/api/jobs/j1", json=job, headers=admin).status_code == 201
+    assert app_client.put("/api/jobs/j1", json=job, headers=admin).json()["result"] == "unchanged"
+    assert app_client.put("/api/time-off/t1", json=DOC["time_off"][0],
+                          headers=admin).status_code == 201
+    assert app_client.put("/api/blocks/b1", json=DOC["blocks"][0], headers=admin).status_code == 201
+    assert app_client.delete("/api/blocks/b1", headers=admin).json()["result"] == "deleted"
+    r = app_client.delete("/api/blocks/b1", headers=admin)
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_bad_body_is_a_json_error_naming_the_field(app_client, make_token) -> None:
+    admin = _auth(make_token("admin"))
+    r = app_client.put("/api/users/u1", json={"name": "X", "timezone": "Nowhere/City"},
+                       headers=admin)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "invalid" and body["detail"]["field"] == "timezone"
+    r = app_client.put("/api/users/u1", content=b"{not json", headers={
+        **admin, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid"
+    r = app_client.put("/api/users/u1", json={**DOC["users"][0], "id": "other"}, headers=admin)
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "id"
+
+
+@pytest.mark.parametrize("role, expected", [("admin", 201), ("dispatcher", 403), ("user", 403)])
+def test_only_admin_writes_schedule(app_client, make_token, role, expected) -> None:
+    admin = _auth(make_token("admin"))
+    app_client.put("/api/users/u1", json=DOC["users"][0], headers=admin)
+    token = make_token(role, "u1" if role == "user" else None)
+    r = app_client.put("/api/blocks/b1", json=DOC["blocks"][0], headers=_auth(token))
+    assert r.status_code == expected
+
+
+def test_missing_and_bad_tokens_are_401(app_client) -> None:
+    assert app_client.put("/api/users/u1", json=DOC["users"][0]).status_code == 401
+    r = app_client.put("/api/users/u1", json=DOC["users"][0], headers=_auth("cst_nope"))
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+
+
+def test_feed_link_roles(app_client, make_token) -> None:
+    admin = _auth(make_token("admin"))
+    for u in DOC["users"]:
+        app_client.put(f"/api/users/{u['id']}", json=u, headers=admin)
+    own = _auth(make_token("user", "u1"))
+    assert app_client.post("/api/users/u1/feed", headers=own).status_code == 200
+    assert app_client.post("/api/users/u2/feed", headers=own).status_code == 403
+    disp = _auth(make_token("dispatcher"))
+    assert app_client.post("/api/users/u1/feed", headers=disp).status_code == 403
+    assert app_client.get("/api/users/u1", headers=disp).status_code == 200
+    assert app_client.post("/api/users/nobody/feed", headers=admin).status_code == 404
+
+
+def test_tokens_are_stored_hashed(db, make_token) -> None:
+    from sqlalchemy import select
+
+    from calsync.db.models import ApiToken
+
+    token = make_token("admin")
+    with db.session() as s:
+        rows = s.scalars(select(ApiToken)).all()
+        assert all(token not in (r.token_hash, r.prefix) for r in rows)
+
+
+def test_healthz_and_metrics(app_client) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    assert "calsync_users 0" in app_client.get("/metrics").text

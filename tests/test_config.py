@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calsync.config import load_settings
+from calsync.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(env={})
+    assert s.database.url == "sqlite:///./var/calsync.db"
+    assert s.feeds.history_months == 1 and s.feeds.future_months == 12
+    assert s.source == "<defaults>"
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    s = load_settings(ROOT / "config.example.toml", env={})
+    text = (ROOT / "config.example.toml").read_text()
+    from dataclasses import fields
+
+    for section in fields(s):
+        if section.name == "source":
+            continue
+        assert f"[{section.name}]" in text
+        for key in fields(getattr(s, section.name)):
+            assert f"\n{key.name} =" in text or f"\n# {key.name} =" in text, key.name
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[database]\nurl = "sqlite:///a.db"\n')
+    s = load_settings(cfg, env={"CALSYNC_DATABASE_URL": "postgresql://x@h/db",
+                                "CALSYNC_BASE_URL": "https://cal.example.com",
+                                "CALSYNC_SECRET_KEY": "k" * 20})
+    assert s.database.url == "postgresql://x@h/db"
+    assert s.server.base_url == "https://cal.example.com"
+    assert s.security.secret_key == "k" * 20
+
+
+def test_config_env_var_selects_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[feeds]\nfuture_months = 3\n")
+    assert load_settings(env={"CALSYNC_CONFIG": str(cfg)}).feeds.future_months == 3
+
+
+@pytest.mark.parametrize("body, key, expected", [
+    ("[server]\nport = 'eighty'\n", "server.port", "an integer"),
+    ("[server]\nport = 70000\n", "server.port", "TCP port"),
+    ("[feeds]\nhistory_months = -1\n", "feeds.history_months", "0 or more"),
+    ("[sync]\nconflict_policy = 'mine'\n", "sync.conflict_policy", "newest_wins"),
+    ("[sync]\nbogus = 1\n", "sync.bogus", "one of the keys"),
+    ("[nope]\n", "nope", "one of the tables"),
+    ("[database]\nurl = 'mysql://x'\n", "database.url", "sqlite"),
+    ("[server]\nbase_url = 'ftp://x'\n", "server.base_url", "http"),
+])
+def test_bad_values_name_key_value_and_expectation(tmp_path: Path, body: str, key: str,
+                                                   expected: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    assert info.value.key == key
+    assert expected in str(info.value)
+
+
+def test_short_secret_is_rejected_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"CALSYNC_SECRET_KEY": "shortsecret"})
+    assert "shortsecret" not in str(info.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="existing TOML file"):
+        load_settings(tmp_path / "absent.toml", env={})
