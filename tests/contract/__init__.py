@@ -1,0 +1,1 @@
+"""The shared connector contract suite (same tests for every provider backend)."""
