@@ -1,0 +1,255 @@
+"""RFC 5545 text for feeds, without I/O: escaping, folding, date formats, one VEVENT per
+schedule item (``render_event``), the calendar header, and VTIMEZONE blocks.
+
+A feed is assembled from cached per-item fragments, so ``render_event`` is the only place
+that turns an item into text. ``fragment_key`` says when a cached fragment is still valid:
+it covers the item's content hash, its sequence, this renderer's version and the settings
+the fragment depends on. Bump ``RENDERER_VERSION`` whenever the output of this module
+changes; every cached fragment is then re-rendered on the next feed render.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from functools import lru_cache
+from typing import Protocol
+from urllib.parse import quote
+
+from calsync.timezones import UTC, zone
+
+RENDERER_VERSION = 1
+PRODID = "-//calsync//calsync feeds 1.0//EN"
+CRLF = "\r\n"
+MAX_LINE_OCTETS = 75
+
+# Time zones whose times are written in UTC ("...Z") and need no VTIMEZONE.
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+                       "UCT", "Etc/UCT", "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0",
+                       "Etc/GMT-0", "GMT0", "GMT+0", "GMT-0", "Etc/Greenwich", "Greenwich"})
+
+KIND_LABELS = {"job": "Job", "time_off": "Time off", "block": "Blocked"}
+
+
+class FeedItem(Protocol):
+    """What ``render_event`` reads: a ScheduleItem row, or any record with these fields."""
+
+    kind: str
+    ext_id: str
+    title: str
+    job_type: str | None
+    account: str | None
+    location: str | None
+    notes: str | None
+    reason: str | None
+    status: str
+    all_day: bool
+    start_at: dt.datetime
+    end_at: dt.datetime
+    start_date: dt.date | None
+    end_date: dt.date | None
+    tzid: str
+    sequence: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+# --- text ---------------------------------------------------------------------------------
+
+_ESCAPES = {ord("\\"): "\\\\", ord(";"): "\\;", ord(","): "\\,", ord("\n"): "\\n"}
+# Control characters other than TAB are not allowed in TEXT values (RFC 5545 3.3.11).
+_ESCAPES.update({c: None for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)
+                 if c not in (0x0A, 0x0D)})
+
+
+def escape_text(value: str) -> str:
+    """Escape a TEXT value: backslash, semicolon, comma, newlines (CRLF/CR/LF -> ``\\n``).
+    Control characters other than TAB are dropped (RFC 5545 forbids them)."""
+    if "\r" in value:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return value.translate(_ESCAPES)
+
+
+def fold_line(line: str) -> str:
+    """Fold one content line (no CRLF) at 75 octets, never inside a UTF-8 character.
+    Continuation lines start with one space, which counts toward their 75 octets."""
+    if len(line) <= MAX_LINE_OCTETS and line.isascii():
+        return line
+    raw = line.encode("utf-8")
+    if len(raw) <= MAX_LINE_OCTETS:
+        return line
+    parts = []
+    pos, limit, size = 0, MAX_LINE_OCTETS, len(raw)
+    while size - pos > limit:
+        end = pos + limit
+        while raw[end] & 0xC0 == 0x80:  # a continuation byte: back up to the char start
+            end -= 1
+        parts.append(raw[pos:end])
+        pos, limit = end, MAX_LINE_OCTETS - 1
+    parts.append(raw[pos:])
+    return b"\r\n ".join(parts).decode("utf-8")
+
+
+def content_line(name: str, value: str) -> str:
+    """``NAME:value`` (name may carry parameters), folded, with its CRLF."""
+    return fold_line(f"{name}:{value}") + CRLF
+
+
+def unfold(text: str) -> str:
+    """Undo folding (for tests and tools)."""
+    return text.replace("\r\n ", "").replace("\r\n\t", "")
+
+
+# --- dates --------------------------------------------------------------------------------
+
+def format_utc(value: dt.datetime) -> str:
+    v = value.astimezone(UTC)
+    return f"{v.year:04d}{v.month:02d}{v.day:02d}T{v.hour:02d}{v.minute:02d}{v.second:02d}Z"
+
+
+def format_local(value: dt.datetime) -> str:
+    """Wall-clock time without zone: ``YYYYMMDDTHHMMSS``."""
+    v = value
+    return f"{v.year:04d}{v.month:02d}{v.day:02d}T{v.hour:02d}{v.minute:02d}{v.second:02d}"
+
+
+def format_date(value: dt.date) -> str:
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
+
+
+def datetime_property(name: str, instant: dt.datetime, tzid: str) -> str:
+    """``DTSTART;TZID=...:local`` for ``instant`` in ``tzid``. When the wall-clock time would
+    not name the same instant (the second pass of an ambiguous hour on a DST fall-back),
+    the value is written in UTC instead, so every reader gets the exact instant."""
+    if tzid in UTC_ZONES:
+        return content_line(name, format_utc(instant))
+    tz = zone(tzid)
+    local = instant.astimezone(tz)
+    if local.replace(fold=0).astimezone(UTC) != instant:
+        return content_line(name, format_utc(instant))
+    return content_line(f"{name};TZID={tzid}", format_local(local))
+
+
+# --- events -------------------------------------------------------------------------------
+
+def event_uid(kind: str, ext_id: str) -> str:
+    """Stable across renders and across assignees' feeds (a job has one UID)."""
+    return f"{kind}-{ext_id}@calsync"
+
+
+def event_summary(item: FeedItem) -> str:
+    if item.kind == "job":
+        if item.job_type and item.account:
+            return f"{item.job_type}: {item.account}"
+        return item.title or item.job_type or item.account or "Job"
+    if item.kind == "time_off":
+        return f"Time off: {item.reason}" if item.reason else "Time off"
+    return item.title or "Blocked"
+
+
+def job_url(job_url_template: str, ext_id: str) -> str | None:
+    if not job_url_template:
+        return None
+    return job_url_template.replace("{job_id}", quote(ext_id, safe=""))
+
+
+def event_description(item: FeedItem, job_url_template: str = "") -> str:
+    parts = [item.notes] if item.notes else []
+    url = job_url(job_url_template, item.ext_id) if item.kind == "job" else None
+    if url:
+        parts.append(url)
+    return "\n\n".join(parts)
+
+
+def _categories(item: FeedItem) -> str:
+    cats = [KIND_LABELS.get(item.kind, item.kind)]
+    if item.kind == "job" and item.job_type:
+        cats.append(item.job_type)
+    return ",".join(escape_text(c) for c in cats)
+
+
+def render_event(item: FeedItem, job_url_template: str = "") -> str:
+    """One VEVENT (CRLF line ends, folded) for ``item``. Pure: same item, same text."""
+    out = ["BEGIN:VEVENT\r\n",
+           content_line("UID", escape_text(event_uid(item.kind, item.ext_id))),
+           content_line("DTSTAMP", format_utc(item.updated_at)),
+           content_line("CREATED", format_utc(item.created_at)),
+           content_line("LAST-MODIFIED", format_utc(item.updated_at)),
+           f"SEQUENCE:{int(item.sequence)}\r\n"]
+    if item.all_day and item.start_date is not None and item.end_date is not None:
+        out.append(content_line("DTSTART;VALUE=DATE", format_date(item.start_date)))
+        out.append(content_line("DTEND;VALUE=DATE", format_date(item.end_date)))
+    else:
+        out.append(datetime_property("DTSTART", item.start_at, item.tzid))
+        out.append(datetime_property("DTEND", item.end_at, item.tzid))
+    out.append(content_line("SUMMARY", escape_text(event_summary(item))))
+    if item.location:
+        out.append(content_line("LOCATION", escape_text(item.location)))
+    description = event_description(item, job_url_template)
+    if description:
+        out.append(content_line("DESCRIPTION", escape_text(description)))
+    url = job_url(job_url_template, item.ext_id) if item.kind == "job" else None
+    if url:
+        out.append(content_line("URL", url))
+    out.append(content_line("CATEGORIES", _categories(item)))
+    out.append("STATUS:CANCELLED\r\n" if item.status == "cancelled" else "STATUS:CONFIRMED\r\n")
+    out.append("TRANSP:OPAQUE\r\n")
+    out.append("END:VEVENT\r\n")
+    return "".join(out)
+
+
+def settings_digest(job_url_template: str) -> str:
+    """Short hash of the settings a fragment depends on."""
+    return hashlib.sha256(job_url_template.encode()).hexdigest()[:8]
+
+
+def fragment_key(content_hash: str, sequence: int, settings_hash: str) -> str:
+    """Cache key of an item's fragment (fits ``schedule_items.fragment_key``, 80 chars)."""
+    return f"{content_hash[:32]}:{sequence}:r{RENDERER_VERSION}:{settings_hash}"
+
+
+def needs_vtimezone(tzid: str) -> bool:
+    return tzid not in UTC_ZONES
+
+
+# --- calendar -----------------------------------------------------------------------------
+
+def duration_minutes(minutes: int) -> str:
+    return f"PT{int(minutes)}M"
+
+
+def calendar_header(calendar_name: str, timezone: str, refresh_minutes: int) -> str:
+    ttl = duration_minutes(refresh_minutes)
+    return "".join([
+        "BEGIN:VCALENDAR\r\n",
+        "VERSION:2.0\r\n",
+        content_line("PRODID", PRODID),
+        "CALSCALE:GREGORIAN\r\n",
+        "METHOD:PUBLISH\r\n",
+        content_line("X-WR-CALNAME", escape_text(calendar_name)),
+        content_line("X-WR-TIMEZONE", escape_text(timezone)),
+        content_line("REFRESH-INTERVAL;VALUE=DURATION", ttl),
+        content_line("X-PUBLISHED-TTL", ttl),
+    ])
+
+
+CALENDAR_FOOTER = "END:VCALENDAR\r\n"
+
+
+@lru_cache(maxsize=512)
+def vtimezone(tzid: str, first_year: int, last_year: int) -> str:
+    """A VTIMEZONE for ``tzid`` with the transitions from Jan 1 of ``first_year`` to Jan 1
+    of ``last_year`` (cached: the text only changes when the year range does)."""
+    from icalendar import Timezone
+
+    comp = Timezone.from_tzid(tzid, first_date=dt.date(first_year, 1, 1),
+                              last_date=dt.date(last_year, 1, 1))
+    text = comp.to_ical().decode("utf-8")
+    if not text.endswith(CRLF):
+        text += CRLF
+    return text
+
+
+def assemble(header: str, vtimezones: list[str], fragments: list[str]) -> bytes:
+    """The whole feed: header, VTIMEZONEs, events, footer, as UTF-8 bytes."""
+    return "".join([header, *vtimezones, *fragments, CALENDAR_FOOTER]).encode("utf-8")
