@@ -1,0 +1,112 @@
+"""calsync's Google Calendar connector (entry point ``google = calsync_google:GoogleFactory``).
+
+The factory builds :class:`~calsync_google.connector.GoogleConnector` from a
+:class:`~calsync.sync.connector.ConnectContext` and offers the optional hooks the core
+calls by name: ``device_flow`` (CLI sign-in), ``authorization_url``/``exchange_code``
+(web sign-in with PKCE), ``parse_notification`` (webhook), ``subscribe``/``unsubscribe``
+(watch channels).
+
+``ctx.http`` may be an ``httplib2.Http`` (or a callable making one) to inject the
+transport; ``ctx.options`` may carry ``sleep`` (backoff and device-flow polling) and
+``random`` (jitter) for tests. Stored credentials: ``{"token", "refresh_token", "expiry",
+"scopes", "version"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Mapping
+from calsync.errors import NeedsReauth, UserError
+from calsync.sync.connector import ConnectContext, RemoteCalendar
+from calsync_google import oauth
+from calsync_google.client import RequestRunner, make_credentials, make_http
+from calsync_google.connector import GoogleConnector
+from calsync_google.mapping import event_id_for_key
+from calsync_google.push import GoogleNotification, parse_notification
+
+__all__ = ["GoogleConnector", "GoogleFactory", "GoogleNotification", "event_id_for_key"]
+
+
+class GoogleFactory:
+    """Entry-point target serving the provider ``google``."""
+
+    providers: tuple[str, ...] = ("google",)
+
+    def connect(self, ctx: ConnectContext) -> GoogleConnector:
+        if not ctx.credentials.get("refresh_token") and not ctx.credentials.get("token"):
+            raise NeedsReauth(f"Google account {ctx.account or '?'} has no stored sign-in; "
+                              "reconnect with `calsync connect google USER`")
+        settings = ctx.settings
+        http = make_http(settings, ctx.http)
+        runner = RequestRunner(ctx.account, max_retries=settings.sync.max_retries,
+                               sleep=ctx.options.get("sleep", time.sleep),
+                               rand=ctx.options.get("random", random.random))
+        creds = make_credentials(settings, ctx.credentials)
+        return GoogleConnector(settings, ctx.account, creds, http, runner)
+
+    def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
+        connector = self.connect(ctx)
+        try:
+            try:
+                account = connector.primary_email()
+                calendars = connector.list_calendars()
+            except NeedsReauth as exc:
+                raise UserError(f"Google did not accept the sign-in: {exc}") from exc
+            creds = connector.credentials() or ctx.credentials
+            return dataclasses.replace(ctx, account=account, credentials=creds), calendars
+        finally:
+            connector.close()
+
+    # --- sign-in hooks ------------------------------------------------------------------
+
+    def device_flow(self, ctx: ConnectContext, prompt: Callable[[str], None]) -> ConnectContext:
+        http = make_http(ctx.settings, ctx.http)
+        creds = oauth.run_device_flow(ctx.settings, http, prompt,
+                                      sleep=ctx.options.get("sleep", time.sleep),
+                                      now=ctx.options.get("now"))
+        return self._with_account(dataclasses.replace(ctx, credentials=creds, http=http))
+
+    def authorization_url(self, ctx: ConnectContext, state: str, code_challenge: str,
+                          redirect_uri: str) -> str:
+        return oauth.authorization_url(ctx.settings, state, code_challenge, redirect_uri)
+
+    def exchange_code(self, ctx: ConnectContext, code: str, code_verifier: str,
+                      redirect_uri: str) -> ConnectContext:
+        http = make_http(ctx.settings, ctx.http)
+        now_fn = ctx.options.get("now")
+        now = now_fn() if now_fn else dt.datetime.now(dt.timezone.utc)
+        creds = oauth.exchange_code(ctx.settings, http, code, code_verifier, redirect_uri, now)
+        return self._with_account(dataclasses.replace(ctx, credentials=creds, http=http))
+
+    def _with_account(self, ctx: ConnectContext) -> ConnectContext:
+        connector = self.connect(ctx)
+        try:
+            account = connector.primary_email()
+            creds = connector.credentials() or ctx.credentials
+        finally:
+            connector.close()
+        return dataclasses.replace(ctx, account=account, credentials=creds)
+
+    # --- push hooks ---------------------------------------------------------------------
+
+    @staticmethod
+    def parse_notification(headers: Mapping[str, str], query: Mapping[str, str],
+                           body: bytes) -> GoogleNotification:
+        return parse_notification(headers, query, body)
+
+    @staticmethod
+    def subscribe(connector: GoogleConnector, calendar_id: str, notify_url: str,
+                  secret: str) -> tuple[str, str | None, dt.datetime]:
+        return connector.subscribe(calendar_id, notify_url, secret)
+
+    @staticmethod
+    def unsubscribe(connector: GoogleConnector, remote_id: str,
+                    resource_id: str | None = None) -> None:
+        connector.unsubscribe(remote_id, resource_id)
+
+    @staticmethod
+    def notify_url(base_url: str) -> str:
+        return base_url.rstrip("/") + "/webhooks/google"

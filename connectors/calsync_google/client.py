@@ -1,0 +1,218 @@
+"""The Google API client edge: building the Calendar service and running requests.
+
+The service comes from google-api-python-client's static discovery document;
+``client_options.api_endpoint`` replaces the document's ``rootUrl + servicePath``
+(``https://www.googleapis.com/calendar/v3/``), so calsync passes ``{api_root}calendar/v3/``.
+Requests go through ``google_auth_httplib2.AuthorizedHttp`` over an injected
+``httplib2.Http`` (tests give one talking to a loopback emulator); it adds the bearer
+token, refreshes an expired one and retries a ``401`` once after refreshing.
+
+:class:`RequestRunner` maps vendor errors at this edge:
+- ``429`` and ``403`` with reason ``rateLimitExceeded``/``userRateLimitExceeded`` ->
+  retried (``Retry-After`` when present, else exponential backoff with jitter; the sleep
+  and the random source are injected), then :class:`Throttled`;
+- ``5xx`` and transport failures -> retried the same way, then ``ProviderUnavailable``;
+- ``401`` (after the refresh) and ``invalid_grant`` on refresh -> ``NeedsReauth``, at once,
+  and every later call fails fast without touching the network;
+- ``409`` -> ``AlreadyExists``, ``412`` -> ``PreconditionFailed``, ``410 fullSyncRequired``
+  -> ``SyncTokenInvalid``, ``404``/``410`` -> ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import google_auth_httplib2
+import httplib2
+from google.auth.exceptions import RefreshError, TransportError
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+
+from calsync.errors import (
+    AlreadyExists,
+    CalsyncError,
+    NeedsReauth,
+    NotFound,
+    PreconditionFailed,
+    ProviderError,
+    ProviderUnavailable,
+    SyncTokenInvalid,
+    Throttled,
+)
+
+log = logging.getLogger("calsync.connectors.google")
+
+SCOPE = "https://www.googleapis.com/auth/calendar"
+RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
+REAUTH_HINT = "reconnect with `calsync connect google USER`"
+BASE_DELAY = 1.0
+MAX_DELAY = 60.0
+
+
+def api_endpoint(api_root: str) -> str:
+    return api_root.rstrip("/") + "/calendar/v3/"
+
+
+def make_http(settings: Any, injected: Any = None) -> httplib2.Http:
+    if injected is not None:
+        return injected() if callable(injected) and not isinstance(injected,
+                                                                   httplib2.Http) else injected
+    return httplib2.Http(timeout=settings.sync.request_timeout_seconds)
+
+
+def make_credentials(settings: Any, stored: dict[str, Any]) -> Credentials:
+    expiry = None
+    if stored.get("expiry"):
+        parsed = dt.datetime.fromisoformat(stored["expiry"])
+        # google-auth compares expiry with a naive UTC clock.
+        expiry = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return Credentials(
+        token=stored.get("token"),
+        refresh_token=stored.get("refresh_token"),
+        token_uri=settings.google.token_uri,
+        client_id=settings.google.client_id,
+        client_secret=settings.google.client_secret or None,
+        scopes=[SCOPE],
+        expiry=expiry,
+    )
+
+
+def stored_credentials(creds: Credentials) -> dict[str, Any]:
+    expiry = creds.expiry.replace(tzinfo=dt.timezone.utc).isoformat() if creds.expiry else None
+    return {"token": creds.token, "refresh_token": creds.refresh_token, "expiry": expiry,
+            "scopes": [SCOPE], "version": 1}
+
+
+def build_service(settings: Any, creds: Credentials, http: httplib2.Http) -> Any:
+    authed = google_auth_httplib2.AuthorizedHttp(creds, http=http)
+    return build("calendar", "v3", http=authed, static_discovery=True, cache_discovery=False,
+                 client_options={"api_endpoint": api_endpoint(settings.google.api_root)})
+
+
+def error_reason(exc: HttpError) -> str:
+    try:
+        data = json.loads(exc.content.decode("utf-8", "replace"))
+        errors = data.get("error", {}).get("errors") or []
+        if errors:
+            return str(errors[0].get("reason", ""))
+        return str(data.get("error", {}).get("status", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def retry_after(exc: HttpError) -> float | None:
+    value = exc.resp.get("retry-after") if exc.resp is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            from email.utils import parsedate_to_datetime
+
+            when = parsedate_to_datetime(value)
+            return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+class RequestRunner:
+    """Executes googleapiclient requests with retries and error mapping."""
+
+    def __init__(self, account: str, max_retries: int = 4,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.account = account
+        self.max_retries = max_retries
+        self.sleep = sleep
+        self.rand = rand
+        self.requests = 0
+        self.dead: NeedsReauth | None = None
+
+    def backoff(self, attempt: int, hinted: float | None) -> float:
+        if hinted is not None:
+            return min(hinted, MAX_DELAY * 5)
+        base = min(MAX_DELAY, BASE_DELAY * (2 ** attempt))
+        return base / 2 + self.rand() * base / 2  # "equal jitter"
+
+    def run(self, request: Any, what: str, calendar_id: str | None = None,
+            headers: dict[str, str] | None = None) -> Any:
+        if self.dead is not None:
+            raise self.dead
+        where = f"Google account {self.account}" + (f", calendar {calendar_id}"
+                                                    if calendar_id else "")
+        attempt = 0
+        while True:
+            if headers:
+                request.headers.update(headers)
+            self.requests += 1
+            try:
+                return request.execute(num_retries=0)
+            except HttpError as exc:
+                status = exc.resp.status
+                reason = error_reason(exc)
+                if status == 429 or (status == 403 and reason in RATE_REASONS):
+                    hinted = retry_after(exc)
+                    if attempt < self.max_retries:
+                        delay = self.backoff(attempt, hinted)
+                        log.info("%s: %s throttled (%s), retrying in %.1fs", where, what,
+                                 reason or status, delay)
+                        self.sleep(delay)
+                        attempt += 1
+                        continue
+                    raise Throttled(f"{where}: {what} throttled by Google ({reason or status}); "
+                                    "calsync retries later", retry_after=hinted) from exc
+                if status >= 500:
+                    if attempt < self.max_retries:
+                        self.sleep(self.backoff(attempt, retry_after(exc)))
+                        attempt += 1
+                        continue
+                    raise ProviderUnavailable(f"{where}: {what} failed: Google answered "
+                                              f"{status}; calsync retries later") from exc
+                raise self._map(exc, status, reason, what, where) from exc
+            except RefreshError as exc:
+                raise self._refresh_failed(exc, where) from exc
+            except (TransportError, httplib2.HttpLib2Error, OSError) as exc:
+                if attempt < self.max_retries:
+                    self.sleep(self.backoff(attempt, None))
+                    attempt += 1
+                    continue
+                raise ProviderUnavailable(f"{where}: {what} failed: {type(exc).__name__}; "
+                                          "calsync retries later") from exc
+
+    def _refresh_failed(self, exc: RefreshError, where: str) -> CalsyncError:
+        text = str(exc)
+        data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        if data.get("error") in ("invalid_grant", "invalid_client", "unauthorized_client") \
+                or "invalid_grant" in text or not getattr(exc, "retryable", False):
+            self.dead = NeedsReauth(f"{where}: Google refused the stored sign-in "
+                                    f"({data.get('error') or 'refresh failed'}); {REAUTH_HINT}")
+            return self.dead
+        return ProviderUnavailable(f"{where}: refreshing the access token failed; "
+                                   "calsync retries later")
+
+    def _map(self, exc: HttpError, status: int, reason: str, what: str,
+             where: str) -> CalsyncError:
+        if status == 401:
+            self.dead = NeedsReauth(f"{where}: Google rejected the access token after a "
+                                    f"refresh; {REAUTH_HINT}")
+            return self.dead
+        if status == 410 and reason == "fullSyncRequired":
+            return SyncTokenInvalid(f"{where}: the sync token expired; full resync")
+        if status == 409:
+            return AlreadyExists(f"{where}: {what}: the event already exists")
+        if status == 412:
+            return PreconditionFailed(f"{where}: {what}: the event changed meanwhile (etag)")
+        if status in (404, 410):
+            return NotFound(f"{where}: {what}: not found")
+        if status == 403:
+            return ProviderError(f"{where}: {what}: Google refused access ({reason}); check "
+                                 "that the account may write to this calendar")
+        return ProviderError(f"{where}: {what}: Google answered {status} ({reason})")
