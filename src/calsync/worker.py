@@ -7,8 +7,9 @@ Jobs (all ``coalesce=True``, ``max_instances=1``, with a misfire grace time):
 - ``sync.tick``      every 30 s: ``calsync.sync.runner.run_due_syncs`` when that module
   is part of this build.
 
-Each job function takes ``now`` from the clock at call time and never raises: a failure is
-logged and the next run goes on. One user's failing feed does not stop the others (see
+Each job function takes ``now`` from the clock at call time; a failure is logged and the
+next run goes on (a broken import other than the missing sync runner itself is raised, so
+APScheduler logs it loudly). One user's failing feed does not stop the others (see
 ``calsync.feeds.service.render_users``).
 """
 

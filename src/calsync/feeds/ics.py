@@ -236,18 +236,74 @@ def calendar_header(calendar_name: str, timezone: str, refresh_minutes: int) -> 
 CALENDAR_FOOTER = "END:VCALENDAR\r\n"
 
 
+def _offset(value: dt.timedelta) -> str:
+    total = int(value.total_seconds())
+    sign = "+" if total >= 0 else "-"
+    h, rest = divmod(abs(total), 3600)
+    m, sec = divmod(rest, 60)
+    return f"{sign}{h:02d}{m:02d}" + (f"{sec:02d}" if sec else "")
+
+
+def zone_transitions(tzid: str, first: dt.datetime, last: dt.datetime) -> list[dt.datetime]:
+    """UTC instants in [first, last) at which ``tzid``'s offset or name changes."""
+    tz = zone(tzid)
+
+    def state(t: dt.datetime) -> tuple[object, object]:
+        local = t.astimezone(tz)
+        return local.utcoffset(), local.tzname()
+
+    out = []
+    step = dt.timedelta(hours=12)
+    t, current = first, state(first)
+    while t < last:
+        nxt = t + step
+        if state(nxt) != current:
+            lo, hi = t, nxt  # state(lo) == current != state(hi): bisect to the second
+            while hi - lo > dt.timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                mid = mid.replace(microsecond=0)
+                if state(mid) == current:
+                    lo = mid
+                else:
+                    hi = mid
+            out.append(hi)
+            current = state(hi)
+        t = nxt
+    return out
+
+
 @lru_cache(maxsize=512)
 def vtimezone(tzid: str, first_year: int, last_year: int) -> str:
-    """A VTIMEZONE for ``tzid`` with the transitions from Jan 1 of ``first_year`` to Jan 1
-    of ``last_year`` (cached: the text only changes when the year range does)."""
-    from icalendar import Timezone
+    """A VTIMEZONE for ``tzid`` valid from Jan 1 of ``first_year`` to Jan 1 of ``last_year``:
+    one STANDARD/DAYLIGHT observance per transition, each DTSTART the local onset in the
+    offset in force before it (RFC 5545 3.6.5). Cached: the text changes only with the
+    year range, so ETags stay put."""
+    tz = zone(tzid)
+    first = dt.datetime(first_year, 1, 1, tzinfo=tz).astimezone(UTC)
+    last = dt.datetime(last_year, 1, 1, tzinfo=tz).astimezone(UTC)
+    lines = ["BEGIN:VTIMEZONE\r\n", content_line("TZID", tzid)]
 
-    comp = Timezone.from_tzid(tzid, first_date=dt.date(first_year, 1, 1),
-                              last_date=dt.date(last_year, 1, 1))
-    text = comp.to_ical().decode("utf-8")
-    if not text.endswith(CRLF):
-        text += CRLF
-    return text
+    def observance(onset_utc: dt.datetime, before: dt.timedelta) -> None:
+        local = onset_utc.astimezone(tz)
+        kind = "DAYLIGHT" if local.dst() else "STANDARD"
+        after = local.utcoffset()
+        assert after is not None
+        lines.extend([f"BEGIN:{kind}\r\n",
+                      content_line("DTSTART", format_local(onset_utc + before)),
+                      content_line("TZNAME", escape_text(local.tzname() or tzid)),
+                      f"TZOFFSETFROM:{_offset(before)}\r\n",
+                      f"TZOFFSETTO:{_offset(after)}\r\n",
+                      f"END:{kind}\r\n"])
+
+    start_offset = first.astimezone(tz).utcoffset()
+    assert start_offset is not None
+    observance(first, start_offset)
+    for t in zone_transitions(tzid, first, last):
+        before = (t - dt.timedelta(seconds=1)).astimezone(tz).utcoffset()
+        assert before is not None
+        observance(t, before)
+    lines.append("END:VTIMEZONE\r\n")
+    return "".join(lines)
 
 
 def assemble(header: str, vtimezones: list[str], fragments: list[str]) -> bytes:

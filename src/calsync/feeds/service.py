@@ -137,18 +137,20 @@ def render_feed(session: Session, settings: Settings, user: User, now: dt.dateti
     if cache is None:
         cache = FeedCache(user_id=user.id, dirty=False)
         session.add(cache)
-    newest = max([user.updated_at, *(r.updated_at for r in rows)])
-    if cache.etag == etag and cache.last_modified is not None:
-        last_modified = cache.last_modified
+    newest = max([user.updated_at, *(r.updated_at for r in rows)]).replace(microsecond=0)
+    previous = cache.last_modified
+    if cache.etag == etag and previous is not None:
+        last_modified = previous
     else:
         # Deletions and reassignments can make the newest remaining change older than what
-        # was served before; Last-Modified must still move forward when the body changes.
+        # was served before, and HTTP dates have whole seconds: Last-Modified must still
+        # move forward whenever the body changes, or If-Modified-Since would answer 304.
         last_modified = newest
-        if cache.last_modified is not None and last_modified <= cache.last_modified:
-            last_modified = max(now, cache.last_modified + dt.timedelta(seconds=1))
+        if previous is not None and last_modified <= previous:
+            last_modified = max(now.replace(microsecond=0), previous + dt.timedelta(seconds=1))
     cache.body = body
     cache.etag = etag
-    cache.last_modified = last_modified.replace(microsecond=0)
+    cache.last_modified = last_modified
     cache.generated_at = now
     cache.window_start, cache.window_end = start, end
     cache.schema_version = FEED_SCHEMA_VERSION
