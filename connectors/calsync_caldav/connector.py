@@ -1,0 +1,359 @@
+"""The CalDAV :class:`Connector`: incremental pull, expansion, conditional writes.
+
+Pull: RFC 6578 ``sync-collection`` with the stored token (one request when nothing
+changed), changed objects fetched with ``calendar-multiget``. Servers without it get the
+fallback: ``getctag`` (one request when nothing changed), then an etag listing compared
+with the etags carried in the token. Tokens are versioned strings::
+
+    caldav1:sync:<server sync-token>
+    caldav1:ctag:<base64(zlib(json {"ctag": ..., "etags": {href: etag}}))>
+
+Write: deterministic href ``<calendar-url>/<key>.ics``; PUT with ``If-None-Match: *`` to
+create, ``If-Match`` to update and delete.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+import httpx
+
+from calsync.errors import (
+    AlreadyExists,
+    PreconditionFailed,
+    ProviderError,
+    SyncTokenInvalid,
+)
+from calsync.sync.connector import (
+    ChangeSet,
+    OutgoingEvent,
+    Quarantined,
+    RemoteCalendar,
+    RemoteEvent,
+    Window,
+)
+from calsync_caldav import davxml
+from calsync_caldav.davxml import CS, DAV, q
+from calsync_caldav.discovery import find_home, list_collections
+from calsync_caldav.parse import ParseOptions, parse_resource
+from calsync_caldav.render import render_event
+from calsync_caldav.transport import DavSession
+
+log = logging.getLogger("calsync.connectors.caldav")
+TOKEN_PREFIX = "caldav1:"
+MULTIGET_BATCH = 200
+_NOT_SUPPORTED = (400, 403, 404, 405, 415, 422, 501)
+_SAFE = "/@:+,;=!$&'()*~"
+
+
+def norm_href(href: str) -> str:
+    """The path of ``href`` in one canonical percent-encoding (servers differ)."""
+    return quote(unquote(urlsplit(href).path), safe=_SAFE)
+
+
+def encode_ctag_token(ctag: str | None, etags: dict[str, str]) -> str:
+    blob = json.dumps({"ctag": ctag, "etags": etags}, separators=(",", ":")).encode()
+    return TOKEN_PREFIX + "ctag:" + base64.urlsafe_b64encode(zlib.compress(blob, 6)).decode()
+
+
+def decode_ctag_token(token: str) -> tuple[str | None, dict[str, str]]:
+    raw = token[len(TOKEN_PREFIX + "ctag:"):]
+    data = json.loads(zlib.decompress(base64.urlsafe_b64decode(raw.encode())))
+    return data.get("ctag"), dict(data.get("etags") or {})
+
+
+class CaldavConnector:
+    """One CalDAV account. ``url`` is where discovery starts (or the home set found)."""
+
+    def __init__(self, session: DavSession, url: str, parse_options: ParseOptions, *,
+                 use_sync_collection: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.session = session
+        self.url = url
+        self.parse_options = parse_options
+        self.use_sync_collection = use_sync_collection
+        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._home: str | None = None
+
+    # -- calendars ---------------------------------------------------------------------
+    def home(self) -> str:
+        if self._home is None:
+            self._home = find_home(self.session, self.url)
+        return self._home
+
+    def list_calendars(self) -> list[RemoteCalendar]:
+        return list_collections(self.session, self.home())
+
+    # -- helpers -----------------------------------------------------------------------
+    def _abs(self, calendar_id: str, remote_id: str) -> str:
+        return urljoin(calendar_id, remote_id)
+
+    def href_for_key(self, calendar_id: str, key: str) -> str:
+        return norm_href(calendar_id.rstrip("/") + "/" + quote(key, safe="") + ".ics")
+
+    def _report(self, calendar_id: str, body: bytes, depth: str, what: str) -> httpx.Response:
+        return self.session.request("REPORT", calendar_id, body=body, depth=depth, what=what)
+
+    def _multistatus(self, resp: httpx.Response, url: str, what: str) -> davxml.Multistatus:
+        if resp.status_code != 207:
+            raise self.session.unexpected(resp, url, what)
+        try:
+            return davxml.parse_multistatus(resp.content)
+        except ValueError as exc:
+            raise ProviderError(f"{self.session.label}: {what} at {url}: unreadable answer "
+                                f"({exc})", url=url) from exc
+
+    def _is_collection(self, calendar_id: str, href: str) -> bool:
+        return norm_href(href).rstrip("/") == norm_href(calendar_id).rstrip("/")
+
+    def _read(self, calendar_id: str, hrefs: list[str], window: Window,
+              out: ChangeSet) -> None:
+        """Fetch ``hrefs`` with calendar-multiget into ``out`` (changed/quarantined)."""
+        for i in range(0, len(hrefs), MULTIGET_BATCH):
+            batch = hrefs[i:i + MULTIGET_BATCH]
+            resp = self._report(calendar_id, davxml.multiget(batch), "1", "calendar-multiget")
+            found = self._multistatus(resp, calendar_id, "calendar-multiget")
+            seen: set[str] = set()
+            for item in found.responses:
+                href = norm_href(item.href)
+                data = item.text(q(davxml.CALDAV, "calendar-data"))
+                if item.status in (404, 410) or data is None:
+                    continue
+                seen.add(href)
+                self._add_object(href, item.text(q(DAV, "getetag")), data, window, out)
+            for href in batch:
+                if href not in seen:
+                    out.deleted.append(href)  # gone between listing and fetching
+
+    def _add_object(self, href: str, etag: str | None, data: str, window: Window,
+                    out: ChangeSet) -> None:
+        try:
+            parsed = parse_resource(data, href, etag, window, self.parse_options)
+        except Exception as exc:  # noqa: BLE001 - never let one object stop the calendar
+            out.quarantined.append(Quarantined(href, f"unreadable: {type(exc).__name__}: "
+                                                     f"{exc}", data))
+            return
+        for note in parsed.notes:
+            log.info("%s: %s", self.session.label, note)
+        if parsed.quarantined is not None:
+            out.quarantined.append(parsed.quarantined)
+        elif parsed.event is not None:
+            out.changed.append(parsed.event)
+
+    # -- pull --------------------------------------------------------------------------
+    def changes(self, calendar_id: str, token: str | None, window: Window) -> ChangeSet:
+        before = self.session.requests
+        if token is None:
+            out = self._full(calendar_id, window)
+        elif token.startswith(TOKEN_PREFIX + "sync:"):
+            out = self._sync_collection(calendar_id, token[len(TOKEN_PREFIX + "sync:"):],
+                                        window)
+        elif token.startswith(TOKEN_PREFIX + "ctag:"):
+            out = self._ctag_changes(calendar_id, token, window)
+        else:
+            raise SyncTokenInvalid(f"{self.session.label}: sync token for {calendar_id} is "
+                                   "not a CalDAV token of this version; full resync",
+                                   calendar=calendar_id)
+        out.requests = self.session.requests - before
+        return out
+
+    def _full(self, calendar_id: str, window: Window) -> ChangeSet:
+        if self.use_sync_collection:
+            resp = self._report(calendar_id, davxml.sync_collection(None), "1",
+                                "sync-collection")
+            found = (self._multistatus(resp, calendar_id, "sync-collection")
+                     if resp.status_code == 207 else None)
+            if found is not None and found.sync_token:
+                hrefs = [norm_href(r.href) for r in found.responses
+                         if r.status not in (404, 410) and not self._is_collection(
+                             calendar_id, r.href)]
+                out = ChangeSet(full=True, token=TOKEN_PREFIX + "sync:" + found.sync_token)
+                self._read(calendar_id, hrefs, window, out)
+                out.deleted = []
+                return out
+            if found is None and resp.status_code not in _NOT_SUPPORTED:
+                raise self.session.unexpected(resp, calendar_id, "sync-collection")
+            log.info("%s: %s has no sync-collection; using ctag/etag listing",
+                     self.session.label, calendar_id)
+        ctag, etags = self._etag_listing(calendar_id)
+        out = ChangeSet(full=True, token=encode_ctag_token(ctag, etags))
+        self._read(calendar_id, sorted(etags), window, out)
+        out.deleted = []
+        return out
+
+    def _sync_collection(self, calendar_id: str, sync_token: str, window: Window) -> ChangeSet:
+        out = ChangeSet()
+        changed: dict[str, str | None] = {}
+        deleted: set[str] = set()
+        current = sync_token
+        for _ in range(50):  # a truncated answer (507) continues from its token
+            resp = self._report(calendar_id, davxml.sync_collection(current), "1",
+                                "sync-collection")
+            if resp.status_code in (403, 409, 412):
+                conditions = davxml.error_conditions(resp.content)
+                if "valid-sync-token" in conditions or resp.status_code == 412 or \
+                        not conditions:
+                    raise SyncTokenInvalid(
+                        f"{self.session.label}: the server no longer knows the sync token "
+                        f"of {calendar_id} (HTTP {resp.status_code}); full resync",
+                        calendar=calendar_id)
+            found = self._multistatus(resp, calendar_id, "sync-collection")
+            truncated = False
+            for item in found.responses:
+                if self._is_collection(calendar_id, item.href):
+                    truncated = truncated or item.status == 507
+                    continue
+                href = norm_href(item.href)
+                if item.status in (404, 410):
+                    deleted.add(href)
+                    changed.pop(href, None)
+                else:
+                    changed[href] = item.text(q(DAV, "getetag"))
+                    deleted.discard(href)
+            current = found.sync_token or current
+            if not truncated:
+                break
+        out.token = TOKEN_PREFIX + "sync:" + current
+        if changed:
+            self._read(calendar_id, sorted(changed), window, out)
+        out.deleted = sorted(deleted | set(out.deleted))
+        return out
+
+    def _ctag(self, calendar_id: str) -> str | None:
+        resp = self.session.request("PROPFIND", calendar_id,
+                                    body=davxml.propfind("cs:getctag", "d:sync-token"),
+                                    depth="0", what="getctag")
+        found = self._multistatus(resp, calendar_id, "getctag")
+        for item in found.responses:
+            value = item.text(q(CS, "getctag")) or item.text(q(DAV, "sync-token"))
+            if value:
+                return value
+        return None
+
+    def _etags(self, calendar_id: str) -> dict[str, str]:
+        resp = self._report(calendar_id, davxml.etag_query(), "1", "calendar-query")
+        found = self._multistatus(resp, calendar_id, "calendar-query")
+        return {norm_href(r.href): r.text(q(DAV, "getetag")) or ""
+                for r in found.responses
+                if r.status not in (404, 410) and not self._is_collection(calendar_id, r.href)}
+
+    def _etag_listing(self, calendar_id: str) -> tuple[str | None, dict[str, str]]:
+        ctag = self._ctag(calendar_id)
+        return ctag, self._etags(calendar_id)
+
+    def _ctag_changes(self, calendar_id: str, token: str, window: Window) -> ChangeSet:
+        try:
+            old_ctag, old_etags = decode_ctag_token(token)
+        except Exception as exc:  # noqa: BLE001 - a damaged token means a full resync
+            raise SyncTokenInvalid(f"{self.session.label}: damaged ctag token for "
+                                   f"{calendar_id}; full resync", calendar=calendar_id) from exc
+        ctag = self._ctag(calendar_id)
+        if ctag is not None and ctag == old_ctag:
+            return ChangeSet(token=token)
+        etags = self._etags(calendar_id)
+        out = ChangeSet(token=encode_ctag_token(ctag, etags))
+        changed = sorted(h for h, e in etags.items() if old_etags.get(h) != e or not e)
+        self._read(calendar_id, changed, window, out)
+        out.deleted = sorted(set(old_etags) - set(etags) | set(out.deleted))
+        return out
+
+    # -- single objects ----------------------------------------------------------------
+    def _get_href(self, calendar_id: str, href: str, window: Window) -> RemoteEvent | None:
+        url = self._abs(calendar_id, href)
+        resp = self.session.request("GET", url, what="GET")
+        if resp.status_code in (404, 410):
+            return None
+        if resp.status_code != 200:
+            raise self.session.unexpected(resp, url, "GET")
+        parsed = parse_resource(resp.content, norm_href(href), resp.headers.get("etag"),
+                                window, self.parse_options)
+        if parsed.quarantined is not None:
+            raise ProviderError(f"{self.session.label}: {url} cannot be read: "
+                                f"{parsed.quarantined.reason}", url=url)
+        return parsed.event
+
+    def get(self, calendar_id: str, remote_id: str, window: Window) -> RemoteEvent | None:
+        return self._get_href(calendar_id, remote_id, window)
+
+    def find_by_key(self, calendar_id: str, key: str, window: Window) -> RemoteEvent | None:
+        return self._get_href(calendar_id, self.href_for_key(calendar_id, key), window)
+
+    # -- writes ------------------------------------------------------------------------
+    def _written(self, calendar_id: str, href: str, ics: str,
+                 resp: httpx.Response, event: OutgoingEvent) -> RemoteEvent:
+        etag = resp.headers.get("etag")
+        if not etag:  # the server changed what we sent, or does not say: ask
+            pf = self.session.request("PROPFIND", self._abs(calendar_id, href),
+                                      body=davxml.propfind("d:getetag"), depth="0",
+                                      what="getetag")
+            if pf.status_code == 207:
+                for item in davxml.parse_multistatus(pf.content).responses:
+                    etag = item.text(q(DAV, "getetag")) or etag
+        span = Window(_utc(event.start) - dt.timedelta(days=1),
+                      _utc(event.end) + dt.timedelta(days=1))
+        parsed = parse_resource(ics, href, etag, span, self.parse_options)
+        if parsed.event is None:  # cannot happen for what render_event writes
+            raise ProviderError(f"{self.session.label}: wrote {href} but cannot read it back")
+        return parsed.event
+
+    def _put(self, calendar_id: str, href: str, event: OutgoingEvent,
+             headers: dict[str, str], what: str) -> tuple[httpx.Response, str]:
+        ics = render_event(event, self._clock())
+        headers = {"Content-Type": "text/calendar; charset=utf-8", **headers}
+        url = self._abs(calendar_id, href)
+        resp = self.session.request("PUT", url, body=ics.encode("utf-8"), headers=headers,
+                                    what=what)
+        return resp, ics
+
+    def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
+        href = self.href_for_key(calendar_id, event.key)
+        resp, ics = self._put(calendar_id, href, event, {"If-None-Match": "*"}, "create")
+        if resp.status_code == 412:
+            raise AlreadyExists(f"{self.session.label}: {href} already exists in "
+                                f"{calendar_id}", remote_id=href, calendar=calendar_id)
+        if resp.status_code not in (200, 201, 204):
+            raise self.session.unexpected(resp, self._abs(calendar_id, href), "create")
+        return self._written(calendar_id, href, ics, resp, event)
+
+    def update(self, calendar_id: str, remote_id: str, event: OutgoingEvent,
+               etag: str | None) -> RemoteEvent:
+        href = norm_href(remote_id)
+        headers = {"If-Match": etag} if etag else {}
+        resp, ics = self._put(calendar_id, href, event, headers, "update")
+        if resp.status_code == 412:
+            raise PreconditionFailed(f"{self.session.label}: {href} changed on the server "
+                                     f"since etag {etag}", remote_id=href, calendar=calendar_id)
+        if resp.status_code not in (200, 201, 204):
+            raise self.session.unexpected(resp, self._abs(calendar_id, href), "update")
+        return self._written(calendar_id, href, ics, resp, event)
+
+    def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
+        url = self._abs(calendar_id, norm_href(remote_id))
+        headers = {"If-Match": etag} if etag else {}
+        resp = self.session.request("DELETE", url, headers=headers, what="delete")
+        if resp.status_code in (200, 202, 204, 404, 410):
+            return
+        if resp.status_code == 412:
+            raise PreconditionFailed(f"{self.session.label}: {url} changed on the server "
+                                     f"since etag {etag}", remote_id=remote_id,
+                                     calendar=calendar_id)
+        raise self.session.unexpected(resp, url, "delete")
+
+    def credentials(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _utc(value: dt.date | dt.datetime) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(value, dt.time(), tzinfo=dt.timezone.utc)

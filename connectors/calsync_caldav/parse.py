@@ -1,0 +1,411 @@
+"""Normalise iCalendar objects into :class:`RemoteEvent` values. Pure: no I/O.
+
+``parse_calendar`` reads any iCalendar text (lenient: broken encodings, stray lines, bare
+VEVENTs, several VCALENDARs) and returns one :class:`RemoteEvent` per UID, with
+occurrences expanded inside the window, plus a problem per unusable event (which
+property, what was wrong) and notes on guesses it made (TZIDs, floating times).
+``parse_resource`` applies it to one CalDAV resource: an event, a :class:`Quarantined`
+entry, or nothing (VTODO/VJOURNAL-only objects are not events).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import icalendar
+import recurring_ical_events
+
+from calsync.sync.connector import (
+    BusyStatus,
+    EventStatus,
+    Occurrence,
+    Quarantined,
+    RemoteEvent,
+    Window,
+)
+from calsync_caldav.timezones import resolve_tzid
+
+UTC = dt.timezone.utc
+KEY_PROPERTY = "X-CALSYNC-KEY"
+# Properties whose damage makes the busy time unknowable: the event is quarantined.
+_VITAL = ("DTSTART", "DTEND", "DURATION", "RRULE", "RDATE", "EXDATE", "RECURRENCE-ID")
+_DATE_PROPS = ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE")
+_BUSY_STATUS: dict[str, BusyStatus] = {
+    "FREE": "free", "TENTATIVE": "tentative", "OOF": "oof", "BUSY": "busy",
+    "WORKINGELSEWHERE": "workingElsewhere",
+}
+_PARTSTAT = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "tentative"}
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    """How to read objects: the zone for floating times, the account's own addresses
+    (to find the owner's PARTSTAT) and the bound on expanded occurrences."""
+
+    default_tz: dt.tzinfo = UTC
+    owner_emails: frozenset[str] = frozenset()
+    max_occurrences: int = 1000
+
+
+@dataclass
+class CalendarParse:
+    events: list[RemoteEvent] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one per unusable event
+    notes: list[str] = field(default_factory=list)  # guesses made while reading
+
+
+class _Unusable(Exception):
+    """An event whose busy time cannot be known."""
+
+
+def decode(raw: str | bytes) -> str:
+    """Text of an object: UTF-8 when it is, else Windows-1252 (what old producers wrote)."""
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", errors="replace")
+    return text.lstrip("\ufeff")
+
+
+def _components(text: str) -> list[Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            parsed = icalendar.Calendar.from_ical(text, multiple=True)
+        except Exception:  # noqa: BLE001 - retry as a bare component below
+            parsed = []
+        if not parsed:
+            # A bare VEVENT without a VCALENDAR wrapper, or a file icalendar refuses.
+            parsed = [icalendar.Component.from_ical(text)]
+    return list(parsed)
+
+
+def _email(value: Any) -> str:
+    text = str(value).strip()
+    if text.lower().startswith("mailto:"):
+        text = text[7:]
+    return text.strip().lower()
+
+
+def _text(component: Any, name: str) -> str | None:
+    value = component.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = value[0]
+    return str(value)
+
+
+def _check_vital(event: Any, label: str) -> None:
+    """Raise _Unusable naming the property when a vital property is broken."""
+    for prop, message in getattr(event, "errors", []) or []:
+        if prop in _VITAL:
+            raise _Unusable(f"{label}: property {prop}: {message}")
+    if "DTSTART" not in event:
+        raise _Unusable(f"{label}: property DTSTART is missing")
+    for name in ("DTSTART", "DTEND", "RECURRENCE-ID"):
+        if name in event:
+            try:
+                event[name].dt  # noqa: B018 - raises on broken values
+            except Exception as exc:  # noqa: BLE001
+                raise _Unusable(f"{label}: property {name}: {exc}") from exc
+    if "DURATION" in event:
+        try:
+            event["DURATION"].dt  # noqa: B018
+        except Exception as exc:  # noqa: BLE001
+            raise _Unusable(f"{label}: property DURATION: {exc}") from exc
+    start = event["DTSTART"].dt
+    if "DTEND" in event:
+        end = event["DTEND"].dt
+        if isinstance(start, dt.datetime) != isinstance(end, dt.datetime):
+            raise _Unusable(f"{label}: property DTEND: {end!s} is not of the same type "
+                            f"(date or date-time) as DTSTART {start!s}")
+        if _as_utc(end, UTC) < _as_utc(start, UTC):
+            raise _Unusable(f"{label}: property DTEND: {end!s} is before DTSTART {start!s}")
+
+
+def _as_utc(value: dt.date | dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=tz)
+        return value.astimezone(UTC)
+    return dt.datetime.combine(value, dt.time(), tzinfo=tz).astimezone(UTC)
+
+
+def _fix_tzids(event: Any, label: str, notes: list[str], seen: set[str]) -> None:
+    """Give naive values that carry a TZID icalendar could not resolve a real zone."""
+    for name in _DATE_PROPS:
+        if name not in event:
+            continue
+        values = event[name] if isinstance(event[name], list) else [event[name]]
+        for prop in values:
+            tzid = prop.params.get("TZID")
+            if not tzid:
+                continue
+            items = getattr(prop, "dts", None) or [prop]
+            for item in items:
+                value = getattr(item, "dt", None)
+                if not isinstance(value, dt.datetime) or value.tzinfo is not None:
+                    continue
+                zone, note = resolve_tzid(str(tzid))
+                if str(tzid) not in seen:
+                    seen.add(str(tzid))
+                    notes.append(f"{label}: {note}" + ("" if zone else
+                                 ": times read as floating in the user's zone"))
+                if zone is not None:
+                    item.dt = value.replace(tzinfo=zone)
+
+
+def _busy(component: Any) -> BusyStatus:
+    cdo = _text(component, "X-MICROSOFT-CDO-BUSYSTATUS")
+    if cdo and cdo.strip().upper() in _BUSY_STATUS:
+        return _BUSY_STATUS[cdo.strip().upper()]
+    transp = _text(component, "TRANSP")
+    if transp and transp.strip().upper() == "TRANSPARENT":
+        return "free"
+    return "busy"
+
+
+def _status(component: Any) -> EventStatus:
+    status = (_text(component, "STATUS") or "").strip().upper()
+    if status == "CANCELLED":
+        return "cancelled"
+    if status == "TENTATIVE":
+        return "tentative"
+    return "confirmed"
+
+
+def _attendees(component: Any) -> list[Any]:
+    value = component.get("ATTENDEE")
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _response(component: Any, owners: frozenset[str]) -> str | None:
+    for attendee in _attendees(component):
+        if _email(attendee) in owners:
+            partstat = str(attendee.params.get("PARTSTAT", "")).strip().strip('"').upper()
+            return _PARTSTAT.get(partstat)
+    return None
+
+
+def _end_of(event: Any, start: dt.date | dt.datetime) -> dt.date | dt.datetime:
+    if "DTEND" in event:
+        end: dt.date | dt.datetime = event["DTEND"].dt
+        return end
+    if "DURATION" in event:
+        return start + event["DURATION"].dt
+    # RFC 5545 3.6.1: a date lasts one day, a date-time takes no time.
+    if isinstance(start, dt.datetime):
+        return start
+    return start + dt.timedelta(days=1)
+
+
+def _localise(value: dt.date | dt.datetime, tz: dt.tzinfo) -> dt.date | dt.datetime:
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=tz)
+    return value
+
+
+def _expand(group: list[Any], timezones: list[Any], window: Window,
+            options: ParseOptions, master: Any | None) -> list[Occurrence]:
+    cal = icalendar.Calendar()
+    for tz in timezones:
+        cal.add_component(tz)
+    for event in group:
+        cal.add_component(event)
+    pad = dt.timedelta(days=1)  # floating times: the window is exact only after localising
+    found: list[Occurrence] = []
+    master_cancelled = master is not None and _status(master) == "cancelled"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        query = recurring_ical_events.of(cal)
+        for occurrence in itertools.islice(query.after(window.start - pad),
+                                           options.max_occurrences * 4):
+            start = occurrence["DTSTART"].dt
+            end = occurrence["DTEND"].dt if "DTEND" in occurrence else _end_of(occurrence, start)
+            s_utc, e_utc = _as_utc(start, options.default_tz), _as_utc(end, options.default_tz)
+            if s_utc >= window.end + pad:
+                break
+            if _status(occurrence) == "cancelled" and not master_cancelled:
+                continue
+            if e_utc <= window.start or s_utc >= window.end:
+                if not (s_utc == e_utc and window.start <= s_utc < window.end):
+                    continue
+            found.append(Occurrence(s_utc, e_utc))
+            if len(found) >= options.max_occurrences:
+                break
+    found.sort(key=lambda o: (o.start, o.end))
+    return found
+
+
+def _group_by_uid(events: list[Any]) -> list[tuple[str | None, list[Any]]]:
+    groups: dict[str, list[Any]] = {}
+    order: list[tuple[str | None, list[Any]]] = []
+    for event in events:
+        uid = _text(event, "UID")
+        is_override = "RECURRENCE-ID" in event
+        if uid is None:
+            order.append((None, [event]))
+            continue
+        existing = groups.get(uid)
+        has_master = existing is not None and any("RECURRENCE-ID" not in e for e in existing)
+        if existing is None or (has_master and not is_override):
+            # A second master with the same UID (duplicated feed entries) stands alone.
+            groups[uid] = [event]
+            order.append((uid, groups[uid]))
+        else:
+            existing.append(event)
+    return order
+
+
+def _build(uid: str | None, group: list[Any], timezones: list[Any], window: Window,
+           options: ParseOptions, remote_id: str, etag: str | None) -> RemoteEvent:
+    masters = [e for e in group if "RECURRENCE-ID" not in e]
+    master = masters[0] if masters else None
+    main = master if master is not None else group[0]
+    start = _localise(main["DTSTART"].dt, options.default_tz)
+    end = _localise(_end_of(main, main["DTSTART"].dt), options.default_tz)
+    all_day = not isinstance(start, dt.datetime)
+    tzid = main["DTSTART"].params.get("TZID")
+    if tzid is None and isinstance(start, dt.datetime) and start.tzinfo is not None:
+        tzid = getattr(start.tzinfo, "key", None) or ("UTC" if start.utcoffset() == dt.timedelta(0)
+                                                       else None)
+    organizer = main.get("ORGANIZER")
+    last_modified = None
+    if "LAST-MODIFIED" in main:
+        try:
+            value = main["LAST-MODIFIED"].dt
+            if isinstance(value, dt.datetime):
+                last_modified = _as_utc(value, UTC)
+        except Exception:  # noqa: BLE001 - a broken timestamp is only a diagnostic
+            last_modified = None
+    recurring = bool(master is not None and ("RRULE" in master or "RDATE" in master)) \
+        or len(group) > 1
+    klass = (_text(main, "CLASS") or "").strip().upper()
+    return RemoteEvent(
+        remote_id=remote_id,
+        etag=etag,
+        uid=uid,
+        calsync_key=(_text(main, KEY_PROPERTY) or None),
+        summary=_text(main, "SUMMARY"),
+        description=_text(main, "DESCRIPTION"),
+        location=_text(main, "LOCATION"),
+        start=start,
+        end=end,
+        all_day=all_day,
+        tzid=str(tzid) if tzid else None,
+        busy=_busy(main),
+        status=_status(main),
+        response=_response(main, options.owner_emails),
+        private=klass in ("PRIVATE", "CONFIDENTIAL"),
+        organizer=_email(organizer) if organizer is not None else None,
+        attendees=[_email(a) for a in _attendees(main)],
+        recurring=recurring,
+        occurrences=_expand(group, timezones, window, options, master),
+        last_modified=last_modified,
+    )
+
+
+def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
+                   remote_id: str = "") -> CalendarParse:
+    """Every event in ``raw``, one :class:`RemoteEvent` per UID (master plus overrides).
+
+    Never raises for bad input: an unreadable file or event becomes a problem string
+    naming the event and property. ``remote_id`` is copied onto each event.
+    """
+    result = CalendarParse()
+    text = decode(raw)
+    try:
+        components = _components(text)
+    except Exception as exc:  # noqa: BLE001 - a file icalendar cannot read at all
+        result.problems.append(f"not an iCalendar object: {exc}")
+        return result
+    events: list[Any] = []
+    timezones: list[Any] = []
+    for top in components:
+        for comp in top.walk():
+            if comp.name == "VEVENT":
+                events.append(comp)
+            elif comp.name == "VTIMEZONE":
+                timezones.append(comp)
+        for prop, message in getattr(top, "errors", []) or []:
+            result.notes.append(f"{top.name}: ignored broken line or property {prop}: {message}")
+    seen_tz: set[str] = set()
+    for uid, group in _group_by_uid(events):
+        label = f"VEVENT UID={uid!r}" if uid else "VEVENT without UID"
+        try:
+            for event in group:
+                sub = label
+                if "RECURRENCE-ID" in event:
+                    sub = f"{label} RECURRENCE-ID={event.get('RECURRENCE-ID').to_ical().decode()}"
+                _check_vital(event, sub)
+                for prop, message in getattr(event, "errors", []) or []:
+                    result.notes.append(f"{sub}: ignored broken property {prop}: {message}")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _fix_tzids(event, sub, result.notes, seen_tz)
+            result.events.append(_build(uid, group, timezones, window, options,
+                                        remote_id, None))
+        except _Unusable as exc:
+            result.problems.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - expansion of a broken rule etc.
+            result.problems.append(f"{label}: cannot be expanded: {type(exc).__name__}: {exc}")
+    floating = [e for e in result.events if isinstance(e.start, dt.datetime)
+                and e.tzid is None]
+    if floating:
+        result.notes.append(f"{len(floating)} event(s) with floating times read in "
+                            f"{getattr(options.default_tz, 'key', options.default_tz)}")
+    return result
+
+
+@dataclass
+class ResourceParse:
+    event: RemoteEvent | None = None
+    quarantined: Quarantined | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_resource(raw: str | bytes, remote_id: str, etag: str | None, window: Window,
+                   options: ParseOptions) -> ResourceParse:
+    """One CalDAV resource (one UID by RFC 4791): its event, or why it is quarantined.
+
+    A resource with no VEVENT (a VTODO, a VJOURNAL) gives neither: it is not an event.
+    Should a resource hold several UIDs, the first is the event and the others' busy
+    spans are merged into its occurrences.
+    """
+    text = decode(raw)
+    parsed = parse_calendar(text, window, options, remote_id)
+    out = ResourceParse(notes=[f"{remote_id}: {n}" for n in parsed.notes])
+    if parsed.problems:
+        out.quarantined = Quarantined(remote_id, "; ".join(parsed.problems), text)
+        return out
+    if not parsed.events:
+        return out
+    event = parsed.events[0]
+    for other in parsed.events[1:]:
+        event.occurrences.extend(other.occurrences)
+    event.occurrences.sort(key=lambda o: (o.start, o.end))
+    event.etag = etag
+    event.raw = text
+    out.event = event
+    return out
+
+
+def zone_or_utc(name: str | None) -> dt.tzinfo:
+    """The IANA zone ``name``, or UTC when it is empty or unknown."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except Exception:  # noqa: BLE001
+        return UTC
