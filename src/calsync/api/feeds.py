@@ -153,3 +153,9 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
         headers["Content-Length"] = str(len(body))
         return Response(status_code=200, headers=headers, media_type=CONTENT_TYPE)
     return Response(content=body, status_code=200, headers=headers, media_type=CONTENT_TYPE)
+
+
+@router.api_route("/feeds/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
+def feed_not_found(rest: str) -> Response:
+    """Any other path under /feeds/: the same 404 as a bad token."""
+    return JSONResponse(_NOT_FOUND, status_code=404)
