@@ -85,7 +85,7 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
     scheduler.add_job(refresh_feeds_job, IntervalTrigger(seconds=refresh, timezone=dt.timezone.utc),
                       args=(settings, db, clock), id="feeds.refresh", name="re-render dirty feeds",
                       coalesce=True, max_instances=1, misfire_grace_time=max(refresh, 5),
-                      next_run_time=clock())
+                      next_run_time=_utcnow())
     scheduler.add_job(rebuild_feeds_job,
                       CronTrigger(hour=settings.feeds.rebuild_cron_hour, minute=0,
                                   timezone=dt.timezone.utc),
