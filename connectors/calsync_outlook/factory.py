@@ -1,0 +1,146 @@
+"""OutlookFactory: builds connectors and carries the optional hooks the core calls by name
+(``device_flow``, ``authorization_url``, ``exchange_code``, ``parse_notification``,
+``subscribe``, ``renew``, ``unsubscribe``).
+
+Transports are injected: ``ctx.http`` (or the factory's ``http``) is an :class:`OutlookHttp`
+holding a requests.Session-like object for msal and an httpx.Client for Graph; without one,
+fresh clients are made (and closed with the connector).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from calsync.errors import UserError
+from calsync.push import PushNotice, PushResult
+from calsync.sync.connector import ConnectContext, RemoteCalendar
+
+from calsync_outlook import auth
+from calsync_outlook.connector import OutlookConnector
+from calsync_outlook.graph import GraphClient
+
+
+@dataclass(frozen=True)
+class OutlookHttp:
+    identity: Any  # requests.Session-like, msal's http_client
+    graph: httpx.Client
+
+
+class OutlookFactory:
+    providers = ("outlook",)
+
+    def __init__(self, http: OutlookHttp | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.http = http
+        self.sleep = sleep
+
+    def _transports(self, ctx: ConnectContext) -> tuple[Any, httpx.Client, list[Any]]:
+        http = ctx.http or self.http
+        if isinstance(http, OutlookHttp):
+            return http.identity, http.graph, []
+        import requests
+
+        identity = requests.Session()
+        graph = httpx.Client(timeout=ctx.settings.sync.request_timeout_seconds)
+        return identity, graph, [graph, identity]
+
+    # --- ConnectorFactory -----------------------------------------------------------------
+
+    def connect(self, ctx: ConnectContext) -> OutlookConnector:
+        identity, graph_http, owned = self._transports(ctx)
+        try:
+            tokens = auth.TokenSource(ctx.settings, identity, ctx.credentials, ctx.account)
+        except Exception:
+            for obj in owned:
+                obj.close()
+            raise
+        graph = GraphClient(ctx.settings, graph_http, tokens, ctx.account or
+                            str(ctx.credentials.get("username") or ""), sleep=self.sleep)
+        return OutlookConnector(graph, tokens, ctx.account, owned)
+
+    def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
+        connector = self.connect(ctx)
+        try:
+            resp = connector.graph.request("GET", "/me?$select=mail,userPrincipalName")
+            if resp.status != 200:
+                raise UserError(f"Outlook account check failed: HTTP {resp.status} "
+                                f"{resp.error_code()}")
+            account = resp.body.get("mail") or resp.body.get("userPrincipalName") or ctx.account
+            calendars = connector.list_calendars()
+            creds = connector.credentials() or ctx.credentials
+        finally:
+            connector.close()
+        return replace(ctx, account=str(account), credentials=creds), calendars
+
+    # --- sign-in hooks --------------------------------------------------------------------
+
+    def device_flow(self, ctx: ConnectContext,
+                    prompt: Callable[[str], None]) -> ConnectContext:
+        identity, _graph, owned = self._transports(ctx)
+        try:
+            creds, result = auth.run_device_flow(ctx.settings, identity, prompt)
+        finally:
+            for obj in owned:
+                obj.close()
+        account = (result.get("id_token_claims") or {}).get("preferred_username") or ""
+        return replace(ctx, credentials=creds, account=str(account))
+
+    def authorization_url(self, ctx: ConnectContext, state: str, code_challenge: str,
+                          redirect_uri: str) -> str:
+        identity, _graph, owned = self._transports(ctx)
+        try:
+            return auth.auth_code_url(ctx.settings, identity, state, code_challenge,
+                                      redirect_uri)
+        finally:
+            for obj in owned:
+                obj.close()
+
+    def exchange_code(self, ctx: ConnectContext, code: str, code_verifier: str,
+                      redirect_uri: str) -> ConnectContext:
+        identity, _graph, owned = self._transports(ctx)
+        try:
+            creds, result = auth.redeem_code(ctx.settings, identity, code, code_verifier,
+                                             redirect_uri)
+        finally:
+            for obj in owned:
+                obj.close()
+        account = (result.get("id_token_claims") or {}).get("preferred_username") or ""
+        return replace(ctx, credentials=creds, account=str(account))
+
+    # --- push hooks -----------------------------------------------------------------------
+
+    def parse_notification(self, headers: Mapping[str, str], query: Mapping[str, str],
+                           body: bytes) -> PushResult:
+        """Graph's validation handshake (``?validationToken=``: echo it as text/plain) or a
+        change-notification collection ``{"value": [{subscriptionId, clientState, …}]}``."""
+        if "validationToken" in query:
+            return PushResult(reply_text=str(query["validationToken"]))
+        try:
+            doc = json.loads(body or b"{}")
+            notices = tuple(PushNotice(subscription_id=str(n["subscriptionId"]),
+                                       secret=str(n.get("clientState") or ""),
+                                       change=n.get("changeType"))
+                            for n in doc.get("value", []))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError("webhooks/outlook: the body is not a Graph change-notification "
+                            "collection") from exc
+        return PushResult(notices=notices)
+
+    def subscribe(self, connector: OutlookConnector, calendar_id: str, notify_url: str,
+                  secret: str) -> tuple[str, str | None, dt.datetime]:
+        return connector.subscribe(calendar_id, notify_url, secret)
+
+    def renew(self, connector: OutlookConnector, remote_id: str,
+              resource_id: str | None = None) -> dt.datetime:
+        return connector.renew(remote_id)
+
+    def unsubscribe(self, connector: OutlookConnector, remote_id: str,
+                    resource_id: str | None = None) -> None:
+        connector.unsubscribe(remote_id)

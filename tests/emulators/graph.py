@@ -1,0 +1,970 @@
+"""A loopback emulator of Microsoft Graph (calendar) and the Microsoft identity platform.
+
+Serves HTTPS on 127.0.0.1 (a free port, a self-signed certificate made per emulator: msal
+accepts only https authorities) so the REAL msal library (``http_client=`` a requests
+Session trusting that certificate) and calsync's Graph client talk to it unchanged.
+
+Documented behaviours it follows (Microsoft identity platform v2.0 and Graph v1.0 docs):
+
+Identity
+- ``GET /{tenant}/v2.0/.well-known/openid-configuration`` (OpenID discovery).
+- ``POST /{tenant}/oauth2/v2.0/devicecode`` then ``/token`` with grant
+  ``urn:ietf:params:oauth:grant-type:device_code`` (device authorization grant; the emulator
+  "approves" at once as :attr:`GraphEmulator.sign_in_as`, or answers
+  ``authorization_pending`` ``device_pending_polls`` times first).
+- ``GET /{tenant}/oauth2/v2.0/authorize`` -> 302 to ``redirect_uri?code=&state=``; ``/token``
+  with ``authorization_code`` checks ``redirect_uri`` and PKCE S256 (``code_verifier``);
+  codes are single use.
+- ``refresh_token`` grant; a revoked refresh token -> 400 ``invalid_grant`` (AADSTS50173).
+- Token responses carry ``access_token``, ``refresh_token``, ``id_token``, ``client_info``.
+
+Graph
+- Bearer tokens: unknown/expired -> 401 ``InvalidAuthenticationToken``.
+- ``GET /me``, ``GET /me/calendars`` (``canEdit``).
+- Events CRUD: ``POST /me/calendars/{id}/events`` (``transactionId`` dedup: a second create
+  with the same transactionId returns the existing event), ``GET|PATCH|DELETE
+  /me/events/{id}`` and ``/me/calendars/{cal}/events/{id}``; ``@odata.etag`` (W/"changeKey")
+  with ``If-Match`` -> 412 ``ErrorIrresolvableConflict``; missing -> 404 ``ErrorItemNotFound``.
+- ``singleValueExtendedProperties`` on create/update, returned only with
+  ``$expand=singleValueExtendedProperties($filter=id eq '…')``; list filter
+  ``singleValueExtendedProperties/Any(ep: ep/id eq '…' and ep/value eq '…')``.
+- ``GET /me/calendars/{id}/calendarView/delta?startDateTime=&endDateTime=``: instances
+  (single events, occurrences and exceptions of series expanded inside the window), paged by
+  ``Prefer: odata.maxpagesize`` with ``@odata.nextLink`` ($skiptoken; pages may be short or
+  empty: :attr:`page_pattern`), the last page carrying ``@odata.deltaLink`` ($deltatoken);
+  deletions as ``{"id", "@removed": {"reason": "deleted"}}``; replays of already-sent items
+  (:attr:`replay_delta`); an expired/unknown delta token -> 410 ``syncStateNotFound``.
+  ``Prefer: outlook.timezone="UTC"`` converts ``start``/``end`` of timed events to UTC.
+- Recurring series (``recurrence`` pattern daily/weekly, range endDate/numbered/noEnd) are
+  expanded to ``occurrence`` instances; exceptions (modified or cancelled occurrences).
+- ``showAs``, ``sensitivity``, ``isCancelled``, ``responseStatus``, ``isAllDay``, ``type``.
+- ``POST /$batch`` (JSON batching): at most 20 requests, each answered by id (order not
+  kept), per-item 429 with ``Retry-After`` (:meth:`throttle_batch_items`).
+- Throttling: :meth:`throttle` (429/503 with ``Retry-After``), :meth:`fail`; more than 4
+  concurrent requests per mailbox -> 429 ``ApplicationThrottled`` (``MailboxConcurrency``);
+  the maximum seen is recorded in :attr:`max_in_flight`.
+- Subscriptions: ``POST /subscriptions`` runs the validation handshake (POST to
+  ``notificationUrl?validationToken=…``, expects 200 text/plain echo) before it answers 201;
+  expirationDateTime at most 10,080 minutes ahead; ``PATCH`` renews, ``DELETE`` removes.
+  Changes to a subscribed calendar queue notifications (``subscriptionId``, ``clientState``,
+  ``changeType``, ``resource``, ``resourceData``) sent by :meth:`send_notifications`.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import copy
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+UTC = dt.timezone.utc
+GRAPH_PREFIX = "/v1.0"
+MAX_BATCH = 20
+MAX_SUBSCRIPTION_MINUTES = 10080
+MAILBOX_CONCURRENCY = 4
+
+# Windows zone names the emulator understands (its own table, independent of calsync's).
+_WINDOWS = {
+    "UTC": "UTC", "Pacific Standard Time": "America/Los_Angeles",
+    "Central Standard Time": "America/Chicago", "Eastern Standard Time": "America/New_York",
+    "W. Europe Standard Time": "Europe/Berlin", "GMT Standard Time": "Europe/London",
+    "Mountain Standard Time": "America/Denver",
+}
+
+
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(_WINDOWS.get(name, name))
+
+
+def _fmt(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.0000000")
+
+
+def _parse_local(value: str) -> dt.datetime:
+    value = value.rstrip("Z")
+    if "." in value:
+        value = value.split(".", 1)[0]
+    return dt.datetime.fromisoformat(value)
+
+
+def _parse_instant(value: str) -> dt.datetime:
+    v = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _graph_error(status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    return status, headers or {}, {"error": {"code": code, "message": message}}
+
+
+def _make_cert(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Mailbox:
+    def __init__(self, email: str, tenant_id: str) -> None:
+        self.email = email
+        self.oid = secrets.token_hex(16)
+        self.tenant_id = tenant_id
+        self.display_name = email.split("@")[0].title()
+        self.calendars: dict[str, dict[str, Any]] = {}
+        self.events: dict[str, dict[str, Any]] = {}  # id -> stored event (masters, singles)
+
+
+class GraphEmulator:
+    """Start with :meth:`start` (or as a context manager); :attr:`base_url` is https."""
+
+    def __init__(self, tenant: str = "contoso", client_id: str = "calsync-test-client",
+                 client_secret: str | None = None) -> None:
+        self.tenant = tenant
+        self.tenant_id = secrets.token_hex(16)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.lock = threading.RLock()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.sign_in_as: str | None = None
+        self.device_pending_polls = 0
+        self.access_tokens: dict[str, str] = {}  # token -> email
+        self.refresh_tokens: dict[str, str] = {}
+        self.revoked: set[str] = set()
+        self.device_codes: dict[str, dict[str, Any]] = {}
+        self.auth_codes: dict[str, dict[str, Any]] = {}
+        self.token_requests: collections.Counter[str] = collections.Counter()
+        self.requests: list[tuple[str, str]] = []  # Graph (method, path) incl. batch items
+        self.http_requests = 0  # top-level Graph HTTP requests
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self.max_in_flight: collections.Counter[str] = collections.Counter()
+        self.latency = 0.0
+        self.enforce_concurrency = True
+        self._throttles: list[tuple[int, float]] = []
+        self._batch_throttles: list[float] = []
+        self.page_size = 50
+        self.page_pattern: list[int] | None = None
+        self.replay_delta = False
+        self.delta_tokens: dict[str, dict[str, Any]] = {}
+        self.skip_tokens: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.pending_notifications: list[tuple[str, dict[str, Any]]] = []
+        self.deliver: Callable[[str, dict[str, str], bytes, dict[str, str]],
+                               tuple[int, str]] = self._deliver_http
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
+        self._seq = 0
+        self._tmp = tempfile.TemporaryDirectory(prefix="graph-emulator-")
+        self.ca_file, self._key_file = _make_cert(Path(self._tmp.name))
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> GraphEmulator:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, headers, payload = emulator.handle(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                    body)
+                if isinstance(payload, (dict, list)):
+                    data = json.dumps(payload).encode()
+                    headers.setdefault("Content-Type", "application/json")
+                elif isinstance(payload, str):
+                    data = payload.encode()
+                    headers.setdefault("Content-Type", "text/plain")
+                else:
+                    data = payload or b""
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.ca_file), str(self._key_file))
+        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.05})
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> GraphEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "emulator not started"
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def graph_url(self) -> str:
+        return self.base_url + GRAPH_PREFIX
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def identity_session(self) -> Any:
+        """A requests Session trusting the emulator (msal's ``http_client``)."""
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False  # else $REQUESTS_CA_BUNDLE overrides ``verify``
+        session.verify = str(self.ca_file)
+        return session
+
+    def graph_client(self) -> Any:
+        import httpx
+
+        return httpx.Client(verify=self.ssl_context(), timeout=30, trust_env=False)
+
+    # --- test knobs -----------------------------------------------------------------------
+
+    def add_mailbox(self, email: str, calendars: tuple[tuple[str, bool], ...] = (
+            ("Calendar", True),)) -> Mailbox:
+        with self.lock:
+            box = Mailbox(email, self.tenant_id)
+            self.mailboxes[email] = box
+            for name, can_edit in calendars:
+                self.add_calendar(email, name, can_edit)
+            if self.sign_in_as is None:
+                self.sign_in_as = email
+            return box
+
+    def add_calendar(self, email: str, name: str, can_edit: bool = True) -> str:
+        cal_id = "AAMkCal" + secrets.token_urlsafe(18)
+        self.mailboxes[email].calendars[cal_id] = {
+            "id": cal_id, "name": name, "canEdit": can_edit, "color": "auto",
+            "owner": {"address": email, "name": email}}
+        return cal_id
+
+    def calendar_id(self, email: str, name: str = "Calendar") -> str:
+        for cal in self.mailboxes[email].calendars.values():
+            if cal["name"] == name:
+                return str(cal["id"])
+        raise KeyError(name)
+
+    def throttle(self, count: int = 1, retry_after: float = 1, status: int = 429) -> None:
+        """The next ``count`` Graph requests answer ``status`` with Retry-After."""
+        with self.lock:
+            self._throttles.extend([(status, retry_after)] * count)
+
+    def fail(self, count: int = 1, status: int = 503) -> None:
+        with self.lock:
+            self._throttles.extend([(status, -1)] * count)
+
+    def throttle_batch_items(self, count: int, retry_after: float = 1) -> None:
+        """The next ``count`` items inside $batch requests answer 429 with Retry-After."""
+        with self.lock:
+            self._batch_throttles.extend([retry_after] * count)
+
+    def expire_access_tokens(self) -> None:
+        with self.lock:
+            self.access_tokens.clear()
+
+    def revoke_refresh_tokens(self, email: str) -> None:
+        with self.lock:
+            for rt, owner in self.refresh_tokens.items():
+                if owner == email:
+                    self.revoked.add(rt)
+
+    def expire_delta_tokens(self) -> None:
+        with self.lock:
+            self.delta_tokens.clear()
+            self.skip_tokens.clear()
+
+    def put_event(self, email: str, calendar_id: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Create an event as the user would in Outlook (test helper)."""
+        with self.lock:
+            return self._store_new(self.mailboxes[email], calendar_id, copy.deepcopy(event))
+
+    def edit_event(self, email: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            box = self.mailboxes[email]
+            ev = box.events[event_id]
+            ev.update(copy.deepcopy(changes))
+            self._touch(box, ev, "updated")
+            return ev
+
+    def remove_event(self, email: str, event_id: str) -> None:
+        with self.lock:
+            box = self.mailboxes[email]
+            ev = box.events.pop(event_id)
+            self._notify(box, ev, "deleted")
+
+    def set_exception(self, email: str, master_id: str, day: dt.date,
+                      changes: dict[str, Any] | None) -> None:
+        """Modify (``changes``) or cancel (None) one occurrence of a series."""
+        with self.lock:
+            box = self.mailboxes[email]
+            ev = box.events[master_id]
+            ev.setdefault("_exceptions", {})[day.isoformat()] = copy.deepcopy(changes)
+            self._touch(box, ev, "updated")
+
+    def events_in(self, email: str, calendar_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.mailboxes[email].events.values()
+                    if e["_calendar"] == calendar_id]
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], Any]:
+        parts = urlsplit(raw_path)
+        path = parts.path
+        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        if path.startswith(f"/{self.tenant}/"):
+            return self._identity(method, path[len(self.tenant) + 1:], query, body)
+        if not path.startswith(GRAPH_PREFIX + "/"):
+            return _graph_error(404, "NotFound", f"no route {path}")
+        email = self._bearer(headers)
+        if email is None:
+            return _graph_error(401, "InvalidAuthenticationToken",
+                                "Access token has expired or is not yet valid.")
+        with self.lock:
+            self.http_requests += 1
+            self.in_flight[email] += 1
+            current = self.in_flight[email]
+            self.max_in_flight[email] = max(self.max_in_flight[email], current)
+        try:
+            if self.enforce_concurrency and current > MAILBOX_CONCURRENCY:
+                return _graph_error(429, "ApplicationThrottled",
+                                    "Application is over its MailboxConcurrency limit.",
+                                    {"Retry-After": "1"})
+            if self.latency:
+                time.sleep(self.latency)
+            with self.lock:
+                forced = self._throttles.pop(0) if self._throttles else None
+            if forced is not None:
+                status, retry_after = forced
+                extra = {"Retry-After": str(retry_after)} if retry_after >= 0 else {}
+                code = "TooManyRequests" if status == 429 else "ServiceUnavailable"
+                return _graph_error(status, code, "Please retry later.", extra)
+            sub = path[len(GRAPH_PREFIX):]
+            if sub == "/$batch" and method == "POST":
+                return self._batch(email, body)
+            with self.lock:
+                return self._graph(email, method, sub, query, headers, body)
+        finally:
+            with self.lock:
+                self.in_flight[email] -= 1
+
+    def _bearer(self, headers: dict[str, str]) -> str | None:
+        auth = headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return None
+        with self.lock:
+            return self.access_tokens.get(auth[7:].strip())
+
+    # --- identity -------------------------------------------------------------------------
+
+    def _issuer(self) -> str:
+        return f"{self.base_url}/{self.tenant_id}/v2.0"
+
+    def _identity(self, method: str, path: str, query: dict[str, str],
+                  body: bytes) -> tuple[int, dict[str, str], Any]:
+        base = f"{self.base_url}/{self.tenant}"
+        if path == "/v2.0/.well-known/openid-configuration":
+            return 200, {}, {
+                "issuer": self._issuer(),
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "response_types_supported": ["code", "id_token", "code id_token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "code_challenge_methods_supported": ["plain", "S256"],
+            }
+        if path == "/oauth2/v2.0/authorize" and method == "GET":
+            return self._authorize(query)
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        if path == "/oauth2/v2.0/devicecode" and method == "POST":
+            if form.get("client_id") != self.client_id:
+                return 400, {}, {"error": "unauthorized_client",
+                                 "error_description": "AADSTS700016: unknown application"}
+            code = secrets.token_urlsafe(24)
+            user_code = secrets.token_hex(4).upper()
+            with self.lock:
+                self.device_codes[code] = {"email": self.sign_in_as,
+                                           "pending": self.device_pending_polls,
+                                           "scope": form.get("scope", "")}
+            uri = f"{self.base_url}/devicelogin"
+            return 200, {}, {"device_code": code, "user_code": user_code,
+                             "verification_uri": uri, "expires_in": 900, "interval": 1,
+                             "message": f"To sign in, use a web browser to open the page "
+                                        f"{uri} and enter the code {user_code} to "
+                                        f"authenticate."}
+        if path == "/oauth2/v2.0/token" and method == "POST":
+            return self._token(form)
+        return 404, {}, {"error": "not_found"}
+
+    def _authorize(self, query: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        if query.get("client_id") != self.client_id or not query.get("redirect_uri"):
+            return 400, {}, {"error": "invalid_request"}
+        code = secrets.token_urlsafe(24)
+        with self.lock:
+            self.auth_codes[code] = {
+                "email": self.sign_in_as, "redirect_uri": query["redirect_uri"],
+                "challenge": query.get("code_challenge"),
+                "method": query.get("code_challenge_method", "plain")}
+        params = {"code": code}
+        if "state" in query:
+            params["state"] = query["state"]
+        return 302, {"Location": query["redirect_uri"] + "?" + urlencode(params)}, b""
+
+    def _token(self, form: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        grant = form.get("grant_type", "")
+        with self.lock:
+            self.token_requests[grant] += 1
+            self.token_requests["total"] += 1
+
+        def bad(error: str, desc: str) -> tuple[int, dict[str, str], Any]:
+            return 400, {}, {"error": error, "error_description": desc,
+                             "error_codes": [50173 if error == "invalid_grant" else 9002313]}
+
+        if form.get("client_id") != self.client_id:
+            return 400, {}, {"error": "unauthorized_client", "error_description": "AADSTS700016"}
+        if self.client_secret and "client_secret" in form and \
+                form["client_secret"] != self.client_secret:
+            return 401, {}, {"error": "invalid_client", "error_description": "AADSTS7000215"}
+        with self.lock:
+            if grant == "urn:ietf:params:oauth:grant-type:device_code":
+                entry = self.device_codes.get(form.get("device_code", ""))
+                if entry is None:
+                    return bad("expired_token", "AADSTS70019: device code expired")
+                if entry["pending"] > 0:
+                    entry["pending"] -= 1
+                    return bad("authorization_pending", "AADSTS70016: pending")
+                del self.device_codes[form["device_code"]]
+                return 200, {}, self._issue(entry["email"], entry["scope"])
+            if grant == "authorization_code":
+                entry = self.auth_codes.pop(form.get("code", ""), None)
+                if entry is None:
+                    return bad("invalid_grant", "AADSTS54005: code already redeemed or unknown")
+                if form.get("redirect_uri") != entry["redirect_uri"]:
+                    return bad("invalid_grant", "AADSTS50148: redirect_uri mismatch")
+                verifier = form.get("code_verifier", "")
+                if entry["challenge"]:
+                    expect = (_b64url(hashlib.sha256(verifier.encode()).digest())
+                              if entry["method"] == "S256" else verifier)
+                    if expect != entry["challenge"]:
+                        return bad("invalid_grant", "AADSTS501481: code_verifier mismatch")
+                return 200, {}, self._issue(entry["email"], form.get("scope", ""))
+            if grant == "refresh_token":
+                rt = form.get("refresh_token", "")
+                if rt not in self.refresh_tokens or rt in self.revoked:
+                    return bad("invalid_grant", "AADSTS50173: The provided grant has expired "
+                                                "due to it being revoked.")
+                return 200, {}, self._issue(self.refresh_tokens[rt], form.get("scope", ""))
+        return bad("unsupported_grant_type", f"grant {grant!r}")
+
+    def _issue(self, email: str | None, scope: str) -> dict[str, Any]:
+        assert email is not None, "no mailbox signed in"
+        box = self.mailboxes[email]
+        at, rt = "at-" + secrets.token_urlsafe(24), "rt-" + secrets.token_urlsafe(24)
+        self.access_tokens[at] = email
+        self.refresh_tokens[rt] = email
+        now = int(time.time())
+        claims = {"aud": self.client_id, "iss": self._issuer(), "iat": now, "nbf": now,
+                  "exp": now + 3600, "name": box.display_name, "oid": box.oid,
+                  "preferred_username": email, "sub": box.oid, "tid": self.tenant_id,
+                  "ver": "2.0"}
+        id_token = ".".join([_b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()),
+                             _b64url(json.dumps(claims).encode()),
+                             _b64url(secrets.token_bytes(32))])
+        granted = " ".join(s for s in scope.split() if s not in ("openid", "profile",
+                                                                   "offline_access"))
+        return {"token_type": "Bearer", "scope": granted or "Calendars.ReadWrite User.Read",
+                "expires_in": 3600, "ext_expires_in": 3600, "access_token": at,
+                "refresh_token": rt, "id_token": id_token,
+                "client_info": _b64url(json.dumps({"uid": box.oid,
+                                                   "utid": self.tenant_id}).encode())}
+
+    # --- Graph ----------------------------------------------------------------------------
+
+    def _graph(self, email: str, method: str, path: str, query: dict[str, str],
+               headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], Any]:
+        box = self.mailboxes[email]
+        self.requests.append((method, path))
+        data: Any = json.loads(body) if body else None
+        utc = 'outlook.timezone="utc"' in headers.get("prefer", "").lower()
+        if path == "/me" and method == "GET":
+            return 200, {}, {"id": box.oid, "mail": email, "userPrincipalName": email,
+                             "displayName": box.display_name}
+        if path == "/me/calendars" and method == "GET":
+            return 200, {}, {"value": [dict(c) for c in box.calendars.values()]}
+        if path == "/subscriptions" and method == "POST":
+            return self._subscribe(box, data or {})
+        m = re.fullmatch(r"/subscriptions/([^/]+)", path)
+        if m:
+            return self._subscription(box, method, m.group(1), data or {})
+        m = re.fullmatch(r"/me/calendars/([^/]+)/calendarView/delta", path)
+        if m and method == "GET":
+            return self._delta(box, m.group(1), query, headers, utc)
+        m = re.fullmatch(r"/me/calendars/([^/]+)/events", path)
+        if m:
+            if m.group(1) not in box.calendars:
+                return _graph_error(404, "ErrorItemNotFound", "calendar not found")
+            if method == "POST":
+                return self._create(box, m.group(1), data or {}, utc)
+            if method == "GET":
+                return self._list(box, m.group(1), query, utc)
+        m = re.fullmatch(r"/me(?:/calendars/([^/]+))?/events/([^/]+)", path)
+        if m:
+            return self._item(box, m.group(1), m.group(2), method, query, headers, data, utc)
+        return _graph_error(400, "BadRequest", f"unsupported {method} {path}")
+
+    def _batch(self, email: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+        try:
+            reqs = json.loads(body)["requests"]
+        except (ValueError, KeyError, TypeError):
+            return _graph_error(400, "BadRequest", "Invalid batch payload.")
+        if len(reqs) > MAX_BATCH:
+            return _graph_error(400, "BadRequest",
+                                f"Number of batch request steps exceeds the maximum of "
+                                f"{MAX_BATCH}.")
+        responses = []
+        for req in reqs:
+            with self.lock:
+                throttled = self._batch_throttles.pop(0) if self._batch_throttles else None
+            if throttled is not None:
+                status, headers, payload = _graph_error(
+                    429, "TooManyRequests", "Please retry later.",
+                    {"Retry-After": str(throttled)})
+            else:
+                url = req.get("url", "")
+                item_headers = {k.lower(): v for k, v in (req.get("headers") or {}).items()}
+                raw = json.dumps(req["body"]).encode() if req.get("body") is not None else b""
+                parts = urlsplit(url if url.startswith("/") else "/" + url)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                with self.lock:
+                    status, headers, payload = self._graph(email, req.get("method", "GET"),
+                                                           parts.path, query, item_headers,
+                                                           raw)
+            responses.append({"id": req.get("id"), "status": status,
+                              "headers": {"Content-Type": "application/json", **headers},
+                              "body": payload if payload not in (b"", None) else None})
+        responses.reverse()  # the documented contract: order is not guaranteed
+        return 200, {}, {"responses": responses}
+
+    # events ------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _store_new(self, box: Mailbox, cal_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        ev_id = "AAMkEv" + secrets.token_urlsafe(24)
+        now = self.clock()
+        ev = {"subject": "", "body": {"contentType": "text", "content": ""},
+              "isAllDay": False, "showAs": "busy", "sensitivity": "normal",
+              "isCancelled": False, "type": "singleInstance",
+              "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
+              "location": {"displayName": ""}, "categories": [], "attendees": [],
+              "organizer": {"emailAddress": {"name": box.display_name, "address": box.email}},
+              **data}
+        if ev.get("recurrence"):
+            ev["type"] = "seriesMaster"
+        ev.update({"id": ev_id, "_calendar": cal_id, "changeKey": "",
+                   "createdDateTime": now.isoformat().replace("+00:00", "Z"),
+                   "iCalUId": "040000008200E00074C5B7101A82E008" + secrets.token_hex(20)})
+        box.events[ev_id] = ev
+        self._touch(box, ev, "created")
+        return ev
+
+    def _touch(self, box: Mailbox, ev: dict[str, Any], change: str) -> None:
+        ev["changeKey"] = f"ck{self._next_seq()}"
+        ev["lastModifiedDateTime"] = self.clock().isoformat().replace("+00:00", "Z")
+        self._notify(box, ev, change)
+
+    def _public(self, ev: dict[str, Any], utc: bool, expand: str | None = None,
+                box: Mailbox | None = None) -> dict[str, Any]:
+        out = {k: copy.deepcopy(v) for k, v in ev.items()
+               if not k.startswith("_") and k != "singleValueExtendedProperties"}
+        out["@odata.etag"] = f'W/"{ev["changeKey"]}"'
+        out["calendarId"] = ev.get("_calendar")
+        out["originalStartTimeZone"] = ev["start"]["timeZone"]
+        out["originalEndTimeZone"] = ev["end"]["timeZone"]
+        if utc and not ev.get("isAllDay"):
+            for side in ("start", "end"):
+                local = _parse_local(ev[side]["dateTime"]).replace(
+                    tzinfo=_zone(ev[side]["timeZone"]))
+                out[side] = {"dateTime": _fmt(local.astimezone(UTC)), "timeZone": "UTC"}
+        if expand:
+            m = re.search(r"id eq '((?:[^']|'')*)'", expand)
+            wanted = m.group(1).replace("''", "'").lower() if m else None
+            props = [p for p in ev.get("singleValueExtendedProperties") or []
+                     if wanted is None or p["id"].lower() == wanted]
+            if props:
+                out["singleValueExtendedProperties"] = copy.deepcopy(props)
+        if out.get("transactionId") is None:
+            out.pop("transactionId", None)
+        return out
+
+    def _create(self, box: Mailbox, cal_id: str, data: dict[str, Any],
+                utc: bool) -> tuple[int, dict[str, str], Any]:
+        if not box.calendars[cal_id]["canEdit"]:
+            return _graph_error(403, "ErrorAccessDenied", "Access is denied.")
+        for field_ in ("start", "end"):
+            if not isinstance(data.get(field_), dict) or "dateTime" not in data[field_]:
+                return _graph_error(400, "ErrorInvalidRequest", f"{field_} is required")
+        txn = data.get("transactionId")
+        if txn:
+            for ev in box.events.values():
+                if ev["_calendar"] == cal_id and ev.get("transactionId") == txn:
+                    return 201, {}, self._public(ev, utc)
+        ev = self._store_new(box, cal_id, copy.deepcopy(data))
+        return 201, {}, self._public(ev, utc)
+
+    def _list(self, box: Mailbox, cal_id: str, query: dict[str, str],
+              utc: bool) -> tuple[int, dict[str, str], Any]:
+        found = [e for e in box.events.values() if e["_calendar"] == cal_id]
+        flt = query.get("$filter")
+        if flt:
+            m = re.fullmatch(r"singleValueExtendedProperties/Any\(ep: ep/id eq "
+                             r"'((?:[^']|'')*)' and ep/value eq '((?:[^']|'')*)'\)", flt.strip())
+            if not m:
+                return _graph_error(400, "ErrorInvalidUrlQueryFilter", "unsupported filter")
+            pid, value = (g.replace("''", "'") for g in m.groups())
+            found = [e for e in found if any(
+                p["id"].lower() == pid.lower() and p["value"] == value
+                for p in e.get("singleValueExtendedProperties") or [])]
+        top = int(query.get("$top", "10"))
+        return 200, {}, {"value": [self._public(e, utc, query.get("$expand"), box)
+                                   for e in found[:top]]}
+
+    def _item(self, box: Mailbox, cal_id: str | None, ev_id: str, method: str,
+              query: dict[str, str], headers: dict[str, str], data: Any,
+              utc: bool) -> tuple[int, dict[str, str], Any]:
+        ev = box.events.get(ev_id)
+        if ev is None or (cal_id is not None and ev["_calendar"] != cal_id):
+            return _graph_error(404, "ErrorItemNotFound",
+                                "The specified object was not found in the store.")
+        if method == "GET":
+            return 200, {}, self._public(ev, utc, query.get("$expand"), box)
+        if_match = headers.get("if-match")
+        if if_match and if_match not in ("*", f'W/"{ev["changeKey"]}"'):
+            return _graph_error(412, "ErrorIrresolvableConflict",
+                                "The send or update operation could not be performed because "
+                                "the change key passed in the request does not match the "
+                                "current change key for the item.")
+        if method == "PATCH":
+            changes = dict(data or {})
+            changes.pop("transactionId", None)  # cannot change after create
+            for k, v in changes.items():
+                if k == "singleValueExtendedProperties":
+                    props = {p["id"].lower(): p for p in ev.get(k) or []}
+                    props.update({p["id"].lower(): p for p in v})
+                    ev[k] = list(props.values())
+                else:
+                    ev[k] = v
+            self._touch(box, ev, "updated")
+            return 200, {}, self._public(ev, utc)
+        if method == "DELETE":
+            del box.events[ev_id]
+            self._notify(box, ev, "deleted")
+            return 204, {}, b""
+        return _graph_error(405, "MethodNotAllowed", method)
+
+    # instances ---------------------------------------------------------------------------
+
+    def _instances(self, box: Mailbox, cal_id: str, start: dt.datetime,
+                   end: dt.datetime) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Instances overlapping [start, end): id -> (version, stored-shape event)."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for ev in box.events.values():
+            if ev["_calendar"] != cal_id:
+                continue
+            if ev.get("recurrence"):
+                for inst in self._expand(ev):
+                    if self._overlaps(inst, start, end):
+                        version = ev["changeKey"] + "/" + json.dumps(
+                            (ev.get("_exceptions") or {}).get(inst["_day"]), sort_keys=True)
+                        out[inst["id"]] = (version, inst)
+            elif self._overlaps(ev, start, end):
+                out[ev["id"]] = (ev["changeKey"], ev)
+        return out
+
+    @staticmethod
+    def _span(ev: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+        tz = _zone(ev["start"]["timeZone"])
+        s = _parse_local(ev["start"]["dateTime"]).replace(tzinfo=tz)
+        e = _parse_local(ev["end"]["dateTime"]).replace(tzinfo=_zone(ev["end"]["timeZone"]))
+        return s.astimezone(UTC), e.astimezone(UTC)
+
+    def _overlaps(self, ev: dict[str, Any], start: dt.datetime, end: dt.datetime) -> bool:
+        s, e = self._span(ev)
+        return s < end and e > start
+
+    def _expand(self, master: dict[str, Any]) -> list[dict[str, Any]]:
+        pattern = master["recurrence"]["pattern"]
+        rng = master["recurrence"]["range"]
+        first = _parse_local(master["start"]["dateTime"])
+        length = _parse_local(master["end"]["dateTime"]) - first
+        interval = int(pattern.get("interval", 1))
+        days = [d.lower() for d in pattern.get("daysOfWeek") or []]
+        names = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+        limit = int(rng.get("numberOfOccurrences") or 0) if rng["type"] == "numbered" else 0
+        until = dt.date.fromisoformat(rng["endDate"]) if rng["type"] == "endDate" else None
+        day = dt.date.fromisoformat(rng.get("startDate") or first.date().isoformat())
+        out: list[dict[str, Any]] = []
+        count = 0
+        horizon = day + dt.timedelta(days=800)
+        week0 = day - dt.timedelta(days=day.weekday())
+        while day <= (until or horizon) and (not limit or count < limit):
+            if pattern["type"] == "daily":
+                hit = (day - first.date()).days % interval == 0
+            else:
+                week = ((day - dt.timedelta(days=day.weekday())) - week0).days // 7
+                hit = names[day.weekday()] in (days or [names[first.weekday()]]) \
+                    and week % interval == 0
+            if hit:
+                count += 1
+                exc = (master.get("_exceptions") or {}).get(day.isoformat(), "none")
+                if exc is not None:
+                    start = dt.datetime.combine(day, first.time())
+                    inst = {k: copy.deepcopy(v) for k, v in master.items()
+                            if k not in ("recurrence", "_exceptions")}
+                    inst.update({
+                        "id": f"{master['id']}_{day.strftime('%Y%m%d')}",
+                        "type": "occurrence", "seriesMasterId": master["id"],
+                        "recurrence": None, "_day": day.isoformat(),
+                        "start": {"dateTime": _fmt(start),
+                                  "timeZone": master["start"]["timeZone"]},
+                        "end": {"dateTime": _fmt(start + length),
+                                "timeZone": master["end"]["timeZone"]},
+                        "originalStart": _fmt(start)})
+                    if exc != "none":
+                        inst.update(copy.deepcopy(exc))
+                        inst["type"] = "exception"
+                    out.append(inst)
+            day += dt.timedelta(days=1)
+        return out
+
+    # delta -------------------------------------------------------------------------------
+
+    def _delta(self, box: Mailbox, cal_id: str, query: dict[str, str],
+               headers: dict[str, str], utc: bool) -> tuple[int, dict[str, str], Any]:
+        if cal_id not in box.calendars:
+            return _graph_error(404, "ErrorItemNotFound", "calendar not found")
+        prefer = headers.get("prefer", "")
+        m = re.search(r"odata\.maxpagesize=(\d+)", prefer)
+        page_size = int(m.group(1)) if m else self.page_size
+        if "$skiptoken" in query:
+            state = self.skip_tokens.pop(query["$skiptoken"], None)
+            if state is None:
+                return _graph_error(410, "syncStateNotFound",
+                                    "The sync state generation is not found.")
+            return self._page(box, cal_id, state, utc)
+        if "$deltatoken" in query:
+            previous = self.delta_tokens.get(query["$deltatoken"])
+            if previous is None:
+                return _graph_error(410, "syncStateNotFound",
+                                    "The sync state generation is not found.")
+            start, end = previous["start"], previous["end"]
+            known: dict[str, str] = previous["snapshot"]
+            replay: list[str] = previous["sent"] if self.replay_delta else []
+        else:
+            try:
+                start = _parse_instant(query["startDateTime"])
+                end = _parse_instant(query["endDateTime"])
+            except (KeyError, ValueError):
+                return _graph_error(400, "ErrorInvalidParameter",
+                                    "startDateTime and endDateTime are required")
+            known, replay = {}, []
+        current = self._instances(box, cal_id, start, end)
+        items: list[dict[str, Any]] = []
+        for inst_id, (version, inst) in current.items():
+            if known.get(inst_id) != version or inst_id in replay:
+                items.append(self._public(inst, utc))
+        for inst_id in known:
+            if inst_id not in current:
+                items.append({"@odata.type": "#microsoft.graph.event", "id": inst_id,
+                              "@removed": {"reason": "deleted"}})
+        pages: list[list[dict[str, Any]]] = []
+        rest = list(items)
+        pattern = list(self.page_pattern or [])
+        i = 0
+        while rest or not pages:
+            size = min(pattern[i % len(pattern)], page_size) if pattern else page_size
+            i += 1
+            pages.append(rest[:size])
+            rest = rest[size:]
+            if i > 10000:
+                break
+        if self.replay_delta and len(pages) > 1 and pages[0]:
+            pages[1] = [pages[0][-1], *pages[1]]  # a duplicate across pages
+        state = {"pages": pages, "start": start, "end": end,
+                 "snapshot": {k: v for k, (v, _inst) in current.items()},
+                 "sent": [x["id"] for x in items if "@removed" not in x]}
+        return self._page(box, cal_id, state, utc)
+
+    def _page(self, box: Mailbox, cal_id: str, state: dict[str, Any],
+              utc: bool) -> tuple[int, dict[str, str], Any]:
+        page = state["pages"].pop(0)
+        base = f"{self.graph_url}/me/calendars/{quote(cal_id, safe='')}/calendarView/delta"
+        doc: dict[str, Any] = {"@odata.context": f"{self.graph_url}/$metadata#Collection(event)",
+                               "value": page}
+        if state["pages"]:
+            token = secrets.token_urlsafe(16)
+            self.skip_tokens[token] = state
+            doc["@odata.nextLink"] = f"{base}?$skiptoken={token}"
+        else:
+            token = secrets.token_urlsafe(16)
+            self.delta_tokens[token] = {"start": state["start"], "end": state["end"],
+                                        "snapshot": state["snapshot"], "sent": state["sent"]}
+            doc["@odata.deltaLink"] = f"{base}?$deltatoken={token}"
+        return 200, {}, doc
+
+    # subscriptions -----------------------------------------------------------------------
+
+    def _subscribe(self, box: Mailbox, data: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        for key in ("changeType", "notificationUrl", "resource", "expirationDateTime"):
+            if not data.get(key):
+                return _graph_error(400, "InvalidRequest", f"{key} is required")
+        try:
+            expires = _parse_instant(data["expirationDateTime"])
+        except ValueError:
+            return _graph_error(400, "InvalidRequest", "bad expirationDateTime")
+        now = self.clock()
+        if expires <= now or expires > now + dt.timedelta(minutes=MAX_SUBSCRIPTION_MINUTES):
+            return _graph_error(400, "InvalidRequest",
+                                "Subscription expiration can only be 10070 minutes in the "
+                                "future.")
+        m = re.fullmatch(r"/?me/calendars/([^/]+)/events", data["resource"])
+        if not m or m.group(1) not in box.calendars:
+            return _graph_error(400, "InvalidRequest", "unsupported resource")
+        token = secrets.token_urlsafe(16)
+        try:
+            status, text = self.deliver(data["notificationUrl"], {"validationToken": token},
+                                        b"", {"Content-Type": "text/plain; charset=utf-8"})
+        except Exception as exc:  # noqa: BLE001 - any failure fails the handshake
+            status, text = 0, repr(exc)
+        if status != 200 or text != token:
+            return _graph_error(400, "ValidationError",
+                                "Subscription validation request failed. Notification "
+                                "endpoint must respond with 200 OK to validation request.")
+        sub_id = secrets.token_hex(16)
+        sub = {"id": sub_id, "resource": data["resource"], "changeType": data["changeType"],
+               "notificationUrl": data["notificationUrl"],
+               "clientState": data.get("clientState"),
+               "expirationDateTime": expires.isoformat().replace("+00:00", "Z"),
+               "applicationId": self.client_id, "_calendar": m.group(1), "_email": box.email}
+        self.subscriptions[sub_id] = sub
+        return 201, {}, {k: v for k, v in sub.items() if not k.startswith("_")}
+
+    def _subscription(self, box: Mailbox, method: str, sub_id: str,
+                      data: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None or sub["_email"] != box.email:
+            return _graph_error(404, "ResourceNotFound", "subscription not found")
+        if method == "DELETE":
+            del self.subscriptions[sub_id]
+            return 204, {}, b""
+        if method == "PATCH":
+            expires = _parse_instant(data["expirationDateTime"])
+            now = self.clock()
+            if expires <= now or expires > now + dt.timedelta(minutes=MAX_SUBSCRIPTION_MINUTES):
+                return _graph_error(400, "InvalidRequest", "bad expirationDateTime")
+            sub["expirationDateTime"] = expires.isoformat().replace("+00:00", "Z")
+            return 200, {}, {k: v for k, v in sub.items() if not k.startswith("_")}
+        if method == "GET":
+            return 200, {}, {k: v for k, v in sub.items() if not k.startswith("_")}
+        return _graph_error(405, "MethodNotAllowed", method)
+
+    def _notify(self, box: Mailbox, ev: dict[str, Any], change: str) -> None:
+        for sub in self.subscriptions.values():
+            if sub["_email"] == box.email and sub["_calendar"] == ev.get("_calendar") and \
+                    change in sub["changeType"].split(","):
+                resource = f"Users/{box.oid}/Events/{ev['id']}"
+                self.pending_notifications.append((sub["notificationUrl"], {
+                    "subscriptionId": sub["id"], "clientState": sub["clientState"],
+                    "changeType": change, "resource": resource,
+                    "subscriptionExpirationDateTime": sub["expirationDateTime"],
+                    "tenantId": self.tenant_id,
+                    "resourceData": {"@odata.type": "#Microsoft.Graph.Event",
+                                     "@odata.id": resource,
+                                     "@odata.etag": f'W/"{ev.get("changeKey")}"',
+                                     "id": ev["id"]}}))
+
+    def send_notifications(self) -> list[int]:
+        """POST the queued change notifications (one per URL batch); returns statuses."""
+        with self.lock:
+            pending, self.pending_notifications = self.pending_notifications, []
+        by_url: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for url, note in pending:
+            by_url[url].append(note)
+        statuses = []
+        for url, notes in by_url.items():
+            status, _text = self.deliver(url, {}, json.dumps({"value": notes}).encode(),
+                                         {"Content-Type": "application/json"})
+            statuses.append(status)
+        return statuses
+
+    @staticmethod
+    def _deliver_http(url: str, params: dict[str, str], body: bytes,
+                      headers: dict[str, str]) -> tuple[int, str]:
+        import httpx
+
+        resp = httpx.post(url, params=params, content=body, headers=headers, timeout=10)
+        return resp.status_code, resp.text
