@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from calsync.db.models import ApiToken, utcnow
@@ -13,6 +16,7 @@ from calsync.errors import AuthError, Forbidden, UserError
 from calsync.secrets import hash_api_token, new_api_token
 
 ROLES = ("admin", "dispatcher", "user")
+log = logging.getLogger("calsync.api")
 
 
 @dataclass(frozen=True)
@@ -59,21 +63,46 @@ def create_api_token(session: Session, name: str, role: str, user_id: str | None
     return token
 
 
-def principal_for(session: Session, header: str | None) -> Principal:
+def _token_row(session: Session, header: str | None) -> ApiToken:
     if not header or not header.lower().startswith("bearer "):
         raise AuthError("missing bearer token (Authorization: Bearer TOKEN)")
     token = header[7:].strip()
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(token)))
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked API token")
+    return row
+
+
+def principal_for(session: Session, header: str | None) -> Principal:
+    row = _token_row(session, header)
     row.last_used_at = utcnow()
     return Principal(role=row.role, user_id=row.user_id, token_name=row.name)
+
+
+# "Last used" is bookkeeping: written at most once a minute per token, in its own short
+# write-first transaction, so concurrent requests (SQLite: one writer at a time) do not
+# turn a read transaction into a contended write.
+TOKEN_TOUCH_EVERY = dt.timedelta(minutes=1)
 
 
 def current_principal(request: Request) -> Principal:
     db = request.app.state.db
     with db.session() as s:
-        return principal_for(s, request.headers.get("authorization"))
+        row = _token_row(s, request.headers.get("authorization"))
+        who = Principal(role=row.role, user_id=row.user_id, token_name=row.name)
+        token_id, last_used = row.id, row.last_used_at
+    now = utcnow()
+    if last_used is None or now - last_used >= TOKEN_TOUCH_EVERY:
+        try:
+            with db.engine.connect() as conn:
+                if db.dialect == "sqlite":
+                    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+                with conn.begin():
+                    conn.execute(update(ApiToken).where(ApiToken.id == token_id)
+                                 .values(last_used_at=now))
+        except OperationalError:
+            log.warning("could not record the use of API token %r", who.token_name)
+    return who
 
 
 PrincipalDep = Depends(current_principal)
