@@ -19,15 +19,20 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
 from calsync.errors import NeedsReauth, UserError
 from calsync.sync.connector import ConnectContext, RemoteCalendar
 from calsync_google import oauth
 from calsync_google.client import RequestRunner, make_credentials, make_http
 from calsync_google.connector import GoogleConnector
 from calsync_google.mapping import event_id_for_key
-from calsync_google.push import GoogleNotification, parse_notification
+from calsync_google.push import parse_notification
 
-__all__ = ["GoogleConnector", "GoogleFactory", "GoogleNotification", "event_id_for_key"]
+if TYPE_CHECKING:
+    from calsync.push import PushResult
+
+__all__ = ["GoogleConnector", "GoogleFactory", "event_id_for_key"]
 
 
 class GoogleFactory:
@@ -94,7 +99,7 @@ class GoogleFactory:
 
     @staticmethod
     def parse_notification(headers: Mapping[str, str], query: Mapping[str, str],
-                           body: bytes) -> GoogleNotification:
+                           body: bytes) -> PushResult:
         return parse_notification(headers, query, body)
 
     @staticmethod
