@@ -21,7 +21,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 
@@ -40,7 +40,7 @@ from calsync.sync.connector import (
     Window,
 )
 from calsync_caldav import davxml
-from calsync_caldav.davxml import CS, DAV, q
+from calsync_caldav.davxml import CS, DAV, norm_href, q
 from calsync_caldav.discovery import find_home, list_collections
 from calsync_caldav.parse import ParseOptions, parse_resource
 from calsync_caldav.render import render_event
@@ -50,14 +50,6 @@ log = logging.getLogger("calsync.connectors.caldav")
 TOKEN_PREFIX = "caldav1:"
 MULTIGET_BATCH = 200
 _NOT_SUPPORTED = (400, 403, 404, 405, 415, 422, 501)
-_SAFE = "/@:+,;=!$&'()*~"
-
-
-def norm_href(href: str) -> str:
-    """The path of ``href`` in one canonical percent-encoding (servers differ)."""
-    return quote(unquote(urlsplit(href).path), safe=_SAFE)
-
-
 def encode_ctag_token(ctag: str | None, etags: dict[str, str]) -> str:
     blob = json.dumps({"ctag": ctag, "etags": etags}, separators=(",", ":")).encode()
     return TOKEN_PREFIX + "ctag:" + base64.urlsafe_b64encode(zlib.compress(blob, 6)).decode()
@@ -89,6 +81,7 @@ class CaldavConnector:
         return self._home
 
     def list_calendars(self) -> list[RemoteCalendar]:
+        """Event calendars of the home set; ids are canonical collection URLs."""
         return list_collections(self.session, self.home())
 
     # -- helpers -----------------------------------------------------------------------

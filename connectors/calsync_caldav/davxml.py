@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 DAV = "DAV:"
@@ -12,6 +13,20 @@ CS = "http://calendarserver.org/ns/"
 ICAL = "http://apple.com/ns/ical/"
 _NS = f'xmlns:d="{DAV}" xmlns:c="{CALDAV}" xmlns:cs="{CS}" xmlns:i="{ICAL}"'
 _HEAD = '<?xml version="1.0" encoding="utf-8"?>\n'
+
+
+_SAFE = "/@:+,;=!$&'()*~"
+
+
+def norm_href(href: str) -> str:
+    """The path of ``href`` in one canonical percent-encoding (servers differ)."""
+    return quote(unquote(urlsplit(href).path), safe=_SAFE)
+
+
+def canonical_url(url: str) -> str:
+    """``url`` with its path in the canonical encoding of :func:`norm_href`."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, norm_href(url), "", ""))
 
 
 def q(ns: str, name: str) -> str:

@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 
 from calsync.sync.connector import RemoteCalendar
 from calsync_caldav import davxml
-from calsync_caldav.davxml import CALDAV, CS, DAV, ICAL, q
+from calsync_caldav.davxml import CALDAV, DAV, ICAL, q
 from calsync_caldav.transport import DavSession
 
 _COLLECTION_PROPS = ("d:resourcetype", "d:displayname", "c:supported-calendar-component-set",
@@ -31,7 +31,11 @@ def _propfind(session: DavSession, url: str, depth: str, *props: str) -> davxml.
 
 
 def find_home(session: DavSession, url: str) -> str:
-    """The calendar-home-set URL (absolute) reached from ``url``."""
+    """The calendar-home-set URL (absolute, canonical encoding) reached from ``url``."""
+    return davxml.canonical_url(_find_home(session, url))
+
+
+def _find_home(session: DavSession, url: str) -> str:
     found = _propfind(session, url, "0", "d:current-user-principal", "c:calendar-home-set")
     for item in found.responses:
         homes = item.hrefs(q(CALDAV, "calendar-home-set"))
@@ -80,7 +84,7 @@ def list_collections(session: DavSession, home: str) -> list[RemoteCalendar]:
         supports_events = comps is None or "VEVENT" in comps
         if not supports_events:
             continue
-        url = urljoin(home, item.href)
+        url = davxml.canonical_url(urljoin(home, item.href))
         if not url.endswith("/"):
             url += "/"
         color = item.text(q(ICAL, "calendar-color")) or None
@@ -91,4 +95,3 @@ def list_collections(session: DavSession, home: str) -> list[RemoteCalendar]:
     return calendars
 
 
-__all__ = ["find_home", "list_collections", "CS"]
