@@ -28,6 +28,7 @@ from calsync.sync.connector import (
     ConnectContext,
     Occurrence,
     OutgoingEvent,
+    Quarantined,
     RemoteCalendar,
     RemoteEvent,
     Window,
@@ -68,6 +69,7 @@ class MemoryCalendar:
     read_only: bool = False
     objects: dict[str, MemoryObject] = field(default_factory=dict)
     log: list[tuple[int, str]] = field(default_factory=list)  # (seq, remote_id) per change
+    unreadable: dict[str, str] = field(default_factory=dict)  # remote_id -> why (quarantine)
     seq: int = 0
     epoch: int = 1
 
@@ -182,6 +184,14 @@ class MemoryServer:
         with self._lock:
             self.cal(calendar_id).epoch += 1
 
+    def make_unreadable(self, calendar_id: str, remote_id: str, reason: str) -> None:
+        """From now on the object cannot be read: pulls report it quarantined."""
+        with self._lock:
+            cal = self.cal(calendar_id)
+            cal.unreadable[remote_id] = reason
+            cal.seq += 1
+            cal.log.append((cal.seq, remote_id))
+
     def fail_next(self, method: str, *errors: BaseException) -> None:
         """The next calls of ``method`` (``changes``, ``create``, ...) raise these, in order."""
         with self._lock:
@@ -229,20 +239,27 @@ class MemoryConnector:
             cal = s.cal(calendar_id)
             new_token = f"{cal.epoch}:{cal.seq}"
             if token is None:
-                return ChangeSet(changed=[s.event(o, window, self.max_occurrences)
-                                          for o in cal.objects.values()],
-                                 token=new_token, full=True, requests=1)
-            try:
-                epoch, since = (int(x) for x in token.split(":"))
-            except ValueError:
-                raise SyncTokenInvalid(f"malformed sync token for {calendar_id!r}") from None
-            if epoch != cal.epoch or since > cal.seq:
-                raise SyncTokenInvalid(f"sync token of {calendar_id!r} expired")
-            touched = {rid for seq, rid in cal.log if seq > since}
+                touched = set(cal.objects)
+            else:
+                touched = self._since(calendar_id, cal, token)
+            bad = [Quarantined(r, cal.unreadable[r]) for r in sorted(touched)
+                   if r in cal.unreadable and r in cal.objects]
             changed = [s.event(cal.objects[r], window, self.max_occurrences)
-                       for r in sorted(touched) if r in cal.objects]
-            deleted = sorted(r for r in touched if r not in cal.objects)
-            return ChangeSet(changed=changed, deleted=deleted, token=new_token, requests=1)
+                       for r in sorted(touched)
+                       if r in cal.objects and r not in cal.unreadable]
+            deleted = [] if token is None else sorted(r for r in touched if r not in cal.objects)
+            return ChangeSet(changed=changed, deleted=deleted, quarantined=bad, token=new_token,
+                             full=token is None, requests=1)
+
+    @staticmethod
+    def _since(calendar_id: str, cal: MemoryCalendar, token: str) -> set[str]:
+        try:
+            epoch, since = (int(x) for x in token.split(":"))
+        except ValueError:
+            raise SyncTokenInvalid(f"malformed sync token for {calendar_id!r}") from None
+        if epoch != cal.epoch or since > cal.seq:
+            raise SyncTokenInvalid(f"sync token of {calendar_id!r} expired")
+        return {rid for seq, rid in cal.log if seq > since}
 
     def get(self, calendar_id: str, remote_id: str, window: Window) -> RemoteEvent | None:
         self.server.request("get")

@@ -1,0 +1,546 @@
+"""Syncing one calendar: pull, guard, plan (pure), then apply each action on its own.
+
+:func:`sync_calendar` is the executor around :func:`calsync.sync.plan.plan_sync`:
+
+1. Pull with the stored token (``Calendar.sync_token`` is ``"v1:<token>"``); an expired or
+   unknown token means a full listing. Quarantined objects become ``Quarantine`` rows.
+2. Guard: a full listing that is empty while the calendar had items raises
+   :class:`CalendarSuddenlyEmpty` and marks the calendar ``guarded`` until
+   ``empty_confirmed`` is set (``calsync calendars confirm-empty``).
+3. Plan from the database state (schedule items, links, external events) and the pull.
+4. Apply: every action commits (or rolls back) alone. A remote write happens before its link
+   is recorded; a crash in between leaves a copy that the next run adopts by key. A lost
+   precondition (etag) clears the token so the next run re-reads the whole calendar and
+   replans. Provider errors (throttled, unavailable, re-auth) propagate to the runner.
+
+Cancelled jobs have their remote copy deleted (not rewritten with STATUS:CANCELLED): every
+provider shows a deleted event the same way, and the feed drops cancelled items too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from calsync.audit import audit
+from calsync.config import Settings
+from calsync.db.models import (
+    Calendar,
+    ExternalBusy,
+    ExternalEvent,
+    ItemAssignee,
+    Link,
+    Quarantine,
+    ScheduleItem,
+    User,
+)
+from calsync.db.session import Database
+from calsync.errors import (
+    AlreadyExists,
+    CalendarSuddenlyEmpty,
+    CalsyncError,
+    NotFound,
+    PreconditionFailed,
+    ProviderError,
+    SyncTokenInvalid,
+)
+from calsync.feeds.dirty import mark_feeds_dirty
+from calsync.schedule.store import delete_item, item_content_hash
+from calsync.sync.connector import ChangeSet, Connector, Occurrence, RemoteEvent, Window
+from calsync.sync.hashing import external_hash, outgoing_hash, remote_hash
+from calsync.sync.item_events import apply_remote_edit, item_key, outgoing_event
+from calsync.sync.plan import (
+    Action,
+    AdoptRemote,
+    CreateRemote,
+    DeleteRemote,
+    DropExternal,
+    ImportExternal,
+    LinkRecord,
+    LocalItem,
+    Policy,
+    PullDelete,
+    PullEdit,
+    RefreshExternal,
+    Relink,
+    RemoteItem,
+    Unlink,
+    UpdateRemote,
+    plan_sync,
+)
+from calsync.timezones import UTC, zone
+
+log = logging.getLogger("calsync.sync")
+T = TypeVar("T")
+Call = Callable[..., Any]  # retrying caller: call(fn, *args) -> fn(*args)
+TOKEN_VERSION = "v1"
+
+
+def direct_call(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+def sync_window(settings: Settings, now: dt.datetime) -> Window:
+    """[now - history_months, now + future_months) in UTC."""
+    now = now.astimezone(UTC)
+    return Window(now - relativedelta(months=settings.sync.history_months),
+                  now + relativedelta(months=settings.sync.future_months))
+
+
+def encode_token(token: str | None) -> str | None:
+    return None if token is None else f"{TOKEN_VERSION}:{token}"
+
+
+def decode_token(stored: str | None) -> str | None:
+    """The provider token, or None (full listing) when absent or of another version."""
+    if not stored:
+        return None
+    version, sep, token = stored.partition(":")
+    if not sep or version != TOKEN_VERSION:
+        log.warning("stored sync token has unknown version %r: full resync", version)
+        return None
+    return token
+
+
+@dataclass
+class CalendarResult:
+    calendar_id: int
+    name: str
+    role: str
+    counts: dict[str, int] = field(default_factory=dict)
+    full: bool = False
+    requests: int = 0
+    error: str | None = None
+    status: str = "ok"
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+
+@dataclass
+class _CalendarInfo:
+    id: int
+    remote_id: str
+    name: str
+    role: str
+    read_only: bool
+    token: str | None
+    known_items: int
+    empty_confirmed: bool
+    status: str
+    connection_id: int
+    user_id: str
+    user_tz: str
+    conflict_policy: str
+
+
+def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarInfo:
+    with db.session() as s:
+        cal = s.get(Calendar, calendar_id)
+        if cal is None:
+            raise NotFound(f"calendar {calendar_id} not found")
+        conn = cal.connection
+        user = s.get(User, conn.user_id)
+        policy = (conn.settings or {}).get("conflict_policy") or settings.sync.conflict_policy
+        return _CalendarInfo(cal.id, cal.remote_id, cal.name, cal.role, cal.read_only,
+                             cal.sync_token, cal.known_items, cal.empty_confirmed, cal.status,
+                             conn.id, conn.user_id, user.timezone if user else "UTC", policy)
+
+
+def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call) -> ChangeSet:
+    token = decode_token(info.token)
+    if token is not None:
+        try:
+            cs: ChangeSet = call(connector.changes, info.remote_id, token, window)
+            return cs
+        except SyncTokenInvalid:
+            log.info("calendar %s (%s): sync token expired, full resync", info.id, info.name)
+    full: ChangeSet = call(connector.changes, info.remote_id, None, window)
+    full.full = True
+    return full
+
+
+def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
+    if not cs.quarantined:
+        return
+    with db.session() as s:
+        for q in cs.quarantined:
+            s.execute(delete(Quarantine).where(Quarantine.calendar_id == info.id,
+                                               Quarantine.remote_id == q.remote_id))
+            s.add(Quarantine(calendar_id=info.id, remote_id=q.remote_id, reason=q.reason,
+                             raw=q.raw, at=now))
+            log.warning("calendar %s (%s): quarantined %s: %s", info.id, info.name,
+                        q.remote_id, q.reason)
+
+
+def _guard(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
+    if not cs.full or cs.changed or cs.quarantined:
+        return
+    if info.known_items <= 0 or info.empty_confirmed:
+        return
+    msg = (f"calendar {info.name!r} had {info.known_items} items and now lists none; "
+           f"sync of it is paused. If the calendar really is empty, run "
+           f"`calsync calendars confirm-empty {info.user_id} {info.remote_id}`")
+    with db.session() as s:
+        cal = s.get(Calendar, info.id)
+        assert cal is not None
+        cal.status, cal.last_error, cal.last_sync_at = "guarded", msg, now
+    raise CalendarSuddenlyEmpty(msg, calendar_id=info.id)
+
+
+def _remote_item(ev: RemoteEvent, linked_key: str | None) -> RemoteItem:
+    key = ev.calsync_key or linked_key
+    h = remote_hash(ev) if key is not None else external_hash(ev)
+    return RemoteItem(ev.remote_id, ev.etag, key, h, ev, ev.last_modified)
+
+
+def _overlaps(item: ScheduleItem, window: Window) -> bool:
+    return item.start_at < window.end and item.end_at > window.start
+
+
+def _local_item(item: ScheduleItem, alive: bool) -> LocalItem:
+    ev = outgoing_event(item)
+    return LocalItem(item.pk, ev.key, item.kind, ev, outgoing_hash(ev), item.updated_at, alive)
+
+
+def _plan_inputs(s: Session, info: _CalendarInfo, cs: ChangeSet, window: Window
+                 ) -> tuple[list[LocalItem], dict[str, RemoteItem], list[LinkRecord]]:
+    links = s.scalars(select(Link).where(Link.calendar_id == info.id)).all()
+    externals = s.scalars(select(ExternalEvent).where(ExternalEvent.calendar_id == info.id)).all()
+    records = [LinkRecord(ln.remote_id, ln.etag, ln.remote_hash, ln.item_pk, ln.local_hash)
+               for ln in links]
+    records += [LinkRecord(e.remote_id, e.etag, e.content_hash) for e in externals]
+    linked_items = {ln.item_pk: ln for ln in links}
+    items = {i.pk: i for i in s.scalars(select(ScheduleItem).where(
+        ScheduleItem.pk.in_(list(linked_items))))} if linked_items else {}
+    key_of_remote = {ln.remote_id: item_key(items[ln.item_pk].kind, items[ln.item_pk].ext_id)
+                     for ln in links if ln.item_pk in items}
+
+    # the remote view
+    remote: dict[str, RemoteItem] = {}
+    if not cs.full:
+        for ln in links:
+            remote[ln.remote_id] = RemoteItem(ln.remote_id, ln.etag,
+                                              key_of_remote.get(ln.remote_id), ln.remote_hash)
+        for e in externals:
+            remote[e.remote_id] = RemoteItem(e.remote_id, e.etag, None, e.content_hash)
+        for rid in cs.deleted:
+            remote.pop(rid, None)
+    else:
+        kept = {q.remote_id for q in cs.quarantined}
+        for rec in records:
+            if rec.remote_id in kept:  # unreadable now: keep what we knew
+                remote[rec.remote_id] = RemoteItem(rec.remote_id, rec.etag,
+                                                   key_of_remote.get(rec.remote_id),
+                                                   rec.remote_hash)
+    for ev in cs.changed:
+        remote[ev.remote_id] = _remote_item(ev, key_of_remote.get(ev.remote_id))
+
+    if info.role != "primary":
+        return [], remote, records
+
+    # the local side: the user's items in the window, linked items, keyed orphans
+    assigned = select(ScheduleItem).join(ItemAssignee).where(ItemAssignee.user_id == info.user_id)
+    local: dict[int, LocalItem] = {}
+    for item in s.scalars(assigned.where(ScheduleItem.start_at < window.end,
+                                         ScheduleItem.end_at > window.start)):
+        alive = item.deleted_at is None and item.status != "cancelled"
+        if alive or item.pk in linked_items:
+            local[item.pk] = _local_item(item, alive)
+    for pk, item in items.items():
+        if pk in local:
+            continue
+        dead = item.deleted_at is not None or item.status == "cancelled" \
+            or info.user_id not in item.user_ids
+        if dead:
+            local[pk] = _local_item(item, False)
+        # alive but outside the window: its copy is left alone
+    linked_rids = {ln.remote_id for ln in links}
+    orphan_keys = {r.key for r in remote.values() if r.key and r.remote_id not in linked_rids}
+    if orphan_keys - {li.key for li in local.values()}:
+        for item in s.scalars(assigned):
+            if item.pk not in local and item_key(item.kind, item.ext_id) in orphan_keys:
+                alive = (item.deleted_at is None and item.status != "cancelled"
+                         and _overlaps(item, window))
+                local[item.pk] = _local_item(item, alive)
+    return list(local.values()), remote, records
+
+
+# --- applying actions ---------------------------------------------------------------------
+
+class _Executor:
+    def __init__(self, db: Database, info: _CalendarInfo, connector: Connector, call: Call,
+                 now: dt.datetime, window: Window, result: CalendarResult) -> None:
+        self.db, self.info, self.connector, self.call = db, info, connector, call
+        self.now, self.window, self.result = now, window, result
+        self.replan = False
+        self.actor = f"sync:connection:{info.connection_id}"
+
+    # links ----------------------------------------------------------------------------
+    def _set_link(self, s: Session, item_pk: int, remote_id: str, etag: str | None,
+                  local_hash: str, r_hash: str) -> None:
+        link = s.scalar(select(Link).where(Link.item_pk == item_pk,
+                                           Link.calendar_id == self.info.id))
+        if link is None:
+            link = Link(item_pk=item_pk, calendar_id=self.info.id)
+            s.add(link)
+        link.remote_id, link.etag = remote_id, etag
+        link.local_hash, link.remote_hash, link.updated_at = local_hash, r_hash, self.now
+
+    def _audit_revert(self, s: Session, item_pk: int, what: str) -> None:
+        item = s.get(ScheduleItem, item_pk)
+        if item is not None:
+            audit(s, self.actor, f"{item.kind}.remote_{what}_reverted", item.kind, item.ext_id,
+                  {"calendar": self.info.name, "calendar_id": self.info.id}, at=self.now)
+
+    # remote writes ----------------------------------------------------------------------
+    def create(self, a: CreateRemote) -> None:
+        try:
+            ev: RemoteEvent = self.call(self.connector.create, self.info.remote_id, a.event)
+            self.result.add("created")
+        except AlreadyExists:
+            found: RemoteEvent | None = self.call(self.connector.find_by_key,
+                                                  self.info.remote_id, a.key, self.window)
+            if found is None:
+                raise
+            ev = found
+            if remote_hash(found) != a.local_hash:
+                ev = self.call(self.connector.update, self.info.remote_id, found.remote_id,
+                               a.event, found.etag)
+            self.result.add("adopted")
+        with self.db.session() as s:
+            self._set_link(s, a.item_pk, ev.remote_id, ev.etag, a.local_hash, remote_hash(ev))
+            if a.reason == "revert":
+                self._audit_revert(s, a.item_pk, "delete")
+                self.result.add("reverted")
+
+    def update(self, a: UpdateRemote) -> None:
+        ev: RemoteEvent = self.call(self.connector.update, self.info.remote_id, a.remote_id,
+                                    a.event, a.etag)
+        with self.db.session() as s:
+            self._set_link(s, a.item_pk, ev.remote_id, ev.etag, a.local_hash, remote_hash(ev))
+            if a.reason == "revert":
+                self._audit_revert(s, a.item_pk, "edit")
+                self.result.add("reverted")
+        self.result.add("updated")
+
+    def delete(self, a: DeleteRemote) -> None:
+        self.call(self.connector.delete, self.info.remote_id, a.remote_id, a.etag)
+        with self.db.session() as s:
+            if a.item_pk is not None:
+                s.execute(delete(Link).where(Link.item_pk == a.item_pk,
+                                             Link.calendar_id == self.info.id,
+                                             Link.remote_id == a.remote_id))
+        self.result.add("deleted")
+
+    def adopt(self, a: AdoptRemote) -> None:
+        with self.db.session() as s:
+            self._set_link(s, a.item_pk, a.remote_id, a.etag, a.local_hash, a.remote_hash)
+        self.result.add("adopted")
+
+    # local writes -----------------------------------------------------------------------
+    def pull_edit(self, a: PullEdit) -> None:
+        event = a.remote.event
+        if event is None:
+            event = self.call(self.connector.get, self.info.remote_id, a.remote.remote_id,
+                              self.window)
+            if event is None:
+                return
+        with self.db.session() as s:
+            item = s.get(ScheduleItem, a.item_pk)
+            if item is None:
+                return
+            if a.restore:
+                item.deleted_at = None
+            apply_remote_edit(item, event)
+            item.content_hash = item_content_hash(item)
+            item.sequence += 1
+            item.updated_at = self.now
+            mark_feeds_dirty(s, item.user_ids)
+            audit(s, self.actor, f"{item.kind}.remote_update", item.kind, item.ext_id,
+                  {"calendar": self.info.name, "reason": a.reason}, at=self.now)
+            local_hash = outgoing_hash(outgoing_event(item))
+            self._set_link(s, item.pk, a.remote.remote_id, a.remote.etag, local_hash,
+                           a.remote.hash)
+        self.result.add("pulled")
+
+    def pull_delete(self, a: PullDelete) -> None:
+        with self.db.session() as s:
+            item = s.get(ScheduleItem, a.item_pk)
+            if item is not None:
+                delete_item(s, item, self.actor, self.now)
+            s.execute(delete(Link).where(Link.item_pk == a.item_pk,
+                                         Link.calendar_id == self.info.id))
+        self.result.add("pulled")
+
+    def relink(self, a: Relink) -> None:
+        with self.db.session() as s:
+            self._set_link(s, a.item_pk, a.remote_id, a.etag, a.local_hash, a.remote_hash)
+
+    def unlink(self, a: Unlink) -> None:
+        with self.db.session() as s:
+            s.execute(delete(Link).where(Link.item_pk == a.item_pk,
+                                         Link.calendar_id == self.info.id))
+
+    # external events ------------------------------------------------------------------
+    def _occurrences(self, ev: RemoteEvent) -> list[Occurrence]:
+        if ev.occurrences or ev.recurring or ev.start is None or ev.end is None:
+            return list(ev.occurrences)
+        start, end = ev.start, ev.end
+        if not isinstance(start, dt.datetime) or not isinstance(end, dt.datetime):
+            tz = zone(self.info.user_tz)
+            s_d = start if not isinstance(start, dt.datetime) else start.date()
+            e_d = end if not isinstance(end, dt.datetime) else end.date()
+            start = dt.datetime.combine(s_d, dt.time(), tz)
+            end = dt.datetime.combine(e_d, dt.time(), tz)
+        elif start.tzinfo is None or end.tzinfo is None:
+            start = start.replace(tzinfo=zone(self.info.user_tz))
+            end = end.replace(tzinfo=zone(self.info.user_tz))
+        if start >= self.window.end or end <= self.window.start:
+            return []
+        return [Occurrence(start.astimezone(UTC), end.astimezone(UTC))]
+
+    def store_external(self, r: RemoteItem) -> None:
+        ev = r.event
+        assert ev is not None
+        with self.db.session() as s:
+            row = s.scalar(select(ExternalEvent).where(ExternalEvent.calendar_id == self.info.id,
+                                                       ExternalEvent.remote_id == r.remote_id))
+            if row is None:
+                row = ExternalEvent(calendar_id=self.info.id, remote_id=r.remote_id,
+                                    user_id=self.info.user_id)
+                s.add(row)
+                self.result.add("imported")
+            else:
+                s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
+                self.result.add("refreshed")
+            row.user_id = self.info.user_id
+            row.etag, row.content_hash, row.uid = ev.etag, r.hash, ev.uid
+            row.summary, row.description, row.location = ev.summary, ev.description, ev.location
+            row.organizer, row.attendees = ev.organizer, list(ev.attendees)
+            row.busy_status, row.status, row.response = ev.busy, ev.status, ev.response
+            row.private_at_source, row.all_day = ev.private, ev.all_day
+            row.updated_at = self.now
+            s.flush()
+            for occ in self._occurrences(ev):
+                s.add(ExternalBusy(event_id=row.id, user_id=self.info.user_id,
+                                   start_at=occ.start.astimezone(UTC),
+                                   end_at=occ.end.astimezone(UTC)))
+
+    def drop_external(self, a: DropExternal) -> None:
+        with self.db.session() as s:
+            row = s.scalar(select(ExternalEvent).where(ExternalEvent.calendar_id == self.info.id,
+                                                       ExternalEvent.remote_id == a.remote_id))
+            if row is not None:
+                s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
+                s.delete(row)
+        self.result.add("dropped")
+
+    def apply(self, action: Action) -> None:
+        match action:
+            case CreateRemote():
+                self.create(action)
+            case UpdateRemote():
+                self.update(action)
+            case DeleteRemote():
+                self.delete(action)
+            case AdoptRemote():
+                self.adopt(action)
+            case PullEdit():
+                self.pull_edit(action)
+            case PullDelete():
+                self.pull_delete(action)
+            case Relink():
+                self.relink(action)
+            case Unlink():
+                self.unlink(action)
+            case ImportExternal() | RefreshExternal():
+                self.store_external(action.remote)
+            case DropExternal():
+                self.drop_external(action)
+
+
+def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector: Connector,
+                  now: dt.datetime, call: Call = direct_call) -> CalendarResult:
+    """Sync one calendar (primary: two-way; conflict: pull-only). Raises
+    CalendarSuddenlyEmpty (calendar guarded) and ProviderError subclasses; records health on
+    the calendar for everything else it survives."""
+    info = _load_info(db, settings, calendar_id)
+    result = CalendarResult(info.id, info.name, info.role)
+    if info.role not in ("primary", "conflict"):
+        result.status = "skipped"
+        return result
+    if info.status == "guarded" and not info.empty_confirmed:
+        with db.session() as s:
+            cal = s.get(Calendar, info.id)
+            assert cal is not None
+            result.error = cal.last_error or f"calendar {info.name!r} is guarded"
+        result.status = "guarded"
+        return result
+    window = sync_window(settings, now)
+    cs = _pull(connector, info, window, call)
+    result.full, result.requests = cs.full, cs.requests
+    _quarantine(db, info, cs, now)
+    result.add("quarantined", len(cs.quarantined))
+    _guard(db, info, cs, now)
+
+    with db.session() as s:
+        local, remote, records = _plan_inputs(s, info, cs, window)
+    policy = Policy(conflict_policy=info.conflict_policy,  # type: ignore[arg-type]
+                    push=info.role == "primary", writable=not info.read_only)
+    actions = plan_sync(local, remote, records, policy, now)
+    executor = _Executor(db, info, connector, call, now, window, result)
+    errors: list[str] = []
+    for action in actions:
+        try:
+            executor.apply(action)
+        except ProviderError:
+            raise
+        except PreconditionFailed as exc:  # the remote moved under us: re-read, replan
+            executor.replan = True
+            result.add("precondition_failed")
+            log.info("calendar %s (%s): %s: %s; replanning next run", info.id, info.name,
+                     type(action).__name__, exc)
+        except CalsyncError as exc:
+            errors.append(f"{type(action).__name__}: {exc}")
+            log.warning("calendar %s (%s): %s failed: %s", info.id, info.name,
+                        type(action).__name__, exc)
+
+    with db.session() as s:
+        cal = s.get(Calendar, info.id)
+        assert cal is not None
+        known = (s.scalar(select(func.count()).select_from(Link)
+                          .where(Link.calendar_id == info.id)) or 0) \
+            + (s.scalar(select(func.count()).select_from(ExternalEvent)
+                        .where(ExternalEvent.calendar_id == info.id)) or 0)
+        cal.sync_token = None if executor.replan else encode_token(cs.token)
+        cal.known_items = known
+        if known > 0:
+            cal.empty_confirmed = False
+        cal.last_sync_at = now
+        if errors:
+            cal.status, cal.last_error = "error", "; ".join(errors)[:2000]
+            result.status, result.error = "error", cal.last_error
+        else:
+            cal.status, cal.last_error, cal.last_success_at = "ok", None, now
+    return result
+
+
+def connection_calendars(db: Database, connection_id: int) -> list[int]:
+    """Ids of the connection's calendars that sync (conflict calendars first)."""
+    with db.session() as s:
+        rows = s.execute(select(Calendar.id, Calendar.role).where(
+            Calendar.connection_id == connection_id,
+            Calendar.role.in_(("primary", "conflict"))).order_by(Calendar.id)).all()
+    return [cid for cid, role in sorted(rows, key=lambda r: (r[1] != "conflict", r[0]))]
+
+
+__all__ = ["CalendarResult", "connection_calendars", "decode_token", "encode_token",
+           "sync_calendar", "sync_window"]
