@@ -51,4 +51,5 @@ def lazy(target: str) -> BackendFactory:
 
 BACKENDS: dict[str, BackendFactory] = {
     "memory": lazy("tests.contract.backend_memory:MemoryBackend"),
+    "google": lazy("tests.contract.backend_google:GoogleBackend"),
 }
