@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import quote
@@ -56,10 +57,8 @@ class FeedItem(Protocol):
 
 # --- text ---------------------------------------------------------------------------------
 
-_ESCAPES = {ord("\\"): "\\\\", ord(";"): "\\;", ord(","): "\\,", ord("\n"): "\\n"}
 # Control characters other than TAB are not allowed in TEXT values (RFC 5545 3.3.11).
-_ESCAPES.update({c: None for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)
-                 if c not in (0x0A, 0x0D)})
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def escape_text(value: str) -> str:
@@ -67,7 +66,17 @@ def escape_text(value: str) -> str:
     Control characters other than TAB are dropped (RFC 5545 forbids them)."""
     if "\r" in value:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
-    return value.translate(_ESCAPES)
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if ";" in value:
+        value = value.replace(";", "\\;")
+    if "," in value:
+        value = value.replace(",", "\\,")
+    if "\n" in value:
+        value = value.replace("\n", "\\n")
+    if _CONTROL.search(value):
+        value = _CONTROL.sub("", value)
+    return value
 
 
 def fold_line(line: str) -> str:
@@ -103,14 +112,15 @@ def unfold(text: str) -> str:
 # --- dates --------------------------------------------------------------------------------
 
 def format_utc(value: dt.datetime) -> str:
-    v = value.astimezone(UTC)
-    return f"{v.year:04d}{v.month:02d}{v.day:02d}T{v.hour:02d}{v.minute:02d}{v.second:02d}Z"
+    """``YYYYMMDDTHHMMSSZ`` (sub-seconds dropped)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()[:19].replace("-", "").replace(":", "") + "Z"
 
 
 def format_local(value: dt.datetime) -> str:
     """Wall-clock time without zone: ``YYYYMMDDTHHMMSS``."""
-    v = value
-    return f"{v.year:04d}{v.month:02d}{v.day:02d}T{v.hour:02d}{v.minute:02d}{v.second:02d}"
+    return value.isoformat()[:19].replace("-", "").replace(":", "")
 
 
 def format_date(value: dt.date) -> str:
@@ -123,9 +133,8 @@ def datetime_property(name: str, instant: dt.datetime, tzid: str) -> str:
     the value is written in UTC instead, so every reader gets the exact instant."""
     if tzid in UTC_ZONES:
         return content_line(name, format_utc(instant))
-    tz = zone(tzid)
-    local = instant.astimezone(tz)
-    if local.replace(fold=0).astimezone(UTC) != instant:
+    local = instant.astimezone(zone(tzid))
+    if local.fold:  # zoneinfo marks the second pass of a repeated hour with fold=1
         return content_line(name, format_utc(instant))
     return content_line(f"{name};TZID={tzid}", format_local(local))
 
@@ -170,15 +179,14 @@ def _categories(item: FeedItem) -> str:
 
 def render_event(item: FeedItem, job_url_template: str = "") -> str:
     """One VEVENT (CRLF line ends, folded) for ``item``. Pure: same item, same text."""
+    stamp = format_utc(item.updated_at)
     out = ["BEGIN:VEVENT\r\n",
            content_line("UID", escape_text(event_uid(item.kind, item.ext_id))),
-           content_line("DTSTAMP", format_utc(item.updated_at)),
-           content_line("CREATED", format_utc(item.created_at)),
-           content_line("LAST-MODIFIED", format_utc(item.updated_at)),
-           f"SEQUENCE:{int(item.sequence)}\r\n"]
+           f"DTSTAMP:{stamp}\r\nCREATED:{format_utc(item.created_at)}\r\n"
+           f"LAST-MODIFIED:{stamp}\r\nSEQUENCE:{int(item.sequence)}\r\n"]
     if item.all_day and item.start_date is not None and item.end_date is not None:
-        out.append(content_line("DTSTART;VALUE=DATE", format_date(item.start_date)))
-        out.append(content_line("DTEND;VALUE=DATE", format_date(item.end_date)))
+        out.append(f"DTSTART;VALUE=DATE:{format_date(item.start_date)}\r\n"
+                   f"DTEND;VALUE=DATE:{format_date(item.end_date)}\r\n")
     else:
         out.append(datetime_property("DTSTART", item.start_at, item.tzid))
         out.append(datetime_property("DTEND", item.end_at, item.tzid))
@@ -192,9 +200,9 @@ def render_event(item: FeedItem, job_url_template: str = "") -> str:
     if url:
         out.append(content_line("URL", url))
     out.append(content_line("CATEGORIES", _categories(item)))
-    out.append("STATUS:CANCELLED\r\n" if item.status == "cancelled" else "STATUS:CONFIRMED\r\n")
-    out.append("TRANSP:OPAQUE\r\n")
-    out.append("END:VEVENT\r\n")
+    out.append("STATUS:CANCELLED\r\nTRANSP:OPAQUE\r\nEND:VEVENT\r\n"
+               if item.status == "cancelled" else
+               "STATUS:CONFIRMED\r\nTRANSP:OPAQUE\r\nEND:VEVENT\r\n")
     return "".join(out)
 
 
@@ -253,7 +261,7 @@ def zone_transitions(tzid: str, first: dt.datetime, last: dt.datetime) -> list[d
         return local.utcoffset(), local.tzname()
 
     out = []
-    step = dt.timedelta(hours=12)
+    step = dt.timedelta(days=1)
     t, current = first, state(first)
     while t < last:
         nxt = t + step
@@ -306,6 +314,7 @@ def vtimezone(tzid: str, first_year: int, last_year: int) -> str:
     return "".join(lines)
 
 
-def assemble(header: str, vtimezones: list[str], fragments: list[str]) -> bytes:
-    """The whole feed: header, VTIMEZONEs, events, footer, as UTF-8 bytes."""
-    return "".join([header, *vtimezones, *fragments, CALENDAR_FOOTER]).encode("utf-8")
+def assemble(header: str, vtimezones: list[str], fragments: list[bytes]) -> bytes:
+    """The whole feed as UTF-8: header, VTIMEZONEs, the (UTF-8) event fragments, footer."""
+    head = "".join([header, *vtimezones]).encode("utf-8")
+    return b"".join([head, *fragments, CALENDAR_FOOTER.encode("ascii")])

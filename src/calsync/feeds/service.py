@@ -124,12 +124,12 @@ def render_feed(session: Session, settings: Settings, user: User, now: dt.dateti
     stale = [r.pk for r in rows if r.ics_fragment is None
              or r.fragment_key != ics.fragment_key(r.content_hash, r.sequence, settings_hash)]
     fresh = _refresh_fragments(session, stale, template, settings_hash) if stale else {}
-    fragments = [fresh.get(r.pk) or r.ics_fragment for r in rows]
+    fragments = [(fresh.get(r.pk) or r.ics_fragment).encode("utf-8") for r in rows]
     tzids = sorted({r.tzid for r in rows if not r.all_day and ics.needs_vtimezone(r.tzid)})
     vtimezones = [ics.vtimezone(t, start.year - 1, end.year + 2) for t in tzids]
     header = ics.calendar_header(calendar_name(settings, user), user.timezone,
                                  settings.feeds.refresh_interval_minutes)
-    body = ics.assemble(header, vtimezones, fragments)  # type: ignore[arg-type]
+    body = ics.assemble(header, vtimezones, fragments)
     etag = make_etag(body)
 
     if cache is None:
