@@ -1,0 +1,439 @@
+"""The sync CLI: ``connect``, ``calendars``, ``connections``, ``sync`` and ``secrets rotate``.
+
+``cli.py`` calls :func:`register` with the root group.
+
+Adding a ``connect`` subcommand (Outlook, Google, any provider): either call
+:func:`add_connect_command` with a click command from a module registered in ``cli.py``'s
+``_register_subsystem_commands`` (it runs after this one), or look the group up with
+``cli.commands["connect"]`` and ``add_command`` to it. To store what the provider's factory
+verified, call :func:`save_connection` (credentials sealed with ``CredentialBox``; calendars
+start as ``ignored`` until ``calsync calendars set``), or :func:`connect_account` to run
+``factory.verify(ctx)`` and then store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+import click
+from cryptography.fernet import InvalidToken
+from sqlalchemy import select
+
+from calsync.audit import audit
+from calsync.config import Settings
+from calsync.db.models import Calendar, Connection, OAuthState, User
+from calsync.db.session import Database
+from calsync.errors import NotFound, UserError
+from calsync.secrets import CredentialBox
+from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _app(ctx: click.Context) -> Any:
+    return ctx.find_root().obj  # calsync.cli.AppContext
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False) if as_json else text)
+
+
+def _user(db: Database, user_id: str) -> None:
+    with db.session() as s:
+        user = s.get(User, user_id)
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"user {user_id!r} not found")
+
+
+def _read_secret(flag: bool, option: str, what: str) -> str:
+    if not flag:
+        raise UserError(f"give the {what} on standard input with {option} "
+                        f"(it is never taken as an argument)")
+    value = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    if not value:
+        raise UserError(f"{option}: no {what} on standard input")
+    return value
+
+
+# --- storing connections --------------------------------------------------------------------
+
+def save_connection(settings: Settings, db: Database, user_id: str, ctx: ConnectContext,
+                    calendars: list[RemoteCalendar], now: dt.datetime,
+                    actor: str = "cli:connect") -> tuple[int, bool]:
+    """Store (or refresh, for a reconnect) the user's connection for ``ctx.provider`` and
+    ``ctx.account``: credentials encrypted, status ok, due at once, calendars merged (new
+    ones ``ignored``). Returns (connection id, created)."""
+    box = CredentialBox.from_settings(settings)
+    with db.session() as s:
+        user = s.get(User, user_id)
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"user {user_id!r} not found")
+        conn = s.scalar(select(Connection).where(
+            Connection.user_id == user_id, Connection.provider == ctx.provider,
+            Connection.account == ctx.account))
+        created = conn is None
+        if conn is None:
+            conn = Connection(user_id=user_id, provider=ctx.provider, account=ctx.account,
+                              created_at=now, settings={})
+            s.add(conn)
+        conn.url = ctx.url
+        conn.credentials = box.seal(ctx.credentials)
+        conn.status, conn.last_error = "ok", None
+        conn.next_sync_at = now
+        conn.updated_at = now
+        s.flush()
+        existing = {c.remote_id: c for c in s.scalars(
+            select(Calendar).where(Calendar.connection_id == conn.id))}
+        for cal in calendars:
+            if not cal.supports_events:
+                continue
+            row = existing.get(cal.id)
+            if row is None:
+                s.add(Calendar(connection_id=conn.id, remote_id=cal.id, name=cal.name,
+                               read_only=cal.read_only, role="ignored"))
+            else:
+                row.name, row.read_only = cal.name, cal.read_only
+                if cal.read_only and row.role == "primary":
+                    row.role = "conflict"
+        audit(s, actor, "connection.create" if created else "connection.reauth", "connection",
+              str(conn.id), {"provider": ctx.provider, "account": ctx.account,
+                             "user": user_id}, at=now)
+        return conn.id, created
+
+
+def connect_account(settings: Settings, db: Database, user_id: str, ctx: ConnectContext,
+                    now: dt.datetime, actor: str = "cli:connect") -> dict[str, Any]:
+    """Verify ``ctx`` with its provider's factory (a wrong password or URL raises UserError)
+    and store the connection. Returns a summary for printing."""
+    _user(db, user_id)
+    factory = load_connector_factory(ctx.provider)
+    ctx, calendars = factory.verify(ctx)
+    conn_id, created = save_connection(settings, db, user_id, ctx, calendars, now, actor)
+    return {"connection_id": conn_id, "provider": ctx.provider, "account": ctx.account,
+            "created": created,
+            "calendars": [{"id": c.id, "name": c.name, "read_only": c.read_only}
+                          for c in calendars if c.supports_events]}
+
+
+def _print_connected(summary: dict[str, Any], user: str, as_json: bool) -> None:
+    if as_json:
+        _emit(summary, True, "")
+        return
+    verb = "connected" if summary["created"] else "reconnected"
+    click.echo(f"{summary['provider']} account {summary['account']} {verb} for {user} "
+               f"(connection {summary['connection_id']}); calendars:")
+    for cal in summary["calendars"]:
+        ro = " (read-only)" if cal["read_only"] else ""
+        click.echo(f"  {cal['id']}  {cal['name']}{ro}")
+    click.echo(f"choose them with: calsync calendars set {user} --primary CAL "
+               f"[--conflict CAL ...]")
+
+
+# --- connect --------------------------------------------------------------------------------
+
+@click.group("connect")
+def connect_group() -> None:
+    """Link an external calendar account."""
+
+
+def add_connect_command(cmd: click.Command) -> None:
+    """Add ``calsync connect <name>`` (e.g. outlook, google)."""
+    connect_group.add_command(cmd)
+
+
+@connect_group.command("caldav")
+@click.argument("user")
+@click.option("--url", required=True, help="The CalDAV server or calendar home URL.")
+@click.option("--username", required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connect_caldav(ctx: click.Context, user: str, url: str, username: str,
+                   password_stdin: bool, as_json: bool) -> None:
+    """Link USER's CalDAV account (Nextcloud, Fastmail, Radicale, ...)."""
+    app = _app(ctx)
+    password = _read_secret(password_stdin, "--password-stdin", "password")
+    cctx = ConnectContext(provider="caldav", url=url, account=username,
+                          credentials={"username": username, "password": password},
+                          settings=app.settings)
+    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+                     user, as_json)
+
+
+@connect_group.command("icloud")
+@click.argument("user")
+@click.option("--apple-id", required=True, help="The Apple ID (e-mail).")
+@click.option("--app-password-stdin", is_flag=True,
+              help="Read the app-specific password from stdin.")
+@click.option("--url", default=None, help="Default: [icloud] url (https://caldav.icloud.com/).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connect_icloud(ctx: click.Context, user: str, apple_id: str, app_password_stdin: bool,
+                   url: str | None, as_json: bool) -> None:
+    """Link USER's iCloud calendars with an app-specific password."""
+    app = _app(ctx)
+    password = _read_secret(app_password_stdin, "--app-password-stdin", "app-specific password")
+    cctx = ConnectContext(provider="icloud", url=url or app.settings.icloud.url,
+                          account=apple_id,
+                          credentials={"username": apple_id, "password": password},
+                          settings=app.settings)
+    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+                     user, as_json)
+
+
+@connect_group.command("memory")
+@click.argument("user")
+@click.option("--server", default="default", help="Name of the in-process memory server.")
+@click.option("--account", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connect_memory(ctx: click.Context, user: str, server: str, account: str | None,
+                   as_json: bool) -> None:
+    """Link USER to the in-memory provider (demos and tests; lives in this process)."""
+    app = _app(ctx)
+    cctx = ConnectContext(provider="memory", url=server, account=account or f"{user}@memory",
+                          credentials={}, settings=app.settings)
+    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+                     user, as_json)
+
+
+# --- calendars ------------------------------------------------------------------------------
+
+@click.group("calendars")
+def calendars_group() -> None:
+    """Remote calendars of a user's connections: list, set roles, confirm-empty."""
+
+
+def _user_calendars(s: Any, user_id: str) -> list[tuple[Calendar, Connection]]:
+    user = s.get(User, user_id)
+    if user is None or user.deleted_at is not None:
+        raise NotFound(f"user {user_id!r} not found")
+    rows = s.execute(select(Calendar, Connection).join(Connection)
+                     .where(Connection.user_id == user_id)
+                     .order_by(Connection.id, Calendar.id)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _resolve(rows: list[tuple[Calendar, Connection]], ref: str, user_id: str) -> Calendar:
+    """A calendar by remote id, local number or exact name."""
+    for match in (lambda c: c.remote_id == ref, lambda c: str(c.id) == ref,
+                  lambda c: c.name == ref):
+        found = [c for c, _ in rows if match(c)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise UserError(f"{ref!r} names {len(found)} calendars of {user_id}; "
+                            f"use the id from `calsync calendars list {user_id}`")
+    raise NotFound(f"user {user_id} has no calendar {ref!r}; "
+                   f"see `calsync calendars list {user_id}`")
+
+
+@calendars_group.command("list")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def calendars_list(ctx: click.Context, user: str, as_json: bool) -> None:
+    """Show USER's remote calendars with their ids and roles."""
+    with _app(ctx).migrated_db().session() as s:
+        rows = _user_calendars(s, user)
+        data = [{"id": c.remote_id, "name": c.name, "role": c.role, "read_only": c.read_only}
+                for c, _ in rows]
+        lines = [f"{c.remote_id}  {c.name!r}  {c.role}{' read-only' if c.read_only else ''}"
+                 f"  [{conn.provider} {conn.account}; {c.status}"
+                 f"{': ' + c.last_error if c.last_error else ''}]" for c, conn in rows]
+    _emit(data, as_json, "\n".join(lines) if lines else f"{user} has no connected calendars")
+
+
+@calendars_group.command("set")
+@click.argument("user")
+@click.option("--primary", default=None, metavar="CAL",
+              help="Where USER's jobs, time off and blocks are written (and read).")
+@click.option("--conflict", multiple=True, metavar="CAL",
+              help="Read-only busy source (repeatable).")
+@click.pass_context
+def calendars_set(ctx: click.Context, user: str, primary: str | None,
+                  conflict: tuple[str, ...]) -> None:
+    """Choose USER's primary calendar and conflict calendars; all others are ignored."""
+    now = _now()
+    with _app(ctx).migrated_db().session() as s:
+        rows = _user_calendars(s, user)
+        prim = _resolve(rows, primary, user) if primary else None
+        confl = [_resolve(rows, ref, user) for ref in conflict]
+        if prim is not None and prim.read_only:
+            raise UserError(f"calendar {prim.name!r} is read-only and cannot be primary; "
+                            f"use it with --conflict")
+        if prim is not None and any(c.id == prim.id for c in confl):
+            raise UserError(f"calendar {prim.name!r} cannot be both primary and conflict")
+        for cal, conn in rows:
+            role = "primary" if prim is not None and cal.id == prim.id else \
+                "conflict" if any(c.id == cal.id for c in confl) else "ignored"
+            if role != cal.role:
+                cal.role = role
+                conn.next_sync_at = now
+        audit(s, "cli", "calendars.set", "user", user,
+              {"primary": prim.remote_id if prim else None,
+               "conflict": [c.remote_id for c in confl]}, at=now)
+        summary = [f"{c.remote_id}  {c.name!r}  {c.role}" for c, _ in rows]
+    click.echo("\n".join(summary))
+
+
+@calendars_group.command("confirm-empty")
+@click.argument("user")
+@click.argument("cal")
+@click.pass_context
+def calendars_confirm_empty(ctx: click.Context, user: str, cal: str) -> None:
+    """Confirm that calendar CAL really is empty, so sync of it resumes."""
+    now = _now()
+    with _app(ctx).migrated_db().session() as s:
+        rows = _user_calendars(s, user)
+        row = _resolve(rows, cal, user)
+        row.empty_confirmed = True
+        row.last_error = None
+        if row.status == "guarded":
+            row.status = "ok"
+        conn = next(c for k, c in rows if k.id == row.id)
+        conn.next_sync_at = now
+        audit(s, "cli", "calendar.confirm_empty", "calendar", str(row.id),
+              {"user": user, "calendar": row.remote_id}, at=now)
+        name = row.name
+    click.echo(f"calendar {name!r} confirmed empty; it syncs again at the next run")
+
+
+# --- connections ----------------------------------------------------------------------------
+
+@click.group("connections")
+def connections_group() -> None:
+    """Linked accounts and their health."""
+
+
+@connections_group.command("list")
+@click.option("--user", "user_id", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
+    """Each connection with provider, status, last sync and last error."""
+    with _app(ctx).migrated_db().session() as s:
+        q = select(Connection).order_by(Connection.user_id, Connection.id)
+        if user_id is not None:
+            if s.get(User, user_id) is None:
+                raise NotFound(f"user {user_id!r} not found")
+            q = q.where(Connection.user_id == user_id)
+        data = []
+        for conn in s.scalars(q):
+            cals = s.scalars(select(Calendar).where(Calendar.connection_id == conn.id)).all()
+            data.append({
+                "id": conn.id, "user": conn.user_id, "provider": conn.provider,
+                "account": conn.account, "status": conn.status,
+                "last_sync_at": conn.last_sync_at.isoformat() if conn.last_sync_at else None,
+                "last_success_at": (conn.last_success_at.isoformat()
+                                    if conn.last_success_at else None),
+                "last_error": conn.last_error,
+                "calendars": [{"id": c.remote_id, "name": c.name, "role": c.role,
+                               "status": c.status, "last_error": c.last_error}
+                              for c in cals if c.role != "ignored"],
+            })
+    lines = [f"{d['id']}  {d['user']}  {d['provider']}  {d['account']}  {d['status']}  "
+             f"last sync {d['last_sync_at'] or 'never'}"
+             f"{'  error: ' + d['last_error'] if d['last_error'] else ''}" for d in data]
+    _emit(data, as_json, "\n".join(lines) if lines else "no connections")
+
+
+# --- sync -----------------------------------------------------------------------------------
+
+def _summary_line(r: Any) -> str:
+    t = r.totals()
+    extra = ", ".join(f"{n} {k}" for k, n in sorted(t.items())
+                      if n and k not in ("created", "updated", "deleted", "imported"))
+    line = (f"connection {r.connection_id} ({r.provider}, {r.user_id}): {r.status}: "
+            f"{t['created']} created, {t['updated']} updated, {t['deleted']} deleted, "
+            f"{t['imported']} imported" + (f", {extra}" if extra else ""))
+    return line + (f"; {r.error}" if r.error else "")
+
+
+@click.command("sync")
+@click.option("--user", "user_id", default=None, help="Only this user's connections.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sync_cmd(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
+    """Sync now (all connections, or USER's), with a progress bar and a summary."""
+    from calsync.sync.runner import sync_connection
+
+    app = _app(ctx)
+    db = app.migrated_db()
+    with db.session() as s:
+        q = select(Connection.id).order_by(Connection.id)
+        if user_id is not None:
+            if s.get(User, user_id) is None:
+                raise NotFound(f"user {user_id!r} not found")
+            q = q.where(Connection.user_id == user_id)
+        ids = list(s.scalars(q))
+    results = []
+    show_bar = not as_json and sys.stdout.isatty() and len(ids) > 0
+    with click.progressbar(ids, label="syncing", show_pos=True,
+                           file=None if show_bar else _NullFile()) as bar:
+        for cid in bar:
+            results.append(sync_connection(app.settings, db, cid, _now()))
+    if as_json:
+        _emit([r.as_dict() for r in results], True, "")
+    else:
+        for r in results:
+            click.echo(_summary_line(r))
+        if not results:
+            click.echo("no connections to sync")
+    failed = [r for r in results if r.status not in ("ok",)]
+    if failed:
+        r = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise UserError(f"sync of connection {r.connection_id} ({r.provider}) "
+                        f"{r.status}: {r.error or 'see calsync connections list'}{more}")
+
+
+class _NullFile:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+@click.group("secrets")
+def secrets_group() -> None:
+    """Encryption of stored credentials."""
+
+
+@secrets_group.command("rotate")
+@click.pass_context
+def secrets_rotate(ctx: click.Context) -> None:
+    """Re-encrypt every stored credential under the current security.secret_key (old keys
+    must be listed in security.previous_secret_keys)."""
+    app = _app(ctx)
+    box = CredentialBox.from_settings(app.settings)
+    count = 0
+    with app.migrated_db().session() as s:
+        for conn in s.scalars(select(Connection).where(Connection.credentials.is_not(None))):
+            assert conn.credentials is not None
+            box.open(conn.credentials)  # fails clearly when no configured key opens it
+            conn.credentials = box.rotate(conn.credentials)
+            count += 1
+        for state in s.scalars(select(OAuthState)):
+            try:
+                state.verifier = box.rotate(state.verifier)
+            except InvalidToken:  # a pending sign-in under a dropped key: let it expire
+                s.delete(state)
+        audit(s, "cli", "secrets.rotate", "connections", "*", {"count": count})
+    click.echo(f"re-encrypted the credentials of {count} connection(s)")
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (connect_group, calendars_group, connections_group, sync_cmd, secrets_group):
+        if cmd.name not in cli.commands:
+            cli.add_command(cmd)
