@@ -273,13 +273,16 @@ def _build(uid: str | None, group: list[Any], timezones: list[Any], window: Wind
     masters = [e for e in group if "RECURRENCE-ID" not in e]
     master = masters[0] if masters else None
     main = master if master is not None else group[0]
-    start = _localise(main["DTSTART"].dt, options.default_tz)
-    end = _localise(_end_of(main, main["DTSTART"].dt), options.default_tz)
+    raw_start = main["DTSTART"].dt
+    start = _localise(raw_start, options.default_tz)
+    end = _localise(_end_of(main, raw_start), options.default_tz)
     all_day = not isinstance(start, dt.datetime)
     tzid = main["DTSTART"].params.get("TZID")
-    if tzid is None and isinstance(start, dt.datetime) and start.tzinfo is not None:
-        tzid = getattr(start.tzinfo, "key", None) or ("UTC" if start.utcoffset() == dt.timedelta(0)
-                                                       else None)
+    if isinstance(raw_start, dt.datetime) and raw_start.tzinfo is None:
+        tzid = None  # floating (or a TZID nobody defined): read in the user's zone
+    elif tzid is None and isinstance(raw_start, dt.datetime):
+        tzid = getattr(raw_start.tzinfo, "key", None) or (
+            "UTC" if raw_start.utcoffset() == dt.timedelta(0) else None)
     organizer = main.get("ORGANIZER")
     last_modified = None
     if "LAST-MODIFIED" in main:

@@ -51,6 +51,17 @@ _DISPLAY_NAMES = {
 }
 _LOWER_WINDOWS = {k.lower(): v for k, v in WINDOWS_TO_OLSON.items()}
 
+# "GMT-05.00/-04.00" (standard/daylight offsets, as Lotus and old Exchange wrote them):
+# the usual zone with exactly that pair.
+_OFFSET_PAIRS = {
+    (-5 * 60, -4 * 60): "America/New_York", (-6 * 60, -5 * 60): "America/Chicago",
+    (-7 * 60, -6 * 60): "America/Denver", (-8 * 60, -7 * 60): "America/Los_Angeles",
+    (-9 * 60, -8 * 60): "America/Anchorage", (-4 * 60, -3 * 60): "America/Halifax",
+    (0, 60): "Europe/London", (60, 120): "Europe/Berlin", (120, 180): "Europe/Helsinki",
+    (600, 660): "Australia/Sydney", (720, 780): "Pacific/Auckland",
+}
+_PAIR = re.compile(r"^(?:utc|gmt)\s*([+-])(\d{1,2})[.:]?(\d{2})\s*/\s*([+-])(\d{1,2})[.:]?(\d{2})$",
+                   re.IGNORECASE)
 _DISPLAY_PREFIX = re.compile(r"^\((?:utc|gmt)\s*[+-]?[\d:.]*\)\s*", re.IGNORECASE)
 _OFFSET = re.compile(r"^\(?\s*(?:utc|gmt)\s*([+-])\s*(\d{1,2})(?:[:.]?(\d{2}))?", re.IGNORECASE)
 
@@ -90,6 +101,13 @@ def resolve_tzid(tzid: str) -> tuple[dt.tzinfo | None, str]:
             if zone is not None:
                 iana = "/".join(parts[i:])
                 return zone, f"TZID {tzid!r} read as {iana}"
+    pair = _PAIR.match(name)
+    if pair:
+        std = (-1 if pair.group(1) == "-" else 1) * (int(pair.group(2)) * 60 + int(pair.group(3)))
+        dst = (-1 if pair.group(4) == "-" else 1) * (int(pair.group(5)) * 60 + int(pair.group(6)))
+        if (std, dst) in _OFFSET_PAIRS:
+            iana = _OFFSET_PAIRS[(std, dst)]
+            return _zone(iana), f"TZID {tzid!r} (standard/daylight offsets) read as {iana}"
     match = _OFFSET.match(name)
     if match:
         sign = -1 if match.group(1) == "-" else 1

@@ -1,0 +1,182 @@
+"""The pure ICS normaliser of the CalDAV connector (calsync_caldav.parse / render)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from calsync.sync.connector import Occurrence, OutgoingEvent, Window
+from calsync_caldav.parse import ParseOptions, parse_calendar, parse_resource
+from calsync_caldav.render import render_event
+
+UTC = dt.timezone.utc
+CHI = ZoneInfo("America/Chicago")
+WINDOW = Window(dt.datetime(2026, 1, 1, tzinfo=UTC), dt.datetime(2027, 1, 1, tzinfo=UTC))
+OPTS = ParseOptions(default_tz=CHI, owner_emails=frozenset({"me@example.com"}))
+
+
+def cal(*events: str, extra: str = "") -> str:
+    body = "".join(f"BEGIN:VEVENT\r\n{e}END:VEVENT\r\n" for e in events)
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n{extra}{body}END:VCALENDAR\r\n"
+
+
+def one(text: str, options: ParseOptions = OPTS, window: Window = WINDOW):  # type: ignore[no-untyped-def]
+    parsed = parse_calendar(text, window, options)
+    assert not parsed.problems, parsed.problems
+    assert len(parsed.events) == 1
+    return parsed.events[0], parsed
+
+
+def at(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("props", "busy"), [
+    ("", "busy"),
+    ("TRANSP:TRANSPARENT\r\n", "free"),
+    ("TRANSP:OPAQUE\r\n", "busy"),
+    ("X-MICROSOFT-CDO-BUSYSTATUS:FREE\r\n", "free"),
+    ("X-MICROSOFT-CDO-BUSYSTATUS:TENTATIVE\r\n", "tentative"),
+    ("X-MICROSOFT-CDO-BUSYSTATUS:OOF\r\n", "oof"),
+    ("X-MICROSOFT-CDO-BUSYSTATUS:BUSY\r\nTRANSP:TRANSPARENT\r\n", "busy"),
+    ("X-MICROSOFT-CDO-BUSYSTATUS:WORKINGELSEWHERE\r\n", "workingElsewhere"),
+])
+def test_busy_status(props: str, busy: str) -> None:
+    event, _ = one(cal(f"UID:a\r\nDTSTART:20260301T100000Z\r\nDTEND:20260301T110000Z\r\n{props}"))
+    assert event.busy == busy
+
+
+@pytest.mark.parametrize(("props", "status", "private"), [
+    ("STATUS:CANCELLED\r\n", "cancelled", False),
+    ("STATUS:Tentative\r\nCLASS:PRIVATE\r\n", "tentative", True),
+    ("STATUS:CONFIRMED\r\nCLASS:CONFIDENTIAL\r\n", "confirmed", True),
+    ("CLASS:PUBLIC\r\n", "confirmed", False),
+])
+def test_status_and_class(props: str, status: str, private: bool) -> None:
+    event, _ = one(cal(f"UID:a\r\nDTSTART:20260301T100000Z\r\n{props}"))
+    assert (event.status, event.private) == (status, private)
+
+
+@pytest.mark.parametrize(("partstat", "response"), [
+    ("DECLINED", "declined"), ("ACCEPTED", "accepted"), ("TENTATIVE", "tentative"),
+    ("NEEDS-ACTION", None)])
+def test_owner_partstat(partstat: str, response: str | None) -> None:
+    event, _ = one(cal("UID:a\r\nDTSTART:20260301T100000Z\r\n"
+                       f"ATTENDEE;PARTSTAT={partstat}:mailto:ME@example.com\r\n"
+                       "ATTENDEE;PARTSTAT=ACCEPTED:mailto:you@example.com\r\n"))
+    assert event.response == response
+
+
+def test_someone_elses_decline_is_not_the_owners() -> None:
+    event, _ = one(cal("UID:a\r\nDTSTART:20260301T100000Z\r\n"
+                       "ATTENDEE;PARTSTAT=DECLINED:mailto:you@example.com\r\n"))
+    assert event.response is None
+
+
+def test_missing_dtend_follows_rfc5545() -> None:
+    timed, _ = one(cal("UID:a\r\nDTSTART:20260301T100000Z\r\n"))
+    assert timed.occurrences == [Occurrence(at(2026, 3, 1, 10), at(2026, 3, 1, 10))]
+    day, _ = one(cal("UID:b\r\nDTSTART;VALUE=DATE:20260301\r\n"))
+    assert day.all_day and day.end == dt.date(2026, 3, 2)
+    # all-day spans are midnight to midnight in the user's zone (CST = UTC-6)
+    assert day.occurrences == [Occurrence(at(2026, 3, 1, 6), at(2026, 3, 2, 6))]
+    dur, _ = one(cal("UID:c\r\nDTSTART:20260301T100000Z\r\nDURATION:PT90M\r\n"))
+    assert dur.occurrences == [Occurrence(at(2026, 3, 1, 10), at(2026, 3, 1, 11, 30))]
+
+
+def test_floating_time_is_read_in_the_users_zone_and_said_so() -> None:
+    event, parsed = one(cal("UID:a\r\nDTSTART:20260701T090000\r\nDTEND:20260701T100000\r\n"))
+    assert event.occurrences == [Occurrence(at(2026, 7, 1, 14), at(2026, 7, 1, 15))]  # CDT
+    assert any("floating" in n for n in parsed.notes)
+
+
+@pytest.mark.parametrize(("tzid", "start_utc"), [
+    ("W. Europe Standard Time", at(2026, 7, 1, 7)),  # Windows name -> Europe/Berlin (CEST)
+    ("(UTC-05:00) Eastern Time (US & Canada)", at(2026, 7, 1, 13)),  # EDT
+    ("GMT-05.00/-04.00", at(2026, 7, 1, 13)),
+    ("UTC+11", at(2026, 6, 30, 22)),
+    ("Made Up Zone", at(2026, 7, 1, 14)),  # unknown: floating in America/Chicago (CDT)
+])
+def test_windows_and_made_up_tzids(tzid: str, start_utc: dt.datetime) -> None:
+    event, parsed = one(cal(f'UID:a\r\nDTSTART;TZID="{tzid}":20260701T090000\r\n'
+                            f'DTEND;TZID="{tzid}":20260701T100000\r\n'))
+    assert event.occurrences == [Occurrence(start_utc, start_utc + dt.timedelta(hours=1))]
+    if tzid == "Made Up Zone":
+        assert any("unknown TZID 'Made Up Zone'" in n and "floating" in n for n in parsed.notes)
+
+
+def test_recurrence_rdate_exdate_override_and_cancelled_instance() -> None:
+    text = cal(
+        "UID:s\r\nSUMMARY:Series\r\nDTSTART;TZID=America/Chicago:20260302T090000\r\n"
+        "DTEND;TZID=America/Chicago:20260302T100000\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\n"
+        "EXDATE;TZID=America/Chicago:20260309T090000\r\n"
+        "RDATE;TZID=America/Chicago:20260304T120000\r\n",
+        "UID:s\r\nRECURRENCE-ID;TZID=America/Chicago:20260316T090000\r\n"
+        "DTSTART;TZID=America/Chicago:20260316T150000\r\n"
+        "DTEND;TZID=America/Chicago:20260316T160000\r\n",
+        "UID:s\r\nRECURRENCE-ID;TZID=America/Chicago:20260323T090000\r\n"
+        "DTSTART;TZID=America/Chicago:20260323T090000\r\n"
+        "DTEND;TZID=America/Chicago:20260323T100000\r\nSTATUS:CANCELLED\r\n")
+    event, _ = one(text)
+    assert event.recurring and event.summary == "Series" and event.uid == "s"
+    # 2026-03-08 DST starts in Chicago: CST (-6) before, CDT (-5) after
+    assert event.occurrences == [
+        Occurrence(at(2026, 3, 2, 15), at(2026, 3, 2, 16)),
+        Occurrence(at(2026, 3, 4, 18), at(2026, 3, 4, 19)),
+        Occurrence(at(2026, 3, 16, 20), at(2026, 3, 16, 21)),
+    ]
+
+
+def test_expansion_is_bounded() -> None:
+    text = cal("UID:d\r\nDTSTART:20260101T100000Z\r\nDTEND:20260101T110000Z\r\n"
+               "RRULE:FREQ=DAILY\r\n")
+    event, _ = one(text, ParseOptions(default_tz=CHI, max_occurrences=10))
+    assert len(event.occurrences) == 10
+    event, _ = one(text)
+    assert len(event.occurrences) == 365
+
+
+def test_vtodo_only_object_is_not_an_event() -> None:
+    text = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\nUID:t\r\n"
+            "SUMMARY:milk\r\nEND:VTODO\r\nEND:VCALENDAR\r\n")
+    out = parse_resource(text, "/c/t.ics", '"1"', WINDOW, OPTS)
+    assert out.event is None and out.quarantined is None
+
+
+@pytest.mark.parametrize(("body", "prop"), [
+    ("DTSTART:20260301T100000Z\r\nDTEND:None\r\n", "DTEND"),
+    ("DTSTART:Next Year\r\n", "DTSTART"),
+    ("SUMMARY:no start\r\n", "DTSTART"),
+    ("DTSTART:20260301T100000Z\r\nDURATION:PT1W\r\n", "DURATION"),
+    ("DTSTART;VALUE=DATE:20260301\r\nDTEND:20260302T100000Z\r\n", "DTEND"),
+])
+def test_malformed_event_is_quarantined_with_the_property(body: str, prop: str) -> None:
+    out = parse_resource(cal(f"UID:bad\r\n{body}"), "/c/bad.ics", '"1"', WINDOW, OPTS)
+    assert out.event is None and out.quarantined is not None
+    assert out.quarantined.remote_id == "/c/bad.ics"
+    assert f"property {prop}" in out.quarantined.reason and "UID='bad'" in out.quarantined.reason
+
+
+def test_garbage_is_quarantined() -> None:
+    out = parse_resource(b"\xff\xfe not a calendar", "/c/x.ics", None, WINDOW, OPTS)
+    assert out.quarantined is not None and out.event is None
+
+
+def test_calsync_key_round_trips_through_render() -> None:
+    outgoing = OutgoingEvent(
+        key="block-b1", uid="calsync-block-b1@example.com", summary="Training; room 2, east",
+        start=dt.datetime(2026, 11, 25, 13, tzinfo=CHI),
+        end=dt.datetime(2026, 11, 25, 15, tzinfo=CHI), all_day=False, tzid="America/Chicago",
+        description="Bring laptop\nand badge", location="HQ", categories=("blocked",),
+        status="tentative", sequence=3, busy="free")
+    text = render_event(outgoing, at(2026, 11, 20))
+    assert "BEGIN:VTIMEZONE\r\nTZID:America/Chicago" in text
+    assert "DTSTART;TZID=America/Chicago:20261125T130000" in text
+    assert "SEQUENCE:3" in text and "TRANSP:TRANSPARENT" in text
+    event, _ = one(text)
+    assert event.calsync_key == "block-b1" and event.uid == outgoing.uid
+    assert event.summary == outgoing.summary and event.description == outgoing.description
+    assert event.location == "HQ" and event.status == "tentative" and event.busy == "free"
+    assert event.occurrences == [Occurrence(at(2026, 11, 25, 19), at(2026, 11, 25, 21))]
