@@ -172,7 +172,9 @@ class GraphEmulator:
         self.auth_codes: dict[str, dict[str, Any]] = {}
         self.token_requests: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []  # Graph (method, path) incl. batch items
-        self.http_requests = 0  # top-level Graph HTTP requests
+        self.http_requests = 0  # top-level Graph HTTP requests (authenticated)
+        self.unauthorized = 0  # Graph requests answered 401
+        self.batch_sizes: list[int] = []
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.max_in_flight: collections.Counter[str] = collections.Counter()
         self.latency = 0.0
@@ -260,6 +262,14 @@ class GraphEmulator:
     @property
     def graph_url(self) -> str:
         return self.base_url + GRAPH_PREFIX
+
+    def configure(self, settings: Any) -> Any:
+        """calsync Settings pointing the [outlook] table at this emulator."""
+        from dataclasses import replace
+
+        return replace(settings, outlook=replace(
+            settings.outlook, client_id=self.client_id, client_secret=self.client_secret or "",
+            tenant=self.tenant, authority_host=self.base_url, graph_url=self.graph_url))
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -379,6 +389,8 @@ class GraphEmulator:
             return _graph_error(404, "NotFound", f"no route {path}")
         email = self._bearer(headers)
         if email is None:
+            with self.lock:
+                self.unauthorized += 1
             return _graph_error(401, "InvalidAuthenticationToken",
                                 "Access token has expired or is not yet valid.")
         with self.lock:
@@ -583,6 +595,8 @@ class GraphEmulator:
             return _graph_error(400, "BadRequest",
                                 f"Number of batch request steps exceeds the maximum of "
                                 f"{MAX_BATCH}.")
+        with self.lock:
+            self.batch_sizes.append(len(reqs))
         responses = []
         for req in reqs:
             with self.lock:

@@ -1,0 +1,134 @@
+"""OAuth connections: ``calsync connect outlook USER`` / ``connect google USER`` (device code
+flow in a terminal) and :func:`save_oauth_connection`, which the web callback uses too.
+
+The provider's factory (found by name; the core imports no connector) must have the hook
+``device_flow(ctx, prompt) -> ctx``; ``verify(ctx)`` then lists the calendars. Credentials
+are stored encrypted (CredentialBox); calendars start as ``ignored`` until
+``calsync calendars set`` picks the primary and conflict ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from calsync.audit import audit
+from calsync.config import Settings
+from calsync.db.models import Calendar, Connection, User
+from calsync.db.session import Database
+from calsync.errors import NotFound, UserError
+from calsync.secrets import CredentialBox
+from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
+
+OAUTH_PROVIDERS = ("outlook", "google")
+
+
+def save_oauth_connection(settings: Settings, db: Database, user_id: str,
+                          ctx: ConnectContext, calendars: list[RemoteCalendar],
+                          now: dt.datetime, actor: str) -> tuple[int, bool]:
+    """Store (or refresh) the user's connection for ``ctx.provider``/``ctx.account`` with
+    encrypted credentials and its calendars; returns (connection id, created)."""
+    box = CredentialBox.from_settings(settings)
+    with db.session() as s:
+        user = s.get(User, user_id)
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"user {user_id!r} not found")
+        conn = s.scalar(select(Connection).where(
+            Connection.user_id == user_id, Connection.provider == ctx.provider,
+            Connection.account == ctx.account))
+        created = conn is None
+        if conn is None:
+            conn = Connection(user_id=user_id, provider=ctx.provider, account=ctx.account,
+                              url=ctx.url, created_at=now, settings={})
+            s.add(conn)
+        conn.credentials = box.seal(ctx.credentials)
+        conn.status = "ok"
+        conn.last_error = None
+        conn.next_sync_at = now
+        conn.updated_at = now
+        s.flush()
+        existing = {c.remote_id: c for c in s.scalars(
+            select(Calendar).where(Calendar.connection_id == conn.id))}
+        for cal in calendars:
+            if not cal.supports_events:
+                continue
+            row = existing.get(cal.id)
+            if row is None:
+                s.add(Calendar(connection_id=conn.id, remote_id=cal.id, name=cal.name,
+                               read_only=cal.read_only, role="ignored"))
+            else:
+                row.name = cal.name
+                row.read_only = cal.read_only
+        audit(s, actor, "connection.create" if created else "connection.reauth", "connection",
+              str(conn.id), {"provider": ctx.provider, "account": ctx.account,
+                             "user": user_id}, at=now)
+        return conn.id, created
+
+
+def connect_oauth(settings: Settings, db: Database, provider: str, user_id: str,
+                  prompt: Any, now: dt.datetime, http: Any = None) -> dict[str, Any]:
+    """The CLI flow: device code sign-in, verify, store. Returns a summary."""
+    with db.session() as s:
+        user = s.get(User, user_id)
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"user {user_id!r} not found")
+    factory = load_connector_factory(provider)
+    device_flow = getattr(factory, "device_flow", None)
+    if device_flow is None:
+        raise UserError(f"the {provider} connector has no terminal sign-in (device flow)")
+    ctx = ConnectContext(provider=provider, url=None, account="", credentials={},
+                         settings=settings, http=http)
+    ctx = device_flow(ctx, prompt)
+    ctx, calendars = factory.verify(ctx)
+    conn_id, created = save_oauth_connection(settings, db, user_id, ctx, calendars, now,
+                                             actor="cli:connect")
+    return {"connection_id": conn_id, "provider": provider, "account": ctx.account,
+            "created": created,
+            "calendars": [{"id": c.id, "name": c.name, "read_only": c.read_only}
+                          for c in calendars if c.supports_events]}
+
+
+def _command(provider: str) -> click.Command:
+    @click.command(provider)
+    @click.argument("user")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    @click.pass_context
+    def cmd(click_ctx: click.Context, user: str, as_json: bool) -> None:
+        app = click_ctx.obj  # the CLI's AppContext
+        settings, db = app.settings, app.migrated_db()
+        summary = connect_oauth(settings, db, provider, user,
+                                lambda msg: click.echo(msg, err=True),
+                                dt.datetime.now(dt.timezone.utc))
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+            return
+        verb = "connected" if summary["created"] else "reconnected"
+        click.echo(f"{provider} account {summary['account']} {verb} for {user} "
+                   f"(connection {summary['connection_id']}); calendars:")
+        for cal in summary["calendars"]:
+            ro = " (read-only)" if cal["read_only"] else ""
+            click.echo(f"  {cal['id']}  {cal['name']}{ro}")
+        click.echo(f"choose them with: calsync calendars set {user} --primary CAL "
+                   f"[--conflict CAL ...]")
+
+    cmd.help = (f"Link USER's {provider.title()} account by signing in with a device code "
+                f"(open the link shown and enter the code).")
+    return cmd
+
+
+def register(cli: click.Group) -> None:
+    """Add ``outlook`` and ``google`` to the ``connect`` group (made if missing)."""
+    group = cli.commands.get("connect")
+    if not isinstance(group, click.Group):
+        @cli.group("connect")
+        def connect() -> None:
+            """Link an external calendar account."""
+
+        group = connect
+    for provider in OAUTH_PROVIDERS:
+        if provider not in group.commands:
+            group.add_command(_command(provider))
