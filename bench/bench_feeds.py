@@ -47,7 +47,7 @@ def _items(n: int, user_tag: str = "u") -> list[SimpleNamespace]:
     for i in range(n):
         kind = "time_off" if i % 10 == 3 else "block" if i % 10 == 7 else "job"
         tzid = TZIDS[i % 3]
-        start = base + dt.timedelta(hours=9 + 41 * i)
+        start = base + dt.timedelta(hours=9 + 9 * i)
         all_day = kind == "time_off"
         sd = start.date() if all_day else None
         out.append(SimpleNamespace(
