@@ -837,6 +837,7 @@ class GoogleEmulator:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     emulator: GoogleEmulator
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
