@@ -1,0 +1,195 @@
+"""Availability at scale: one-slot checks and a 200-user slot search over a large schedule.
+
+Data set: 1,000 users (three timezones, Mon-Fri 08:00-17:00) and 1,000,000 busy rows --
+half schedule items (jobs, time off, blocks; each with its assignee row), half external
+events (each with one busy occurrence on a fresh conflict calendar) -- spread over about
+13 months. ``--quick``: 100,000 rows. Bulk-loaded with executemany batches.
+
+Figures, per engine (SQLite file, PostgreSQL):
+- ``check_ms``: one user, one 1-hour slot, the same call the API makes (load + check,
+  masked), over 200 random users/slots: p50, p99, max;
+- ``search_ms``: free 30-minute slots for 200 users over 5 working days: each of 3 runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, insert, text
+
+from calsync.availability.check import check_availability, search_availability
+from calsync.db.models import (
+    Calendar,
+    Connection,
+    ExternalBusy,
+    ExternalEvent,
+    ItemAssignee,
+    ScheduleItem,
+    User,
+)
+from calsync.db.session import Database
+from calsync.privacy import OPERATOR
+
+UTC = dt.timezone.utc
+USERS = 1000
+ROWS_FULL = 1_000_000
+ROWS_QUICK = 100_000
+CHECKS = 200
+SEARCH_USERS = 200
+BATCH = 10_000
+DAY0 = dt.datetime(2026, 10, 1, tzinfo=UTC)
+DAYS = 400
+NOW = dt.datetime(2026, 11, 23, 12, tzinfo=UTC)
+HOURS = {d: [["08:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
+ZONES = ("America/Chicago", "Europe/Berlin", "UTC")
+PG_ADMIN = os.environ.get("CALSYNC_BENCH_DATABASE_URL",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _batches(rows: list[dict[str, Any]]) -> Any:
+    for i in range(0, len(rows), BATCH):
+        yield rows[i:i + BATCH]
+
+
+def _slot(rng: random.Random) -> tuple[dt.datetime, dt.datetime]:
+    start = DAY0 + dt.timedelta(days=rng.randrange(DAYS), minutes=15 * rng.randrange(96))
+    return start, start + dt.timedelta(minutes=rng.choice((30, 60, 90, 120, 240)))
+
+
+def load(db: Database, rows: int, seed: int = 7) -> dict[str, float]:
+    """Bulk-insert the data set; returns seconds taken."""
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    users = [{"id": f"u{i:04d}", "name": f"Tech {i}", "timezone": ZONES[i % 3],
+              "working_hours": HOURS, "private_mode": True, "feed_version": 0,
+              "feed_enabled": False, "created_at": NOW, "updated_at": NOW}
+             for i in range(USERS)]
+    conns = [{"id": i + 1, "user_id": u["id"], "provider": "caldav", "account": u["id"],
+              "status": "ok", "settings": {}, "created_at": NOW, "updated_at": NOW}
+             for i, u in enumerate(users)]
+    cals = [{"id": i + 1, "connection_id": i + 1, "remote_id": f"/c/{i}", "name": "Work",
+             "role": "conflict", "read_only": True, "status": "ok", "last_success_at": NOW,
+             "last_sync_at": NOW, "known_items": 0, "empty_confirmed": False}
+            for i in range(USERS)]
+    n_items, n_ext = rows // 2, rows - rows // 2
+    with db.engine.begin() as c:
+        c.execute(insert(User), users)
+        c.execute(insert(Connection), conns)
+        c.execute(insert(Calendar), cals)
+    kinds = ("job", "job", "job", "time_off", "block")
+    items: list[dict[str, Any]] = []
+    assignees: list[dict[str, Any]] = []
+    for pk in range(1, n_items + 1):
+        s, e = _slot(rng)
+        kind = kinds[pk % 5]
+        items.append({"pk": pk, "kind": kind, "ext_id": f"i{pk}", "title": f"Item {pk}",
+                      "status": "scheduled", "all_day": False, "start_at": s, "end_at": e,
+                      "tzid": "UTC", "sequence": 0, "content_hash": "0" * 64,
+                      "created_at": NOW, "updated_at": NOW})
+        assignees.append({"item_pk": pk, "user_id": f"u{rng.randrange(USERS):04d}"})
+    events: list[dict[str, Any]] = []
+    busy: list[dict[str, Any]] = []
+    statuses = ("busy", "busy", "busy", "tentative", "free")
+    for eid in range(1, n_ext + 1):
+        ui = rng.randrange(USERS)
+        s, e = _slot(rng)
+        events.append({"id": eid, "calendar_id": ui + 1, "user_id": f"u{ui:04d}",
+                       "remote_id": f"r{eid}", "content_hash": "0" * 64,
+                       "summary": f"Private {eid}", "attendees": [],
+                       "busy_status": statuses[eid % 5], "status": "confirmed",
+                       "private_at_source": False, "all_day": False, "updated_at": NOW})
+        busy.append({"id": eid, "event_id": eid, "user_id": f"u{ui:04d}", "start_at": s,
+                     "end_at": e})
+    t_gen = time.perf_counter()
+    for model, data in ((ScheduleItem, items), (ItemAssignee, assignees),
+                        (ExternalEvent, events), (ExternalBusy, busy)):
+        for chunk in _batches(data):
+            with db.engine.begin() as c:
+                c.execute(insert(model), chunk)
+    with db.engine.begin() as c:
+        c.execute(text("ANALYZE"))
+    t_end = time.perf_counter()
+    return {"generate_s": round(t_gen - t0, 2), "insert_s": round(t_end - t_gen, 2),
+            "rows_per_s": round((2 * rows) / (t_end - t_gen))}
+
+
+def measure(db: Database, seed: int = 11) -> dict[str, Any]:
+    rng = random.Random(seed)
+    stale_after = dt.timedelta(days=3650)
+    times = []
+    busy_results = 0
+    for _ in range(CHECKS):
+        uid = f"u{rng.randrange(USERS):04d}"
+        start, end = _slot(rng)
+        t0 = time.perf_counter()
+        with db.session() as s:
+            [res] = check_availability(s, [uid], start, end, OPERATOR, NOW, stale_after)
+        times.append((time.perf_counter() - t0) * 1000)
+        busy_results += not res["available"]
+    times.sort()
+    users = [f"u{i:04d}" for i in rng.sample(range(USERS), SEARCH_USERS)]
+    monday = dt.datetime(2027, 3, 1, tzinfo=UTC)  # a Monday in the middle of the data
+    runs, slot_count = [], 0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with db.session() as s:
+            results = search_availability(s, users, monday - dt.timedelta(hours=12),
+                                          monday + dt.timedelta(days=5), dt.timedelta(minutes=30),
+                                          NOW, stale_after)
+        runs.append(round((time.perf_counter() - t0) * 1000, 1))
+        slot_count = sum(len(r["slots"]) for r in results)
+    return {"check_ms": {"p50": round(statistics.median(times), 2),
+                         "p99": round(times[int(len(times) * 0.99) - 1], 2),
+                         "max": round(times[-1], 2), "n": len(times),
+                         "busy_answers": busy_results},
+            "search_ms": {"runs": runs, "median": statistics.median(runs),
+                          "users": SEARCH_USERS, "days": 5, "slot_minutes": 30,
+                          "slots_found": slot_count}}
+
+
+def _bench(db: Database, rows: int) -> dict[str, Any]:
+    db.upgrade()
+    loaded = load(db, rows)
+    return {"rows": rows, "users": USERS, "load": loaded, **measure(db)}
+
+
+def _sqlite(rows: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        try:
+            return _bench(db, rows)
+        finally:
+            db.dispose()
+
+
+def _postgres(rows: int) -> dict[str, Any]:
+    try:
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means no server
+        return {"skipped": f"PostgreSQL not reachable at {PG_ADMIN}: {type(exc).__name__}"}
+    name = f"calsync_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(PG_ADMIN.rsplit("/", 1)[0] + "/" + name)
+    try:
+        return _bench(db, rows)
+    finally:
+        db.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(args: Any) -> dict[str, Any]:
+    rows = ROWS_QUICK if getattr(args, "quick", False) else ROWS_FULL
+    return {"sqlite": _sqlite(rows), "postgresql": _postgres(rows)}
