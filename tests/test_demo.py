@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,9 @@ def test_feed_url_regenerate_revoke(run, app_client) -> None:
     assert r.exit_code == 0 and new != path
     assert app_client.get(path).status_code == 404
     assert app_client.get(new).status_code == 200
+    r = run("feed", "url", "demo-maria", "--json")
+    assert r.exit_code == 0 and json.loads(r.output) == {"user_id": "demo-maria",
+                                                         "url": "http://127.0.0.1:8080" + new}
     r = run("feed", "revoke", "demo-maria")
     assert r.exit_code == 0 and "revoked" in r.output
     assert app_client.get(new).status_code == 404

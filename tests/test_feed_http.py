@@ -99,7 +99,7 @@ def test_tokens_are_not_logged(app_client, admin, caplog) -> None:
     app_client.get(path)
     app_client.get(path.replace(token, token[::-1]))
     server_lines = [r.getMessage() for r in caplog.records if not r.name.startswith("httpx")]
-    assert any("feed 404 for /feeds/u1/" in line for line in server_lines)
+    assert any("feed 404 for '/feeds/u1/" in line for line in server_lines)
     assert not [line for line in server_lines if token in line or token[::-1] in line]
 
 

@@ -143,26 +143,32 @@ def _feed_action(app: AppContext, user_id: str, action: str) -> str:
 
 @feed.command("url")
 @click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
 @pass_app
-def feed_url_cmd(app: AppContext, user: str) -> None:
+def feed_url_cmd(app: AppContext, user: str, as_json: bool) -> None:
     """Print USER's feed link (issues one if the feed is off)."""
-    click.echo(_feed_action(app, user, "url"))
+    url = _feed_action(app, user, "url")
+    emit({"user_id": user, "url": url}, as_json, url)
 
 
 @feed.command("regenerate")
 @click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
 @pass_app
-def feed_regenerate_cmd(app: AppContext, user: str) -> None:
+def feed_regenerate_cmd(app: AppContext, user: str, as_json: bool) -> None:
     """Issue a new link; the old one stops working at once."""
-    click.echo(_feed_action(app, user, "regenerate"))
+    url = _feed_action(app, user, "regenerate")
+    emit({"user_id": user, "url": url}, as_json, url)
 
 
 @feed.command("revoke")
 @click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
 @pass_app
-def feed_revoke_cmd(app: AppContext, user: str) -> None:
+def feed_revoke_cmd(app: AppContext, user: str, as_json: bool) -> None:
     """Disable USER's feed."""
-    click.echo(_feed_action(app, user, "revoke"))
+    message = _feed_action(app, user, "revoke")
+    emit({"user_id": user, "revoked": True}, as_json, message)
 
 
 @cli.group()

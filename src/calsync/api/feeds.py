@@ -132,7 +132,7 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
         if user is not None:
             s.expunge(user)
     if not check_feed_token(app_state.settings.security.secret_key, user, token):
-        log.info("feed 404 for %s", redacted_feed_path(user_id[:64], token))
+        log.info("feed 404 for %r", redacted_feed_path(user_id[:64], token))
         return JSONResponse(_NOT_FOUND, status_code=404)
     assert user is not None
     feed = current_feed(app_state.settings, app_state.db, user.id, now)
