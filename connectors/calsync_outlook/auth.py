@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import msal
 
@@ -107,10 +107,18 @@ def run_device_flow(settings: Any, http_client: Any,
 
 def auth_code_url(settings: Any, http_client: Any, state: str, code_challenge: str,
                   redirect_uri: str) -> str:
+    """The authorize URL with the core's own state and PKCE challenge (S256); the answer
+    comes back as a form POST (``response_mode=form_post``). The endpoint is the one msal
+    found through the tenant's OpenID configuration."""
     app = build_app(settings, http_client, None, confidential=bool(settings.outlook.client_secret))
-    return str(app.get_authorization_request_url(
-        SCOPES, state=state, redirect_uri=redirect_uri, code_challenge=code_challenge,
-        code_challenge_method="S256", prompt="select_account"))
+    params = {"client_id": settings.outlook.client_id, "response_type": "code",
+              "redirect_uri": redirect_uri,
+              "scope": " ".join([*SCOPES, "offline_access", "openid", "profile"]),
+              "state": state, "code_challenge": code_challenge,
+              "code_challenge_method": "S256", "response_mode": "form_post",
+              "prompt": "select_account"}
+    endpoint = app.authority.authorization_endpoint
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
 
 
 def redeem_code(settings: Any, http_client: Any, code: str, code_verifier: str,

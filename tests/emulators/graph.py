@@ -482,6 +482,13 @@ class GraphEmulator:
         params = {"code": code}
         if "state" in query:
             params["state"] = query["state"]
+        if query.get("response_mode") == "form_post":
+            # The documented form_post answer: a page that POSTs code and state back.
+            fields = "".join(f'<input type="hidden" name="{k}" value="{v}"/>'
+                             for k, v in params.items())
+            page = (f'<html><body onload="document.forms[0].submit()"><form method="post" '
+                    f'action="{query["redirect_uri"]}">{fields}</form></body></html>')
+            return 200, {"Content-Type": "text/html"}, page.encode()
         return 302, {"Location": query["redirect_uri"] + "?" + urlencode(params)}, b""
 
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, str], Any]:
@@ -982,3 +989,32 @@ class GraphEmulator:
 
         resp = httpx.post(url, params=params, content=body, headers=headers, timeout=10)
         return resp.status_code, resp.text
+
+
+class registered_outlook:  # noqa: N801 - used as a context manager
+    """Register an OutlookFactory whose transports trust ``emulator`` (so the core, which
+    finds factories by name, reaches it); restores the previous registration on exit."""
+
+    def __init__(self, emulator: GraphEmulator,
+                 sleep: Callable[[float], None] = lambda _s: None) -> None:
+        self.emulator = emulator
+        self.sleep = sleep
+
+    def __enter__(self) -> Any:
+        from calsync.sync import connector as connector_module
+        from calsync_outlook import OutlookFactory, OutlookHttp
+
+        self._registry = connector_module._registry
+        self._previous = self._registry.get("outlook")
+        self.http = OutlookHttp(self.emulator.identity_session(), self.emulator.graph_client())
+        self.factory = OutlookFactory(http=self.http, sleep=self.sleep)
+        connector_module.register_factory(self.factory)
+        return self.factory
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is None:
+            self._registry.pop("outlook", None)
+        else:
+            self._registry["outlook"] = self._previous
+        self.http.graph.close()
+        self.http.identity.close()

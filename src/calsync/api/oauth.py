@@ -4,7 +4,8 @@
   ``state`` and PKCE verifier, stores an :class:`OAuthState` row (SHA-256 of the state, the
   verifier encrypted, expiry 10 minutes) and returns ``{"url": …}`` — or redirects there
   with ``redirect=true``.
-- ``GET /oauth/{provider}/callback?code=&state=``: the provider sends the browser back here.
+- ``GET /oauth/{provider}/callback?code=&state=`` (or ``POST`` with a form body, for
+  ``response_mode=form_post``, which Outlook uses): the provider sends the browser back here.
   Unknown, expired, reused or other-provider states -> 400 JSON error; a state is usable
   once. The code is redeemed with the verifier through the factory's ``exchange_code``
   hook, the account verified, and the Connection with its Calendars stored encrypted.
@@ -20,9 +21,11 @@ import datetime as dt
 import hashlib
 import secrets
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import delete
 
 from calsync.api.auth import Principal, PrincipalDep
@@ -101,6 +104,22 @@ def oauth_start(provider: str, user_id: str, request: Request, redirect: bool = 
 @router.get("/oauth/{provider}/callback")
 def oauth_callback(provider: str, request: Request, state: str = "", code: str = "",
                    error: str = "", error_description: str = "") -> dict[str, Any]:
+    """The provider's answer in the query string (``response_mode=query``)."""
+    return _finish(provider, request, state, code, error, error_description)
+
+
+@router.post("/oauth/{provider}/callback")
+async def oauth_callback_form(provider: str, request: Request) -> dict[str, Any]:
+    """The provider's answer as a form POST (``response_mode=form_post``)."""
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace"),
+                                          keep_blank_values=True).items()}
+    return await run_in_threadpool(_finish, provider, request, form.get("state", ""),
+                                   form.get("code", ""), form.get("error", ""),
+                                   form.get("error_description", ""))
+
+
+def _finish(provider: str, request: Request, state: str, code: str, error: str,
+            error_description: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
     db = request.app.state.db
     factory = _factory(provider, "exchange_code")
