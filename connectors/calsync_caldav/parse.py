@@ -164,6 +164,27 @@ def _fix_tzids(event: Any, label: str, notes: list[str], seen: set[str]) -> None
                     item.dt = value.replace(tzinfo=zone)
 
 
+def _fix_until(event: Any, label: str, notes: list[str]) -> None:
+    """A floating UNTIL on a zoned DTSTART (RFC 5545 wants UTC) is local time there."""
+    rules = event.get("RRULE")
+    start = event["DTSTART"].dt
+    if rules is None or not isinstance(start, dt.datetime) or start.tzinfo is None:
+        return
+    for rule in rules if isinstance(rules, list) else [rules]:
+        untils = rule.get("UNTIL") or []
+        fixed = []
+        for until in untils:
+            if isinstance(until, dt.datetime) and until.tzinfo is None:
+                until = until.replace(tzinfo=start.tzinfo).astimezone(UTC)
+                notes.append(f"{label}: floating RRULE UNTIL read in the zone of DTSTART")
+            elif type(until) is dt.date:
+                until = dt.datetime.combine(until, dt.time(23, 59, 59),
+                                            tzinfo=start.tzinfo).astimezone(UTC)
+            fixed.append(until)
+        if fixed:
+            rule["UNTIL"] = fixed
+
+
 def _busy(component: Any) -> BusyStatus:
     cdo = _text(component, "X-MICROSOFT-CDO-BUSYSTATUS")
     if cdo and cdo.strip().upper() in _BUSY_STATUS:
@@ -357,6 +378,7 @@ def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     _fix_tzids(event, sub, result.notes, seen_tz)
+                    _fix_until(event, sub, result.notes)
             result.events.append(_build(uid, group, timezones, window, options,
                                         remote_id, None))
         except _Unusable as exc:
