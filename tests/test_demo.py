@@ -72,6 +72,21 @@ def test_demo_loads_and_prints_working_links(run, app_client, db) -> None:
         tzids = {str(tz["TZID"]) for tz in cal.walk("VTIMEZONE")}
         assert tzids, user_id
     assert crossing == ["On-call overnight (DST change)"]
+    # the same instants through vobject (validating) and ical.js
+    import vobject
+
+    from tests.test_feed_parsers import _ical_js, _js_when
+
+    for user_id, path in links.items():
+        body = app_client.get(path).content
+        cal = icalendar.Calendar.from_ical(body)
+        want = {str(e["UID"]): (e.decoded("DTSTART"), e.decoded("DTEND"))
+                for e in cal.walk("VEVENT")}
+        vcal = vobject.readOne(body.decode(), validate=True)
+        assert {e.uid.value: (e.dtstart.value, e.dtend.value) for e in vcal.vevent_list} == want
+        js = {e["uid"]: (_js_when(e["start"], e["allDay"]), _js_when(e["end"], e["allDay"]))
+              for e in _ical_js(body)["events"]}
+        assert js == want, user_id
     crew = "job-demo-crew-splice@calsync"
     assert [u for u in sorted(uids) if crew in uids[u]] == ["demo-dev", "demo-jonas",
                                                            "demo-maria"]

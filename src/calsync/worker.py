@@ -78,6 +78,11 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
                     clock: Clock = _utcnow) -> BaseScheduler:
     """A BlockingScheduler (``calsync worker``) or BackgroundScheduler (``calsync serve``)
     with the jobs above added, not started."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # "Running job ..." every few seconds is noise unless debugging (-v).
+        executor_log = logging.getLogger("apscheduler.executors.default")
+        if executor_log.level == logging.NOTSET:
+            executor_log.setLevel(logging.WARNING)
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(timezone=dt.timezone.utc,
                     job_defaults={"coalesce": True, "max_instances": 1})
