@@ -1,7 +1,8 @@
 """The CalDAV :class:`Connector`: incremental pull, expansion, conditional writes.
 
-Pull: RFC 6578 ``sync-collection`` with the stored token (one request when nothing
-changed), changed objects fetched with ``calendar-multiget``. Servers without it get the
+Pull: RFC 6578 ``sync-collection`` with the stored token, asking for the changed objects'
+data in the same answer: one request per calendar, changes or not (servers that leave
+calendar-data out get a ``calendar-multiget`` after it). Servers without it get the
 fallback: ``getctag`` (one request when nothing changed), then an etag listing compared
 with the etags carried in the token. Tokens are versioned strings::
 
@@ -18,7 +19,9 @@ import base64
 import datetime as dt
 import json
 import logging
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -61,13 +64,52 @@ def decode_ctag_token(token: str) -> tuple[str | None, dict[str, str]]:
     return data.get("ctag"), dict(data.get("etags") or {})
 
 
+class WriteLedger:
+    """Etags of the objects this process wrote. calsync's own writes come back in the next
+    incremental pull; when the server still has the very etag the write returned, the
+    object is what calsync wrote (the link already holds it), so it is neither fetched
+    again nor reported. Lost on restart, which only costs a fetch."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._etags: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def record(self, url: str, etag: str | None) -> None:
+        with self._lock:
+            if etag:
+                self._etags[url] = etag
+                self._etags.move_to_end(url)
+                while len(self._etags) > self._limit:
+                    self._etags.popitem(last=False)
+            else:
+                self._etags.pop(url, None)
+
+    def forget(self, url: str) -> None:
+        with self._lock:
+            self._etags.pop(url, None)
+
+    def is_echo(self, url: str, etag: str | None) -> bool:
+        """True (once) when ``etag`` is the one this process's write got for ``url``."""
+        with self._lock:
+            if etag and self._etags.get(url) == etag:
+                del self._etags[url]
+                return True
+            return False
+
+
+PROCESS_LEDGER = WriteLedger()
+
+
 class CaldavConnector:
     """One CalDAV account. ``url`` is where discovery starts (or the home set found)."""
 
     def __init__(self, session: DavSession, url: str, parse_options: ParseOptions, *,
                  use_sync_collection: bool = True,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None,
+                 ledger: WriteLedger | None = None) -> None:
         self.session = session
+        self.ledger = PROCESS_LEDGER if ledger is None else ledger
         self.url = url
         self.parse_options = parse_options
         self.use_sync_collection = use_sync_collection
@@ -164,11 +206,13 @@ class CaldavConnector:
             found = (self._multistatus(resp, calendar_id, "sync-collection")
                      if resp.status_code == 207 else None)
             if found is not None and found.sync_token:
-                hrefs = [norm_href(r.href) for r in found.responses
-                         if r.status not in (404, 410) and not self._is_collection(
-                             calendar_id, r.href)]
                 out = ChangeSet(full=True, token=TOKEN_PREFIX + "sync:" + found.sync_token)
-                self._read(calendar_id, hrefs, window, out)
+                missing: list[str] = []
+                for item in found.responses:
+                    if item.status in (404, 410) or self._is_collection(calendar_id, item.href):
+                        continue
+                    self._take(calendar_id, item, window, out, missing)
+                self._read(calendar_id, sorted(missing), window, out)
                 out.deleted = []
                 return out
             if found is None and resp.status_code not in _NOT_SUPPORTED:
@@ -181,9 +225,19 @@ class CaldavConnector:
         out.deleted = []
         return out
 
+    def _take(self, calendar_id: str, item: davxml.DavResponse, window: Window,
+              out: ChangeSet, missing: list[str]) -> None:
+        """An object listed by sync-collection: read it, or note it for a multiget."""
+        href = norm_href(item.href)
+        data = item.text(q(davxml.CALDAV, "calendar-data"))
+        if data:
+            self._add_object(href, item.text(q(DAV, "getetag")), data, window, out)
+        else:
+            missing.append(href)
+
     def _sync_collection(self, calendar_id: str, sync_token: str, window: Window) -> ChangeSet:
         out = ChangeSet()
-        changed: dict[str, str | None] = {}
+        changed: dict[str, davxml.DavResponse] = {}
         deleted: set[str] = set()
         current = sync_token
         for _ in range(50):  # a truncated answer (507) continues from its token
@@ -208,14 +262,19 @@ class CaldavConnector:
                     deleted.add(href)
                     changed.pop(href, None)
                 else:
-                    changed[href] = item.text(q(DAV, "getetag"))
+                    changed[href] = item
                     deleted.discard(href)
             current = found.sync_token or current
             if not truncated:
                 break
         out.token = TOKEN_PREFIX + "sync:" + current
-        if changed:
-            self._read(calendar_id, sorted(changed), window, out)
+        missing: list[str] = []
+        for href in sorted(changed):
+            etag = changed[href].text(q(DAV, "getetag"))
+            if self.ledger.is_echo(self._abs(calendar_id, href), etag):
+                continue  # calsync's own write, unchanged since
+            self._take(calendar_id, changed[href], window, out, missing)
+        self._read(calendar_id, missing, window, out)
         out.deleted = sorted(deleted | set(out.deleted))
         return out
 
@@ -252,7 +311,8 @@ class CaldavConnector:
             return ChangeSet(token=token)
         etags = self._etags(calendar_id)
         out = ChangeSet(token=encode_ctag_token(ctag, etags))
-        changed = sorted(h for h, e in etags.items() if old_etags.get(h) != e or not e)
+        changed = sorted(h for h, e in etags.items() if (old_etags.get(h) != e or not e)
+                         and not self.ledger.is_echo(self._abs(calendar_id, h), e))
         self._read(calendar_id, changed, window, out)
         out.deleted = sorted(set(old_etags) - set(etags) | set(out.deleted))
         return out
@@ -289,6 +349,7 @@ class CaldavConnector:
             if pf.status_code == 207:
                 for item in davxml.parse_multistatus(pf.content).responses:
                     etag = item.text(q(DAV, "getetag")) or etag
+        self.ledger.record(self._abs(calendar_id, href), etag)
         span = Window(_utc(event.start) - dt.timedelta(days=1),
                       _utc(event.end) + dt.timedelta(days=1))
         parsed = parse_resource(ics, href, etag, span, self.parse_options)
@@ -330,6 +391,7 @@ class CaldavConnector:
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
         url = self._abs(calendar_id, norm_href(remote_id))
         headers = {"If-Match": etag} if etag else {}
+        self.ledger.forget(url)
         resp = self.session.request("DELETE", url, headers=headers, what="delete")
         if resp.status_code in (200, 202, 204, 404, 410):
             return

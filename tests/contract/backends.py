@@ -51,5 +51,8 @@ def lazy(target: str) -> BackendFactory:
 
 BACKENDS: dict[str, BackendFactory] = {
     "memory": lazy("tests.contract.backend_memory:MemoryBackend"),
+    "radicale": lazy("tests.contract.backend_caldav:RadicaleBackend"),
+    "xandikos": lazy("tests.contract.backend_caldav:XandikosBackend"),
     "google": lazy("tests.contract.backend_google:GoogleBackend"),
+    "graph": lazy("tests.contract.backend_graph:GraphBackend"),
 }
