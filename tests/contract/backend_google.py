@@ -88,7 +88,8 @@ class GoogleBackend:
             raise ValueError(f"edit_remote: unsupported fields {sorted(unknown)}")
         patch: dict[str, Any] = {}
         for key, value in changes.items():
-            patch[key] = _when(value) if key in ("start", "end") else value  # type: ignore[arg-type]
+            is_time = key in ("start", "end")
+            patch[key] = _when(value) if is_time else value  # type: ignore[arg-type]
         events = self.emulator.events(calendar_id)
         if remote_id in events:
             self.emulator.put_event(calendar_id, {**events[remote_id], **patch})
