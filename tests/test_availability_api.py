@@ -410,3 +410,23 @@ def test_cli_check_is_masked_for_the_operator(db) -> None:
     assert "Secret" not in r.output and "Downtown" not in r.output
     r = runner.invoke(cli, ["check", "u1", "tomorrow", f"{MON}T11:00:00-06:00"], env=env)
     assert r.exit_code != 0
+
+
+def test_all_day_booking_is_placed_in_the_assignees_timezone(db, app_client,
+                                                             make_token) -> None:
+    seed_users(db, user("u1", hours={}))
+    disp = auth(make_token("dispatcher"))
+    body = {"id": "ad1", "title": "Site survey", "start": "2026-12-10", "end": "2026-12-11",
+            "all_day": True, "assignees": ["u1"]}
+    r = app_client.post("/api/bookings", headers=disp, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["start"] == "2026-12-10T06:00:00+00:00"
+    assert r.json()["end"] == "2026-12-11T06:00:00+00:00"
+    r = app_client.post("/api/bookings", headers=disp, json={
+        **body, "id": "ad2", "all_day": False, "start": "2026-12-10T23:00:00-06:00",
+        "end": "2026-12-11T01:00:00-06:00"})
+    assert r.status_code == 409 and r.json()["conflicts"][0]["conflicts"][0]["kind"] == "job"
+    r = app_client.post("/api/bookings", headers=disp, json={
+        **body, "id": "ad3", "all_day": False, "start": "2026-12-11T00:00:00-06:00",
+        "end": "2026-12-11T01:00:00-06:00"})
+    assert r.status_code == 201, r.text

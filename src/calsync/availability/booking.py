@@ -104,11 +104,10 @@ def write_transaction(db: Database) -> Iterator[Session]:
     with db.engine.connect() as conn:
         if db.dialect == "sqlite":
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            with Session(bind=conn, expire_on_commit=False,
-                         join_transaction_mode="conditional_savepoint") as s:
-                yield s
-                s.flush()
+        with conn.begin(), Session(bind=conn, expire_on_commit=False,
+                                   join_transaction_mode="conditional_savepoint") as s:
+            yield s
+            s.flush()
 
 
 def _lock_assignees(session: Session, dialect: str, user_ids: tuple[str, ...]) -> None:
