@@ -150,6 +150,7 @@ class Mailbox:
         self.display_name = email.split("@")[0].title()
         self.calendars: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}  # id -> stored event (masters, singles)
+        self.tombstones: list[tuple[int, str, str]] = []  # (seq, calendar id, instance id)
 
 
 class GraphEmulator:
@@ -359,8 +360,15 @@ class GraphEmulator:
     def remove_event(self, email: str, event_id: str) -> None:
         with self.lock:
             box = self.mailboxes[email]
+            self._bury(box, box.events[event_id])
             ev = box.events.pop(event_id)
             self._notify(box, ev, "deleted")
+
+    def _bury(self, box: Mailbox, ev: dict[str, Any]) -> None:
+        """Record the deletion of an event (all its instances) in the change log."""
+        seq = self._next_seq()
+        ids = [i["id"] for i in self._expand(ev)] if ev.get("recurrence") else [ev["id"]]
+        box.tombstones.extend((seq, ev["_calendar"], i) for i in ids)
 
     def set_exception(self, email: str, master_id: str, day: dt.date,
                       changes: dict[str, Any] | None) -> None:
@@ -368,6 +376,9 @@ class GraphEmulator:
         with self.lock:
             box = self.mailboxes[email]
             ev = box.events[master_id]
+            if changes is None:
+                box.tombstones.append((self._next_seq(), ev["_calendar"],
+                                       f"{master_id}_{day.strftime('%Y%m%d')}"))
             ev.setdefault("_exceptions", {})[day.isoformat()] = copy.deepcopy(changes)
             self._touch(box, ev, "updated")
 
@@ -742,6 +753,7 @@ class GraphEmulator:
             self._touch(box, ev, "updated")
             return 200, {}, self._public(ev, utc)
         if method == "DELETE":
+            self._bury(box, ev)
             del box.events[ev_id]
             self._notify(box, ev, "deleted")
             return 204, {}, b""
@@ -843,8 +855,12 @@ class GraphEmulator:
                 return _graph_error(410, "syncStateNotFound",
                                     "The sync state generation is not found.")
             start, end = previous["start"], previous["end"]
-            known: dict[str, str] = previous["snapshot"]
+            known: dict[str, str] = dict(previous["snapshot"])
             replay: list[str] = previous["sent"] if self.replay_delta else []
+            # change-log semantics: what was deleted since the token, even if created after it
+            for seq, cal, inst_id in box.tombstones:
+                if seq > previous["seq"] and cal == cal_id:
+                    known.setdefault(inst_id, "")
         else:
             try:
                 start = _parse_instant(query["startDateTime"])
@@ -875,7 +891,7 @@ class GraphEmulator:
                 break
         if self.replay_delta and len(pages) > 1 and pages[0]:
             pages[1] = [pages[0][-1], *pages[1]]  # a duplicate across pages
-        state = {"pages": pages, "start": start, "end": end,
+        state = {"pages": pages, "start": start, "end": end, "seq": self._seq,
                  "snapshot": {k: v for k, (v, _inst) in current.items()},
                  "sent": [x["id"] for x in items if "@removed" not in x]}
         return self._page(box, cal_id, state, utc)
@@ -893,6 +909,7 @@ class GraphEmulator:
         else:
             token = secrets.token_urlsafe(16)
             self.delta_tokens[token] = {"start": state["start"], "end": state["end"],
+                                        "seq": state["seq"],
                                         "snapshot": state["snapshot"], "sent": state["sent"]}
             doc["@odata.deltaLink"] = f"{base}?$deltatoken={token}"
         return 200, {}, doc
