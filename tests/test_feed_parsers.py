@@ -245,3 +245,16 @@ def test_job_url_template_changes_fragments_and_links_back(db, feed_settings) ->
     assert "URL:https://dispatch.example/jobs/j-crew" in text
     assert "DESCRIPTION:Scheduled" not in text
     assert "\\n\\nhttps://dispatch.example/jobs/j-text" in text
+
+
+def test_an_empty_feed_is_still_a_valid_calendar(db, feed_settings) -> None:
+    import icalendar
+    import vobject
+
+    assert import_document(db, {"users": [{"id": "lonely", "name": "No Jobs",
+                                           "timezone": "Asia/Tokyo"}]}).ok
+    body = current_feed(feed_settings, db, "lonely", NOW).body
+    assert b"BEGIN:VEVENT" not in body and b"BEGIN:VTIMEZONE" not in body
+    assert icalendar.Calendar.from_ical(body)["X-WR-TIMEZONE"] == "Asia/Tokyo"
+    assert vobject.readOne(body.decode(), validate=True).x_wr_calname.value == "No Jobs — schedule"
+    assert _ical_js(body)["events"] == []
