@@ -28,6 +28,9 @@ SCOPES = ["Calendars.ReadWrite", "User.Read"]  # + offline_access (added by msal
 CREDENTIALS_VERSION = 1
 _MICROSOFT_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us",
                     "login.chinacloudapi.cn", "login.microsoft.com"}
+# msal's cache of OpenID discovery answers, shared by every app of this process, so building
+# a connector does not cost a discovery request each time.
+_HTTP_CACHE: dict[Any, Any] = {}
 REAUTH_ERRORS = {"invalid_grant", "interaction_required", "consent_required",
                  "login_required", "invalid_client", "unauthorized_client"}
 
@@ -51,7 +54,7 @@ def build_app(settings: Any, http_client: Any, cache: msal.SerializableTokenCach
                         "client id in the [outlook] table (see docs/connectors/outlook.md)")
     host = urlparse(cfg.authority_host).hostname or ""
     kwargs: dict[str, Any] = {"authority": authority_url(settings), "token_cache": cache,
-                              "http_client": http_client}
+                              "http_client": http_client, "http_cache": _HTTP_CACHE}
     if host not in _MICROSOFT_HOSTS:
         kwargs.update(instance_discovery=False, validate_authority=False)
     try:
