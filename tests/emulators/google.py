@@ -149,6 +149,7 @@ class GoogleEmulator:
         self.last_seq = 0
         self.page_sizes: list[int] | None = None  # knob: page size pattern, cycled
         self.device_slow_down = 0  # knob: answer slow_down this many times first
+        self.device_interval = 5  # knob: the polling interval the device endpoint gives
         self.login_email: str | None = None  # who "consents" at the authorization endpoint
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
@@ -531,7 +532,8 @@ class GoogleEmulator:
                                        "slow_down": self.device_slow_down,
                                        "scope": form["scope"][0]}
         return {"device_code": code, "user_code": user_code, "expires_in": 1800,
-                "interval": 5, "verification_url": "https://www.google.com/device"}
+                "interval": self.device_interval,
+                "verification_url": "https://www.google.com/device"}
 
     def _authorize(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
         q = {k: v[0] for k, v in query.items()}
