@@ -312,11 +312,16 @@ def test_rate_limits_are_retried_with_backoff(em: GoogleEmulator, status: int,
                                               reason: str) -> None:
     sleeps = Sleeps()
     c = connect(em, sleeps)
-    em.fail_next(status, reason, count=3)
+    em.fail_next(status, reason, count=2)
     assert c.list_calendars()[0].id == CAL
-    # equal jitter with random() = 0.5: 0.75 * 1, 2, 4 seconds
-    assert sleeps == [0.75, 1.5, 3.0]
-    assert em.counts["api"] == 4
+    # equal jitter with random() = 0.5: 0.75 * 1, 2 seconds
+    assert sleeps == [0.75, 1.5]
+    assert em.counts["api"] == 3
+    em.fail_next(status, reason, count=3)
+    with pytest.raises(Throttled) as err:
+        c.list_calendars()
+    # out of inline retries: the engine is told to wait what would have come next
+    assert sleeps[2:] == [0.75, 1.5] and err.value.retry_after == 3.0
 
 
 def test_retry_after_is_honoured_then_throttled_when_retries_run_out(em: GoogleEmulator) -> None:
@@ -326,8 +331,17 @@ def test_retry_after_is_honoured_then_throttled_when_retries_run_out(em: GoogleE
     with pytest.raises(Throttled) as err:
         c.changes(CAL, None, WINDOW)
     assert err.value.retry_after == 7.0
-    assert sleeps == [7.0] * 4  # sync.max_retries = 4, then give up
-    assert em.counts["api"] == 5
+    assert sleeps == [7.0] * 2  # two inline retries, then the engine decides
+    assert em.counts["api"] == 3
+
+
+def test_inline_retries_follow_the_context_option(em: GoogleEmulator) -> None:
+    sleeps = Sleeps()
+    c = connect(em, sleeps, max_retries=0)
+    em.fail_next(429, "rateLimitExceeded")
+    with pytest.raises(Throttled):
+        c.list_calendars()
+    assert sleeps == [] and em.counts["api"] == 1
 
 
 def test_server_errors_retry_then_become_provider_unavailable(em: GoogleEmulator) -> None:

@@ -202,3 +202,31 @@ def test_renewal_replaces_a_channel_close_to_expiry(em: GoogleEmulator, db: Data
     assert first not in em.channels and len(em.channels) == 1  # old one stopped
     with db.session() as s:
         assert s.scalars(select(PushSubscription)).one().remote_id == next(iter(em.channels))
+
+
+def test_revoked_sign_in_sets_needs_reauth_through_the_engine(
+        em: GoogleEmulator, db: Database, settings: Settings, user: str) -> None:
+    from calsync.sync.runner import run_due_syncs, sync_connection
+
+    tokens = em.grant(CAL)
+    creds = {"token": tokens["access_token"], "refresh_token": tokens["refresh_token"],
+             "expiry": (dt.datetime.now(UTC) - dt.timedelta(minutes=5)).isoformat()}
+    with db.session() as s:
+        conn = Connection(user_id=user, provider="google", account=CAL,
+                          credentials=CredentialBox.from_settings(settings).seal(creds))
+        s.add(conn)
+        s.flush()
+        s.add(Calendar(connection_id=conn.id, remote_id=CAL, name=CAL, role="primary"))
+        conn_id = conn.id
+    em.revoke(tokens["refresh_token"])
+    sleeps: list[float] = []
+    now = dt.datetime.now(UTC)
+    result = sync_connection(settings, db, conn_id, now, sleep=sleeps.append)
+    assert result.status == "needs_reauth", result
+    assert "calsync connect google" in (result.error or "")
+    assert em.counts["token:refresh_token"] == 1 and em.counts["api"] == 0 and sleeps == []
+    with db.session() as s:
+        stored = s.get(Connection, conn_id)
+        assert stored is not None and stored.status == "needs_reauth"
+    run_due_syncs(settings, db, now + dt.timedelta(hours=1), sleep=sleeps.append)
+    assert em.counts["token:refresh_token"] == 1  # not tried again until reconnected

@@ -32,6 +32,11 @@ from calsync_google.push import parse_notification
 if TYPE_CHECKING:
     from calsync.push import PushResult
 
+# Retries of one request inside the connector (a throttled page does not restart a whole
+# listing). The engine retries the failed operation again on top (sync.max_retries), so
+# this stays small to keep the product of both bounded.
+INLINE_RETRIES = 2
+
 __all__ = ["GoogleConnector", "GoogleFactory", "event_id_for_key"]
 
 
@@ -46,7 +51,8 @@ class GoogleFactory:
                               "reconnect with `calsync connect google USER`")
         settings = ctx.settings
         http = make_http(settings, ctx.http)
-        runner = RequestRunner(ctx.account, max_retries=settings.sync.max_retries,
+        retries = ctx.options.get("max_retries", min(INLINE_RETRIES, settings.sync.max_retries))
+        runner = RequestRunner(ctx.account, max_retries=retries,
                                sleep=ctx.options.get("sleep", time.sleep),
                                rand=ctx.options.get("random", random.random))
         creds = make_credentials(settings, ctx.credentials)

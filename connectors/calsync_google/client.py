@@ -10,7 +10,8 @@ token, refreshes an expired one and retries a ``401`` once after refreshing.
 :class:`RequestRunner` maps vendor errors at this edge:
 - ``429`` and ``403`` with reason ``rateLimitExceeded``/``userRateLimitExceeded`` ->
   retried (``Retry-After`` when present, else exponential backoff with jitter; the sleep
-  and the random source are injected), then :class:`Throttled`;
+  and the random source are injected), then :class:`Throttled` whose ``retry_after`` is
+  the wait due next (so the engine's own retry keeps backing off);
 - ``5xx`` and transport failures -> retried the same way, then ``ProviderUnavailable``;
 - ``401`` (after the refresh) and ``invalid_grant`` on refresh -> ``NeedsReauth``, at once,
   and every later call fails fast without touching the network;
@@ -168,7 +169,8 @@ class RequestRunner:
                         attempt += 1
                         continue
                     raise Throttled(f"{where}: {what} throttled by Google ({reason or status}); "
-                                    "calsync retries later", retry_after=hinted) from exc
+                                    "calsync retries later",
+                                    retry_after=self.backoff(attempt, hinted)) from exc
                 if status >= 500:
                     if attempt < self.max_retries:
                         self.sleep(self.backoff(attempt, retry_after(exc)))
