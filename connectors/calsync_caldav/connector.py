@@ -65,37 +65,48 @@ def decode_ctag_token(token: str) -> tuple[str | None, dict[str, str]]:
 
 
 class WriteLedger:
-    """Etags of the objects this process wrote. calsync's own writes come back in the next
-    incremental pull; when the server still has the very etag the write returned, the
-    object is what calsync wrote (the link already holds it), so it is neither fetched
-    again nor reported. Lost on restart, which only costs a fetch."""
+    """What this process wrote to each calendar since its recent pulls of it.
 
-    def __init__(self, limit: int = 100_000) -> None:
-        self._etags: OrderedDict[str, str] = OrderedDict()
-        self._limit = limit
+    For each of the last few tokens a pull returned, the etag every later write got. A
+    pull *with one of those tokens* is then known to come after those writes:
+    an object whose etag is still the one the write got is calsync's own echo (the link
+    already holds it: not fetched, not reported); an object written since but absent from
+    the server's answer is fetched to check whether it is gone (some servers leave out
+    objects created and deleted after a token, and state-hash tokens can repeat). With any
+    other token the ledger is ignored. Lost on restart, which only costs fetches.
+    """
+
+    def __init__(self, calendars: int = 10_000, tokens_per_calendar: int = 8) -> None:
+        self._calendars: OrderedDict[str, OrderedDict[str, dict[str, str | None]]] = \
+            OrderedDict()
+        self._limit = calendars
+        self._per_calendar = tokens_per_calendar
         self._lock = threading.Lock()
 
-    def record(self, url: str, etag: str | None) -> None:
+    def pulled(self, calendar_id: str, token: str | None) -> None:
+        """A pull of ``calendar_id`` returned ``token``: later writes follow it."""
+        if token is None:
+            return
         with self._lock:
-            if etag:
-                self._etags[url] = etag
-                self._etags.move_to_end(url)
-                while len(self._etags) > self._limit:
-                    self._etags.popitem(last=False)
-            else:
-                self._etags.pop(url, None)
+            tokens = self._calendars.setdefault(calendar_id, OrderedDict())
+            self._calendars.move_to_end(calendar_id)
+            tokens.setdefault(token, {})  # a token seen again (state-hash tokens) keeps
+            tokens.move_to_end(token)        # the writes made after its first pull
+            while len(tokens) > self._per_calendar:
+                tokens.popitem(last=False)
+            while len(self._calendars) > self._limit:
+                self._calendars.popitem(last=False)
 
-    def forget(self, url: str) -> None:
+    def wrote(self, calendar_id: str, url: str, etag: str | None) -> None:
+        """A write (etag) or a delete (None) of ``url``, after every pull held."""
         with self._lock:
-            self._etags.pop(url, None)
+            for writes in self._calendars.get(calendar_id, {}).values():
+                writes[url] = etag
 
-    def is_echo(self, url: str, etag: str | None) -> bool:
-        """True (once) when ``etag`` is the one this process's write got for ``url``."""
+    def since(self, calendar_id: str, token: str) -> dict[str, str | None]:
+        """The writes made after the pull that returned ``token`` ({} when unknown)."""
         with self._lock:
-            if etag and self._etags.get(url) == etag:
-                del self._etags[url]
-                return True
-            return False
+            return dict(self._calendars.get(calendar_id, {}).get(token, {}))
 
 
 PROCESS_LEDGER = WriteLedger()
@@ -197,6 +208,7 @@ class CaldavConnector:
                                    "not a CalDAV token of this version; full resync",
                                    calendar=calendar_id)
         out.requests = self.session.requests - before
+        self.ledger.pulled(calendar_id, out.token)
         return out
 
     def _full(self, calendar_id: str, window: Window) -> ChangeSet:
@@ -268,12 +280,20 @@ class CaldavConnector:
             if not truncated:
                 break
         out.token = TOKEN_PREFIX + "sync:" + current
+        written = self.ledger.since(calendar_id, TOKEN_PREFIX + "sync:" + sync_token)
         missing: list[str] = []
         for href in sorted(changed):
             etag = changed[href].text(q(DAV, "getetag"))
-            if self.ledger.is_echo(self._abs(calendar_id, href), etag):
+            url = self._abs(calendar_id, href)
+            if url in written and etag and written[url] == etag:
                 continue  # calsync's own write, unchanged since
             self._take(calendar_id, changed[href], window, out, missing)
+        for url, etag in written.items():
+            href = norm_href(url)
+            if etag is not None and href not in changed and href not in deleted:
+                # written after the token yet not listed: some servers leave out what was
+                # created and deleted since; ask (404 -> deleted)
+                missing.append(href)
         self._read(calendar_id, missing, window, out)
         out.deleted = sorted(deleted | set(out.deleted))
         return out
@@ -311,8 +331,9 @@ class CaldavConnector:
             return ChangeSet(token=token)
         etags = self._etags(calendar_id)
         out = ChangeSet(token=encode_ctag_token(ctag, etags))
+        written = self.ledger.since(calendar_id, token)
         changed = sorted(h for h, e in etags.items() if (old_etags.get(h) != e or not e)
-                         and not self.ledger.is_echo(self._abs(calendar_id, h), e))
+                         and not (e and written.get(self._abs(calendar_id, h)) == e))
         self._read(calendar_id, changed, window, out)
         out.deleted = sorted(set(old_etags) - set(etags) | set(out.deleted))
         return out
@@ -349,7 +370,7 @@ class CaldavConnector:
             if pf.status_code == 207:
                 for item in davxml.parse_multistatus(pf.content).responses:
                     etag = item.text(q(DAV, "getetag")) or etag
-        self.ledger.record(self._abs(calendar_id, href), etag)
+        self.ledger.wrote(calendar_id, self._abs(calendar_id, href), etag)
         span = Window(_utc(event.start) - dt.timedelta(days=1),
                       _utc(event.end) + dt.timedelta(days=1))
         parsed = parse_resource(ics, href, etag, span, self.parse_options)
@@ -391,7 +412,7 @@ class CaldavConnector:
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
         url = self._abs(calendar_id, norm_href(remote_id))
         headers = {"If-Match": etag} if etag else {}
-        self.ledger.forget(url)
+        self.ledger.wrote(calendar_id, url, None)
         resp = self.session.request("DELETE", url, headers=headers, what="delete")
         if resp.status_code in (200, 202, 204, 404, 410):
             return
