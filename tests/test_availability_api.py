@@ -224,6 +224,12 @@ def test_bad_requests_name_the_field(db, app_client, make_token) -> None:
     r = app_client.get("/api/schedule?users=u1&start=yesterday&end=2026-11-30T10:00:00Z",
                        headers=auth(disp))
     assert r.status_code == 422 and r.json()["detail"]["field"] == "start"
+    # A '+' offset typed into a query string unencoded is still understood.
+    r = app_client.get("/api/schedule?users=u1&start=2026-11-30T06:00:00+00:00"
+                       "&end=2026-11-30T10:00:00+01:00", headers=auth(disp))
+    assert r.status_code == 200, r.text
+    assert r.json()["start"] == "2026-11-30T06:00:00+00:00"
+    assert r.json()["end"] == "2026-11-30T09:00:00+00:00"
 
 
 def test_connection_in_error_makes_the_check_stale_and_refuses_booking_unless_forced(

@@ -8,6 +8,7 @@ most ``MAX_CHECK_DAYS`` days, a search or schedule range of at most ``MAX_SEARCH
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +88,17 @@ def parse_search(raw: Any, record: str = "availability search") -> RangeRequest:
     return RangeRequest(ids, start, end, dt.timedelta(minutes=minutes))
 
 
+_UNENCODED_PLUS = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")
+
+
+def _query_instant(value: str | None) -> str | None:
+    """A '+' offset sent unencoded in a query string arrives as a space: take it back."""
+    return _UNENCODED_PLUS.sub(r"\1+\2", value) if value else value
+
+
 def parse_schedule_query(users: str | None, start: str | None, end: str | None,
                          record: str = "schedule query") -> RangeRequest:
+    start, end = _query_instant(start), _query_instant(end)
     ids = [u.strip() for u in (users or "").split(",") if u.strip()]
     if not ids:
         raise ValidationError(record, "users", "expected a comma-separated list of user ids")
