@@ -166,3 +166,20 @@ def test_notification_syncs_that_calendar_at_once(
         assert events[0].calendar_id == connected["calendar"]
         cal = s.get(Calendar, connected["calendar"])
         assert cal is not None and cal.last_sync_at is not None
+
+
+def test_subscription_dropped_by_graph_is_made_again(
+        em: GraphEmulator, osettings: Settings, db: Database,
+        connected: dict[str, int]) -> None:
+    now = dt.datetime.now(UTC)
+    renew_push_subscriptions(osettings, db, now)
+    old_id = next(iter(em.subscriptions))
+    em.subscriptions.clear()  # expired or removed on Microsoft's side
+    with db.session() as s:
+        s.execute(update(PushSubscription).values(expires_at=now + dt.timedelta(hours=1)))
+    counts = renew_push_subscriptions(osettings, db, now)
+    assert counts["renewed"] == 1 and counts["failed"] == 0
+    (new_id,) = em.subscriptions
+    with db.session() as s:
+        rows = list(s.scalars(select(PushSubscription)))
+        assert [r.remote_id for r in rows] == [new_id] and new_id != old_id

@@ -164,10 +164,15 @@ def _sync_channel(settings: Settings, s: Any, factory: Any, connector: Any, conn
             unsubscribe(connector, sub.remote_id, sub.resource_id)
         s.delete(sub)
         return "removed"
+    from calsync.errors import NotFound
+
     renew = getattr(factory, "renew", None)
     if sub is not None and renew is not None:
-        sub.expires_at = renew(connector, sub.remote_id, sub.resource_id)
-        return "renewed"
+        try:
+            sub.expires_at = renew(connector, sub.remote_id, sub.resource_id)
+            return "renewed"
+        except NotFound:  # the provider dropped it (expired, removed): make a new one
+            log.info("push channel %s is gone at the provider; subscribing again", sub.id)
     secret = secrets.token_urlsafe(32)
     remote_id, resource_id, expires_at = factory.subscribe(
         connector, cal.remote_id, notify_url(settings, conn.provider), secret)
