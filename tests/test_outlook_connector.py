@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from calsync.config import Settings, load_settings
-from calsync.errors import AlreadyExists, NeedsReauth, PreconditionFailed, SyncTokenInvalid, \
-    Throttled
+from calsync.errors import AlreadyExists, NeedsReauth, PreconditionFailed, \
+    ProviderUnavailable, SyncTokenInvalid, Throttled
 from calsync.sync.connector import ConnectContext, OutgoingEvent, Window
 from calsync_outlook import OutlookFactory, OutlookHttp
 from calsync_outlook.connector import OutlookConnector
@@ -269,6 +269,17 @@ def test_throttling_beyond_the_retry_budget_raises_throttled(
         connector.list_calendars()
     assert info.value.retry_after == 3.0
     assert len(sleeps) == 4  # sync.max_retries
+
+
+def test_server_errors_back_off_then_succeed_or_fail_as_unavailable(
+        em: GraphEmulator, connector: OutlookConnector, sleeps: Sleeps) -> None:
+    em.fail(2, status=500)
+    assert connector.list_calendars()
+    assert len(sleeps) == 2 and all(0 < s <= 60 for s in sleeps)
+    assert sleeps[1] >= sleeps[0]  # exponential with jitter: 0.25-0.5 s, then 0.5-1 s
+    em.fail(10, status=502)
+    with pytest.raises(ProviderUnavailable, match="HTTP 502"):
+        connector.list_calendars()
 
 
 def test_batch_create_retries_only_the_throttled_items(
