@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from calsync.availability.busy import (
@@ -42,6 +42,43 @@ from calsync.errors import NotFound
 CHUNK = 500
 
 
+# Statements are built once; ids, start and end are bound per call (expanding IN lists).
+_IDS = bindparam("ids", expanding=True)
+_START = bindparam("start")
+_END = bindparam("end")
+
+_PROFILES = (select(User.id, User.name, User.timezone, User.working_hours, User.private_mode)
+             .where(User.id.in_(_IDS), User.deleted_at.is_(None)))
+
+_ITEMS = (select(ItemAssignee.user_id.label("uid"), ScheduleItem.pk, ScheduleItem.kind,
+                 ScheduleItem.ext_id, ScheduleItem.start_at, ScheduleItem.end_at,
+                 ScheduleItem.status, ScheduleItem.title, ScheduleItem.job_type,
+                 ScheduleItem.account, ScheduleItem.location, ScheduleItem.notes,
+                 ScheduleItem.reason, ScheduleItem.all_day, ScheduleItem.tzid)
+          .join(ScheduleItem, ScheduleItem.pk == ItemAssignee.item_pk)
+          .where(ItemAssignee.user_id.in_(_IDS), ScheduleItem.deleted_at.is_(None),
+                 ScheduleItem.start_at < _END, ScheduleItem.end_at > _START))
+
+_TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
+          .where(ItemAssignee.item_pk.in_(bindparam("pks", expanding=True))))
+
+_EXTERNAL = (select(ExternalBusy.user_id, ExternalBusy.start_at, ExternalBusy.end_at,
+                    ExternalEvent.id, ExternalEvent.remote_id, ExternalEvent.summary,
+                    ExternalEvent.description, ExternalEvent.location,
+                    ExternalEvent.organizer, ExternalEvent.attendees,
+                    ExternalEvent.busy_status, ExternalEvent.status, ExternalEvent.response,
+                    ExternalEvent.private_at_source, ExternalEvent.all_day, Calendar.name)
+             .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
+             .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
+             .where(ExternalBusy.user_id.in_(_IDS), ExternalBusy.start_at < _END,
+                    ExternalBusy.end_at > _START, Calendar.role.in_(WATCHED_ROLES)))
+
+_CALENDARS = (select(Connection.user_id, Calendar.name, Calendar.role, Calendar.status,
+                     Calendar.last_success_at, Connection.status, Connection.provider)
+              .join(Connection, Connection.id == Calendar.connection_id)
+              .where(Connection.user_id.in_(_IDS), Calendar.role.in_(WATCHED_ROLES)))
+
+
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
     for i in range(0, len(ids), CHUNK):
         yield list(ids[i:i + CHUNK])
@@ -52,22 +89,13 @@ def load_profiles(session: Session, user_ids: Sequence[str]) -> dict[str, UserPr
     wanted = list(dict.fromkeys(user_ids))
     found: dict[str, UserProfile] = {}
     for chunk in _chunks(wanted):
-        rows = session.execute(
-            select(User.id, User.name, User.timezone, User.working_hours, User.private_mode)
-            .where(User.id.in_(chunk), User.deleted_at.is_(None)))
+        rows = session.execute(_PROFILES, {"ids": chunk})
         for uid, name, tzid, hours, private in rows:
             found[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
     missing = [u for u in wanted if u not in found]
     if missing:
         raise NotFound(f"user {missing[0]!r} not found")
     return found
-
-
-_ITEM_COLUMNS = (ScheduleItem.pk, ScheduleItem.kind, ScheduleItem.ext_id, ScheduleItem.start_at,
-                 ScheduleItem.end_at, ScheduleItem.status, ScheduleItem.title,
-                 ScheduleItem.job_type, ScheduleItem.account, ScheduleItem.location,
-                 ScheduleItem.notes, ScheduleItem.reason, ScheduleItem.all_day,
-                 ScheduleItem.tzid)
 
 
 def load_schedule(session: Session, user_ids: Sequence[str], start: dt.datetime,
@@ -78,18 +106,12 @@ def load_schedule(session: Session, user_ids: Sequence[str], start: dt.datetime,
     out: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
     rows: list[Any] = []
     for chunk in _chunks(list(user_ids)):
-        rows.extend(session.execute(
-            select(ItemAssignee.user_id.label("uid"), *_ITEM_COLUMNS)
-            .join(ScheduleItem, ScheduleItem.pk == ItemAssignee.item_pk)
-            .where(ItemAssignee.user_id.in_(chunk), ScheduleItem.deleted_at.is_(None),
-                   ScheduleItem.start_at < end, ScheduleItem.end_at > start)))
+        rows.extend(session.execute(_ITEMS, {"ids": chunk, "start": start, "end": end}))
     team: dict[int, list[str]] = {}
     if with_assignees:
         pks = sorted({r.pk for r in rows if r.kind == "job"})
         for i in range(0, len(pks), CHUNK):
-            for pk, uid in session.execute(
-                    select(ItemAssignee.item_pk, ItemAssignee.user_id)
-                    .where(ItemAssignee.item_pk.in_(pks[i:i + CHUNK]))):
+            for pk, uid in session.execute(_TEAMS, {"pks": pks[i:i + CHUNK]}):
                 team.setdefault(pk, []).append(uid)
     for r in rows:
         out[r.uid].append(ScheduleEntry(
@@ -107,17 +129,7 @@ def load_external(session: Session, user_ids: Sequence[str], start: dt.datetime,
     """External busy occurrences overlapping ``[start, end)`` per user, with details."""
     out: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
     for chunk in _chunks(list(user_ids)):
-        rows = session.execute(
-            select(ExternalBusy.user_id, ExternalBusy.start_at, ExternalBusy.end_at,
-                   ExternalEvent.id, ExternalEvent.remote_id, ExternalEvent.summary,
-                   ExternalEvent.description, ExternalEvent.location,
-                   ExternalEvent.organizer, ExternalEvent.attendees,
-                   ExternalEvent.busy_status, ExternalEvent.status, ExternalEvent.response,
-                   ExternalEvent.private_at_source, ExternalEvent.all_day, Calendar.name)
-            .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
-            .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
-            .where(ExternalBusy.user_id.in_(chunk), ExternalBusy.start_at < end,
-                   ExternalBusy.end_at > start, Calendar.role.in_(WATCHED_ROLES)))
+        rows = session.execute(_EXTERNAL, {"ids": chunk, "start": start, "end": end})
         for (uid, s, e, eid, rid, summary, desc, loc, org, att, busy, status, resp, private,
              all_day, cal_name) in rows:
             out[uid].append(ExternalEntry(
@@ -137,11 +149,7 @@ def load_calendar_health(session: Session,
     """Each user's primary and conflict calendars with their connection's status."""
     out: dict[str, list[CalendarHealth]] = {u: [] for u in user_ids}
     for chunk in _chunks(list(user_ids)):
-        rows = session.execute(
-            select(Connection.user_id, Calendar.name, Calendar.role, Calendar.status,
-                   Calendar.last_success_at, Connection.status, Connection.provider)
-            .join(Connection, Connection.id == Calendar.connection_id)
-            .where(Connection.user_id.in_(chunk), Calendar.role.in_(WATCHED_ROLES)))
+        rows = session.execute(_CALENDARS, {"ids": chunk})
         for uid, name, role, status, success, conn_status, provider in rows:
             out[uid].append(CalendarHealth(name or "", role, status or "ok", success,
                                            conn_status or "ok", provider or ""))
