@@ -91,12 +91,27 @@ class DavServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+_RADICALE_LAUNCHER = """
+import sys
+from radicale import config, server
+configuration = config.load()
+configuration.update({
+    "storage": {"filesystem_folder": sys.argv[1], "_filesystem_fsync": "False"},
+    "auth": {"type": "none"}, "rights": {"type": "owner_only"},
+    "server": {"hosts": sys.argv[2]}, "logging": {"level": "warning"},
+}, "calsync test fixture", privileged=True)
+server.serve(configuration)
+"""
+
+
 def _command(kind: str, folder: Path, port: int) -> list[str]:
     if kind == "radicale":
-        return [sys.executable, "-m", "radicale",
-                "--storage-filesystem-folder", str(folder / "collections"),
-                "--auth-type", "none", "--rights-type", "owner_only",
-                "--server-hosts", f"127.0.0.1:{port}", "--logging-level", "warning"]
+        # Radicale's own server with the settings of ``python -m radicale
+        # --storage-filesystem-folder DIR --auth-type none --rights-type owner_only
+        # --server-hosts 127.0.0.1:PORT``, plus no fsync per write (a throw-away folder;
+        # that option is private, so it is set the way Radicale's own tests set it).
+        return [sys.executable, "-c", _RADICALE_LAUNCHER, str(folder / "collections"),
+                f"127.0.0.1:{port}"]
     if kind == "xandikos":
         return [sys.executable, "-m", "xandikos.web", "--defaults", "-d", str(folder / "data"),
                 "-l", "127.0.0.1", "-p", str(port), "--state-dir", str(folder / "state"),
