@@ -3,8 +3,9 @@
 The guarantee lives in the database transaction, not in process memory, so it holds
 across any number of API processes:
 
-- SQLite: :func:`write_transaction` (as ``Database.locked_session``) opens ``BEGIN IMMEDIATE``: one writer at a time
-  across processes; the check reads the latest committed state.
+- SQLite: :func:`write_transaction` (as ``Database.locked_session``) opens
+  ``BEGIN IMMEDIATE``: one writer at a time across processes; the check reads the latest
+  committed state.
 - PostgreSQL: inside the transaction the assignees' ``users`` rows are locked with
   ``SELECT ... FOR UPDATE`` in sorted id order (no deadlocks between bookings that share
   people); a second booking of the same person waits, then its check (READ COMMITTED: a
