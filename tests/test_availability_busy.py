@@ -92,6 +92,13 @@ def test_span_across_the_spring_forward_gap_is_shorter_in_real_time() -> None:
     assert spans == [(utc(2026, 3, 8, 7), utc(2026, 3, 8, 9))]
 
 
+def test_span_starting_in_the_repeated_fall_back_hour_takes_its_first_occurrence() -> None:
+    # 01:30 on 2026-11-01 in Chicago happens twice; the first (CDT, -5) is 06:30Z.
+    spans = working_intervals({"sun": [["01:30", "03:00"]]}, "America/Chicago",
+                              utc(2026, 11, 1), utc(2026, 11, 2))
+    assert spans == [(utc(2026, 11, 1, 6, 30), utc(2026, 11, 1, 9))]
+
+
 def test_missing_weekday_or_empty_list_means_not_working_and_empty_dict_means_no_limit() -> None:
     # 2026-11-23 is a Monday, 2026-11-24 a Tuesday, 2026-11-25 a Wednesday.
     hours = {"mon": [["08:00", "12:00"], ["13:00", "17:00"]], "tue": []}

@@ -18,6 +18,9 @@ and converted to UTC, so on DST change days the UTC instants follow the zone (a 
 time inside a spring-forward gap takes the offset before the change; an ambiguous one
 takes its first occurrence). ``"24:00"`` ends a span at the next local midnight.
 
+Staleness (fail closed) looks at the user's ``primary`` and ``conflict`` calendars only;
+a user with none of them has no external busy data that could go stale.
+
 Intervals are half-open ``[start, end)`` pairs of aware UTC datetimes.
 """
 
