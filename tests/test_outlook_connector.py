@@ -400,3 +400,13 @@ def test_windows_iana_table() -> None:
     assert iana_to_windows("America/Chicago") == "Central Standard Time"
     assert iana_to_windows("Europe/Berlin") == "W. Europe Standard Time"
     assert iana_to_windows("Etc/UTC") == "UTC"
+
+
+def test_dedup_returning_an_older_description_is_reported_for_adoption(
+        em: GraphEmulator, connector: OutlookConnector) -> None:
+    cal = em.calendar_id(USER)
+    first = connector.create(cal, job())
+    with pytest.raises(AlreadyExists) as info:
+        connector.create(cal, job(description="Gate code 9999"))
+    assert info.value.context["remote_id"] == first.remote_id
+    assert len(em.events_in(USER, cal)) == 1

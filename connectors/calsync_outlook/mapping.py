@@ -183,6 +183,12 @@ def same_content(data: dict[str, Any], event: OutgoingEvent) -> bool:
     remote = to_remote(data, None)
     if remote.summary != event.summary or remote.all_day != event.all_day:
         return False
+    def norm(text: str | None) -> str:  # Graph may hand a text body back as HTML
+        return " ".join((text or "").split())
+
+    if norm(remote.description) != norm(event.description) or \
+            norm(remote.location) != norm(event.location) or remote.busy != event.busy:
+        return False
     if event.all_day:
         def day(v: dt.datetime | dt.date) -> dt.date:
             return v.date() if isinstance(v, dt.datetime) else v
