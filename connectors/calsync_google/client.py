@@ -4,8 +4,10 @@ The service comes from google-api-python-client's static discovery document;
 ``client_options.api_endpoint`` replaces the document's ``rootUrl + servicePath``
 (``https://www.googleapis.com/calendar/v3/``), so calsync passes ``{api_root}calendar/v3/``.
 Requests go through ``google_auth_httplib2.AuthorizedHttp`` over an injected
-``httplib2.Http`` (tests give one talking to a loopback emulator); it adds the bearer
-token, refreshes an expired one and retries a ``401`` once after refreshing.
+``httplib2.Http`` (tests give one talking to a loopback emulator), passed to each
+``HttpRequest.execute``; it adds the bearer token, refreshes an expired one and replays a
+``401`` after refreshing (at most twice). The resources themselves are built once per
+endpoint (:func:`calendar_api`).
 
 :class:`RequestRunner` maps vendor errors at this edge:
 - ``429`` and ``403`` with reason ``rateLimitExceeded``/``userRateLimitExceeded`` ->
@@ -25,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,10 +94,45 @@ def stored_credentials(creds: Credentials) -> dict[str, Any]:
             "scopes": [SCOPE], "version": 1}
 
 
-def build_service(settings: Any, creds: Credentials, http: httplib2.Http) -> Any:
-    authed = google_auth_httplib2.AuthorizedHttp(creds, http=http)
-    return build("calendar", "v3", http=authed, static_discovery=True, cache_discovery=False,
-                 client_options={"api_endpoint": api_endpoint(settings.google.api_root)})
+class _NoTransport(httplib2.Http):
+    """The transport of the shared service: never used, every request is executed with
+    the connector's own authorised http."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("calsync: Google requests must be executed with the connector's "
+                           "http")
+
+
+class CalendarApi:
+    """The Calendar v3 resources (events, calendarList, calendars, channels) built once
+    per API endpoint. googleapiclient builds every method of a resource (docs included)
+    each time one is asked for — ~10 ms for ``events()`` — so connectors share these and
+    pass their own ``AuthorizedHttp`` to ``execute``."""
+
+    def __init__(self, endpoint: str) -> None:
+        service = build("calendar", "v3", http=_NoTransport(), static_discovery=True,
+                        cache_discovery=False, client_options={"api_endpoint": endpoint})
+        self.service = service
+        self.events = service.events()
+        self.calendar_list = service.calendarList()
+        self.calendars = service.calendars()
+        self.channels = service.channels()
+
+
+_apis: dict[str, CalendarApi] = {}
+_apis_lock = threading.Lock()
+
+
+def calendar_api(settings: Any) -> CalendarApi:
+    endpoint = api_endpoint(settings.google.api_root)
+    with _apis_lock:
+        if endpoint not in _apis:
+            _apis[endpoint] = CalendarApi(endpoint)
+        return _apis[endpoint]
+
+
+def authorized_http(creds: Credentials, http: httplib2.Http) -> Any:
+    return google_auth_httplib2.AuthorizedHttp(creds, http=http)
 
 
 def error_reason(exc: HttpError) -> str:
@@ -136,6 +174,10 @@ class RequestRunner:
         self.rand = rand
         self.requests = 0
         self.dead: NeedsReauth | None = None
+        self.http: Any = None  # the connector's AuthorizedHttp (see bind)
+
+    def bind(self, http: Any) -> None:
+        self.http = http
 
     def backoff(self, attempt: int, hinted: float | None) -> float:
         if hinted is not None:
@@ -155,7 +197,7 @@ class RequestRunner:
                 request.headers.update(headers)
             self.requests += 1
             try:
-                return request.execute(num_retries=0)
+                return request.execute(http=self.http, num_retries=0)
             except HttpError as exc:
                 status = exc.resp.status
                 reason = error_reason(exc)

@@ -31,7 +31,12 @@ from calsync.sync.connector import (
     RemoteEvent,
     Window,
 )
-from calsync_google.client import RequestRunner, build_service, stored_credentials
+from calsync_google.client import (
+    RequestRunner,
+    authorized_http,
+    calendar_api,
+    stored_credentials,
+)
 from calsync_google.mapping import (
     KEY_PROPERTY,
     EventShapeError,
@@ -50,8 +55,9 @@ def _rfc3339(value: dt.datetime) -> str:
 
 
 class GoogleConnector:
-    """A connected Google account. ``runner`` maps errors and retries; ``service`` is the
-    google-api-python-client Calendar resource."""
+    """A connected Google account. ``runner`` executes requests with this account's
+    authorised http, maps errors and retries; ``api`` holds the shared google-api-python-client
+    Calendar resources."""
 
     def __init__(self, settings: Any, account: str, creds: Credentials, http: Any,
                  runner: RequestRunner) -> None:
@@ -60,17 +66,10 @@ class GoogleConnector:
         self.creds = creds
         self.http = http
         self.runner = runner
-        self.service = build_service(settings, creds, http)
+        self.api = calendar_api(settings)
+        runner.bind(authorized_http(creds, http))
         self._initial = stored_credentials(creds)
         self._calendar_tz: dict[str, str] = {}
-        self._resources: dict[str, Any] = {}
-
-    def _resource(self, name: str) -> Any:
-        # googleapiclient builds every method (with docs) each time a resource is asked
-        # for: ~8 ms for events(); ask once per connector.
-        if name not in self._resources:
-            self._resources[name] = getattr(self.service, name)()
-        return self._resources[name]
 
     # --- reading ----------------------------------------------------------------------
 
@@ -78,7 +77,7 @@ class GoogleConnector:
         out: list[RemoteCalendar] = []
         page_token = None
         while True:
-            resp = self.runner.run(self._resource("calendarList").list(
+            resp = self.runner.run(self.api.calendar_list.list(
                 pageToken=page_token, showHidden=False), "list calendars")
             for item in resp.get("items", []):
                 self._calendar_tz[item["id"]] = item.get("timeZone") or "UTC"
@@ -91,7 +90,7 @@ class GoogleConnector:
                 return out
 
     def primary_email(self) -> str:
-        resp = self.runner.run(self._resource("calendars").get(calendarId="primary"),
+        resp = self.runner.run(self.api.calendars.get(calendarId="primary"),
                                "read the primary calendar")
         return str(resp["id"])
 
@@ -117,7 +116,7 @@ class GoogleConnector:
         before = self.runner.requests
         page_token = None
         while True:
-            resp = self.runner.run(self._resource("events").list(pageToken=page_token, **params),
+            resp = self.runner.run(self.api.events.list(pageToken=page_token, **params),
                                    "list events", calendar_id)
             tz = self._tz(calendar_id, resp.get("timeZone"))
             for item in resp.get("items", []):
@@ -140,7 +139,7 @@ class GoogleConnector:
 
     def _get_raw(self, calendar_id: str, remote_id: str) -> dict[str, Any] | None:
         try:
-            return dict(self.runner.run(self._resource("events").get(
+            return dict(self.runner.run(self.api.events.get(
                 calendarId=calendar_id, eventId=remote_id), "read event", calendar_id))
         except NotFound:
             return None
@@ -155,7 +154,7 @@ class GoogleConnector:
         found = self.get(calendar_id, event_id_for_key(key), window)
         if found is not None and found.calsync_key == key:
             return found
-        resp = self.runner.run(self._resource("events").list(
+        resp = self.runner.run(self.api.events.list(
             calendarId=calendar_id, privateExtendedProperty=f"{KEY_PROPERTY}={key}",
             showDeleted=False, maxResults=10), "find event by key", calendar_id)
         for item in resp.get("items", []):
@@ -173,7 +172,7 @@ class GoogleConnector:
     def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
         body = to_body(event, with_id=True)
         try:
-            item = self.runner.run(self._resource("events").insert(
+            item = self.runner.run(self.api.events.insert(
                 calendarId=calendar_id, body=body, sendUpdates="none"),
                 "create event", calendar_id)
         except AlreadyExists:
@@ -181,7 +180,7 @@ class GoogleConnector:
             if existing is None or existing.get("status") != "cancelled":
                 raise
             # Google keeps a deleted event's id reserved; writing it again restores it.
-            item = self.runner.run(self._resource("events").update(
+            item = self.runner.run(self.api.events.update(
                 calendarId=calendar_id, eventId=body["id"], body=body, sendUpdates="none"),
                 "restore event", calendar_id, headers={"If-Match": existing["etag"]})
         return self._written(calendar_id, item)
@@ -189,14 +188,14 @@ class GoogleConnector:
     def update(self, calendar_id: str, remote_id: str, event: OutgoingEvent,
                etag: str | None) -> RemoteEvent:
         body = to_body(event, with_id=False)
-        item = self.runner.run(self._resource("events").update(
+        item = self.runner.run(self.api.events.update(
             calendarId=calendar_id, eventId=remote_id, body=body, sendUpdates="none"),
             "update event", calendar_id, headers={"If-Match": etag} if etag else None)
         return self._written(calendar_id, item)
 
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
         try:
-            self.runner.run(self._resource("events").delete(
+            self.runner.run(self.api.events.delete(
                 calendarId=calendar_id, eventId=remote_id, sendUpdates="none"),
                 "delete event", calendar_id, headers={"If-Match": etag} if etag else None)
         except NotFound:
@@ -210,7 +209,7 @@ class GoogleConnector:
         if not notify_url.startswith(("https://", "http://")):
             raise UserError(f"push address {notify_url!r} is not an http(s) URL")
         channel_id = str(uuid.uuid4())
-        resp = self.runner.run(self._resource("events").watch(calendarId=calendar_id, body={
+        resp = self.runner.run(self.api.events.watch(calendarId=calendar_id, body={
             "id": channel_id, "type": "web_hook", "address": notify_url, "token": secret,
             "params": {"ttl": str(ttl_seconds)}}), "open push channel", calendar_id)
         expires = dt.datetime.fromtimestamp(int(resp["expiration"]) / 1000, dt.timezone.utc)
@@ -218,7 +217,7 @@ class GoogleConnector:
 
     def unsubscribe(self, remote_id: str, resource_id: str | None) -> None:
         try:
-            self.runner.run(self._resource("channels").stop(body={
+            self.runner.run(self.api.channels.stop(body={
                 "id": remote_id, "resourceId": resource_id}), "stop push channel")
         except NotFound:
             return
