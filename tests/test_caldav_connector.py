@@ -356,3 +356,36 @@ def test_copy_written_and_deleted_after_the_token_is_reported_deleted(
     out = conn.changes(cal, first.token, WINDOW)
     assert out.deleted == [created.remote_id] and not out.changed
     conn.close()
+
+
+def test_discovery_falls_back_to_the_well_known_url() -> None:
+    """A web server root that is not the DAV endpoint: /.well-known/caldav redirects."""
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/":
+            return httpx.Response(405)
+        if req.url.path == "/.well-known/caldav":
+            return httpx.Response(301, headers={"Location": "/remote.php/dav/"})
+        if req.url.path == "/remote.php/dav/":
+            return httpx.Response(207, content=(
+                b'<d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
+                b"<d:response><d:href>/remote.php/dav/</d:href><d:propstat><d:prop>"
+                b"<c:calendar-home-set><d:href>/remote.php/dav/calendars/jane/</d:href>"
+                b"</c:calendar-home-set></d:prop><d:status>HTTP/1.1 200 OK</d:status>"
+                b"</d:propstat></d:response></d:multistatus>"))
+        return httpx.Response(207, content=b'<d:multistatus xmlns:d="DAV:"/>')
+
+    ctx = ConnectContext(provider="caldav", url="https://cloud.example.com/", account="jane",
+                         credentials={"username": "jane", "password": "p"},
+                         settings=Settings(), http=httpx.MockTransport(handler))
+    found, calendars = load_connector_factory("caldav").verify(ctx)
+    assert found.url == "https://cloud.example.com/remote.php/dav/calendars/jane/"
+    assert calendars == []
+
+    def not_dav(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
+
+    with pytest.raises(UserError, match="did not answer .* as a CalDAV server"):
+        load_connector_factory("caldav").verify(ConnectContext(
+            provider="caldav", url="https://www.example.com/", account="jane",
+            credentials={"username": "jane", "password": "p"}, settings=Settings(),
+            http=httpx.MockTransport(not_dav)))

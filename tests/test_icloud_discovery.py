@@ -12,9 +12,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import threading
-from dataclasses import replace
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 

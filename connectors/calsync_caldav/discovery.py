@@ -8,8 +8,9 @@ live on another host (iCloud answers on caldav.icloud.com and points at a
 
 from __future__ import annotations
 
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
+from calsync.errors import CalsyncError
 from calsync.sync.connector import RemoteCalendar
 from calsync_caldav import davxml
 from calsync_caldav.davxml import CALDAV, DAV, ICAL, q
@@ -36,7 +37,17 @@ def find_home(session: DavSession, url: str) -> str:
 
 
 def _find_home(session: DavSession, url: str) -> str:
-    found = _propfind(session, url, "0", "d:current-user-principal", "c:calendar-home-set")
+    try:
+        found = _propfind(session, url, "0", "d:current-user-principal", "c:calendar-home-set")
+    except CalsyncError as exc:
+        # A web server's root that is not the DAV endpoint: RFC 6764 well-known URL.
+        if urlsplit(url).path not in ("", "/") or \
+                exc.context.get("status") not in (400, 403, 404, 405, 501):
+            raise
+        well_known = urljoin(url, "/.well-known/caldav")
+        found = _propfind(session, well_known, "0", "d:current-user-principal",
+                          "c:calendar-home-set")
+        url = well_known
     for item in found.responses:
         homes = item.hrefs(q(CALDAV, "calendar-home-set"))
         if homes:

@@ -123,13 +123,18 @@ class DavSession:
         """The error for a 401 (or 403 at connect time)."""
         detail = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
         if self.verifying:
-            return UserError(f"wrong username or app password for {url}: {detail}", url=url)
+            return UserError(f"wrong username or app password for {url}: {detail}", url=url,
+                             status=resp.status_code)
         return NeedsReauth(f"{self.label}: the server refused the stored password ({detail}) "
                            f"at {what or url}; reconnect the account", url=url)
 
     def unexpected(self, resp: httpx.Response, url: str, what: str) -> CalsyncError:
         if resp.status_code == 401 or (self.verifying and resp.status_code == 403):
             return self.auth_failed(resp, url, what)
+        if self.verifying:
+            return UserError(f"{url} did not answer {what or 'the request'} as a CalDAV server "
+                             f"(HTTP {resp.status_code} {resp.reason_phrase}); check the URL",
+                             url=url, status=resp.status_code)
         return ProviderError(f"{self.label}: {what or 'request'} at {url} failed with HTTP "
                              f"{resp.status_code} {resp.reason_phrase}", url=url,
                              status=resp.status_code)

@@ -18,7 +18,6 @@ from urllib.parse import urljoin
 
 import httpx
 import icalendar
-import pytest
 
 from calsync.config import Settings
 from calsync.sync.connector import ConnectContext
@@ -191,4 +190,4 @@ class XandikosBackend(CaldavServerBackend):
     kind = "xandikos"
 
 
-__all__ = ["RadicaleBackend", "XandikosBackend", "TokenBreakingTransport", "pytest"]
+__all__ = ["RadicaleBackend", "XandikosBackend", "TokenBreakingTransport"]
