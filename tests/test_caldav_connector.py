@@ -28,7 +28,12 @@ from calsync.sync.connector import (
     load_connector_factory,
 )
 from calsync_caldav.connector import CaldavConnector, WriteLedger
-from tests.caldav_servers import DavServer, dav_server, radicale_server, xandikos_server  # noqa: F401
+from tests.caldav_servers import (  # noqa: F401 - fixtures used by name
+    DavServer,
+    dav_server,
+    radicale_server,
+    xandikos_server,
+)
 
 UTC = dt.timezone.utc
 CHI = ZoneInfo("America/Chicago")
@@ -111,7 +116,8 @@ def test_create_is_idempotent_and_update_delete_carry_preconditions(
         conn.update(cal, created.remote_id, job(summary="stale"), created.etag)
     with pytest.raises(PreconditionFailed):
         conn.delete(cal, created.remote_id, created.etag)
-    assert conn.get(cal, created.remote_id, WINDOW).summary == "Repair: Acme"  # type: ignore[union-attr]
+    current = conn.get(cal, created.remote_id, WINDOW)
+    assert current is not None and current.summary == "Repair: Acme"
     conn.delete(cal, created.remote_id, updated.etag)
     assert conn.get(cal, created.remote_id, WINDOW) is None
     conn.delete(cal, created.remote_id, updated.etag)  # already gone: not an error

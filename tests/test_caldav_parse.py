@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from calsync.sync.connector import Occurrence, OutgoingEvent, Window
-from calsync_caldav.parse import ParseOptions, parse_calendar, parse_resource
+from calsync.sync.connector import Occurrence, OutgoingEvent, RemoteEvent, Window
+from calsync_caldav.parse import CalendarParse, ParseOptions, parse_calendar, parse_resource
 from calsync_caldav.render import render_event
 
 UTC = dt.timezone.utc
@@ -22,7 +22,8 @@ def cal(*events: str, extra: str = "") -> str:
     return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n{extra}{body}END:VCALENDAR\r\n"
 
 
-def one(text: str, options: ParseOptions = OPTS, window: Window = WINDOW):  # type: ignore[no-untyped-def]
+def one(text: str, options: ParseOptions = OPTS,
+        window: Window = WINDOW) -> tuple[RemoteEvent, CalendarParse]:
     parsed = parse_calendar(text, window, options)
     assert not parsed.problems, parsed.problems
     assert len(parsed.events) == 1

@@ -17,7 +17,12 @@ import pytest
 from calsync.config import Settings
 from calsync.sync.connector import ConnectContext, Occurrence, Window, load_connector_factory
 from calsync_caldav.parse import ParseOptions, parse_calendar, parse_resource
-from tests.caldav_servers import DavServer, dav_server, radicale_server, xandikos_server  # noqa: F401
+from tests.caldav_servers import (  # noqa: F401 - fixtures used by name
+    DavServer,
+    dav_server,
+    radicale_server,
+    xandikos_server,
+)
 from tests.conftest import ICS_CORPUS, need
 
 UTC = dt.timezone.utc
