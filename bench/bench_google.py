@@ -5,7 +5,9 @@ real google-api-python-client and the sync engine (SQLite):
 2. the no-op sync right after it: requests per calendar (must be 1) and seconds;
 3. 1,000 connections (each its own Google account, 2 items to push and 2 external events
    to import) synced by one worker with ``run_due_syncs``: syncs per second for the first
-   round (writes) and for a no-op round.
+   round (writes) and for a no-op round;
+4. the connector's own share of a no-op sync (no engine, no database): building the
+   connector from stored credentials and one incremental pull, per connection.
 
 ``--quick`` uses 100 items and 100 connections. Emulator and client share the machine, so
 the figures include the emulator's own cost.
@@ -141,10 +143,45 @@ def bench_many_connections(n_conn: int) -> dict[str, Any]:
         return figures
 
 
+def bench_connector_only(n_conn: int) -> dict[str, Any]:
+    """The connector's share, without the engine and database: for each of ``n_conn``
+    accounts build the connector from stored credentials and pull with a sync token."""
+    from calsync.sync.connector import Window, load_connector_factory
+    from tests.emulators.google import signed_in_context
+
+    with GoogleEmulator() as em:
+        settings = google_settings(em)
+        factory = load_connector_factory("google")
+        now = dt.datetime.now(UTC)
+        window = Window(now - dt.timedelta(days=30), now + dt.timedelta(days=365))
+        contexts, tokens = [], []
+        for i in range(n_conn):
+            email = em.add_account(f"c{i}@example.com")
+            em.put_event(email, {"summary": "x", "start": {"dateTime": now.isoformat()},
+                                 "end": {"dateTime": (now + dt.timedelta(hours=1)).isoformat()}})
+            ctx = signed_in_context(em, email, settings)
+            c = factory.connect(ctx)
+            tokens.append(c.changes(email, None, window).token)
+            c.close()
+            contexts.append(ctx)
+        before = em.counts["api"]
+        t0 = time.perf_counter()
+        for ctx, token in zip(contexts, tokens):
+            c = factory.connect(ctx)
+            c.changes(ctx.account, token, window)
+            c.credentials()
+            c.close()
+        elapsed = time.perf_counter() - t0
+        return {"connections": n_conn, "requests": em.counts["api"] - before,
+                "seconds": round(elapsed, 3),
+                "ms_per_connection": round(1000 * elapsed / n_conn, 2)}
+
+
 def run(args: Any) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     return {"initial_push": bench_initial_push(100 if quick else 500),
-            "many_connections": bench_many_connections(100 if quick else 1000)}
+            "many_connections": bench_many_connections(100 if quick else 1000),
+            "connector_only_noop": bench_connector_only(100 if quick else 1000)}
 
 
 if __name__ == "__main__":
