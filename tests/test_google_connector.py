@@ -371,3 +371,23 @@ def test_credentials_are_returned_only_after_a_refresh(em: GoogleEmulator) -> No
     c.list_calendars()
     assert c.credentials() is None
     assert em.counts["token:refresh_token"] == 0
+
+
+def test_static_discovery_urls_follow_the_configured_api_root() -> None:
+    from calsync.config import Settings
+    from calsync_google.client import api_endpoint, calendar_api
+
+    # the discovery document's rootUrl + servicePath; api_endpoint replaces both
+    assert api_endpoint("https://www.googleapis.com/") == "https://www.googleapis.com/calendar/v3/"
+    real = calendar_api(Settings())
+    request = real.events.list(calendarId="tech@example.com", syncToken="abc")
+    assert request.uri.startswith(
+        "https://www.googleapis.com/calendar/v3/calendars/tech%40example.com/events?")
+    assert "syncToken=abc" in request.uri
+    stop = real.channels.stop(body={"id": "c", "resourceId": "r"})
+    assert stop.uri.startswith("https://www.googleapis.com/calendar/v3/channels/stop")
+
+
+def test_api_calls_reach_the_emulator_under_calendar_v3(em: GoogleEmulator) -> None:
+    connect(em).changes(CAL, None, WINDOW)
+    assert ("GET", "/calendar/v3/calendars/tech%40example.com/events") in em.requests

@@ -202,3 +202,28 @@ def test_verify_with_revoked_sign_in_is_a_user_error(em: GoogleEmulator) -> None
     em.revoke(ctx.credentials["refresh_token"])
     with pytest.raises(UserError, match="did not accept"):
         factory().verify(ctx)
+
+
+def test_device_code_expiring_before_approval_is_a_user_error(em: GoogleEmulator) -> None:
+    def sleep(_s: float) -> None:
+        for entry in em.device_codes.values():
+            entry["expires"] = 0.0  # the user never came
+
+    with pytest.raises(UserError, match="expired"):
+        factory().device_flow(bare_context(em, sleep=sleep), lambda _m: None)
+
+
+def test_refresh_token_revoked_over_http_gives_invalid_grant(em: GoogleEmulator) -> None:
+    ctx = signed_in_context(em, CAL, expired=True)
+    http = httplib2.Http()
+    resp, _ = http.request(f"{em.root}/revoke", "POST",
+                           body=f"token={ctx.credentials['refresh_token']}",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 200
+    resp, body = http.request(f"{em.root}/token", "POST", body=(
+        f"grant_type=refresh_token&refresh_token={ctx.credentials['refresh_token']}"
+        f"&client_id={em.client_id}&client_secret={em.client_secret}"),
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 400 and b"invalid_grant" in body
+    with pytest.raises(NeedsReauth):
+        factory().connect(ctx).list_calendars()
