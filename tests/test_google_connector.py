@@ -391,3 +391,18 @@ def test_static_discovery_urls_follow_the_configured_api_root() -> None:
 def test_api_calls_reach_the_emulator_under_calendar_v3(em: GoogleEmulator) -> None:
     connect(em).changes(CAL, None, WINDOW)
     assert ("GET", "/calendar/v3/calendars/tech%40example.com/events") in em.requests
+
+
+def test_all_day_series_starting_on_a_dst_change_keeps_whole_days(em: GoogleEmulator) -> None:
+    # 2027-03-14 is 23 hours long in Chicago (DST starts)
+    series = em.put_event(CAL, {"summary": "on call", "start": {"date": "2027-03-14"},
+                                "end": {"date": "2027-03-15"},
+                                "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"]})
+    window = Window(dt.datetime(2027, 3, 1, tzinfo=UTC), dt.datetime(2027, 4, 1, tzinfo=UTC))
+    got = {e.remote_id: e for e in connect(em).changes(CAL, None, window).changed}
+    assert sorted(got) == [f"{series['id']}_202703{d}" for d in (14, 15, 16)]
+    first = got[f"{series['id']}_20270314"]
+    assert (first.start, first.end) == (dt.date(2027, 3, 14), dt.date(2027, 3, 15))
+    assert first.occurrences[0].end - first.occurrences[0].start == dt.timedelta(hours=23)
+    second = got[f"{series['id']}_20270315"]
+    assert (second.start, second.end) == (dt.date(2027, 3, 15), dt.date(2027, 3, 16))

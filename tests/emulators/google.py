@@ -397,10 +397,11 @@ class GoogleEmulator:
             inst.pop("recurrence", None)
             if all_day:
                 day = occ.date()
+                days = (dt.date.fromisoformat(ev["end"]["date"])
+                        - dt.date.fromisoformat(ev["start"]["date"]))
                 inst_id = f"{ev['id']}_{day:%Y%m%d}"
                 inst["start"] = {"date": day.isoformat()}
-                inst["end"] = {"date": (day + duration).isoformat()
-                               if isinstance(duration, dt.timedelta) else day.isoformat()}
+                inst["end"] = {"date": (day + days).isoformat()}
                 inst["originalStartTime"] = {"date": day.isoformat()}
             else:
                 inst_id = f"{ev['id']}_{occ.astimezone(UTC):%Y%m%dT%H%M%SZ}"
