@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httplib2
@@ -230,3 +231,35 @@ def test_revoked_sign_in_sets_needs_reauth_through_the_engine(
         assert stored is not None and stored.status == "needs_reauth"
     run_due_syncs(settings, db, now + dt.timedelta(hours=1), sleep=sleeps.append)
     assert em.counts["token:refresh_token"] == 1  # not tried again until reconnected
+
+
+def test_calsync_connect_google_command(em: GoogleEmulator,
+                                        tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from calsync.cli import cli
+
+    em.device_interval = 0
+    em.device_auto_approve = CAL
+    values = em.settings_values()
+    config = tmp_path / "calsync.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/cli.db"\n'
+        f'[security]\nsecret_key = "{SECRET}"\n[google]\n'
+        + "".join(f'{k} = "{v}"\n' for k, v in values.items()), encoding="utf-8")
+    runner = CliRunner()
+    base = ["--config", str(config)]
+    assert runner.invoke(cli, [*base, "db", "upgrade"]).exit_code == 0
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"users": [{"id": "u1", "name": "Jane",
+                                            "timezone": "America/Chicago"}]}))
+    assert runner.invoke(cli, [*base, "import", str(users)]).exit_code == 0
+    result = runner.invoke(cli, [*base, "connect", "google", "u1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "https://www.google.com/device" in result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["account"] == CAL and summary["provider"] == "google"
+    missing = runner.invoke(cli, [*base, "connect", "google", "nobody"])
+    assert missing.exit_code != 0 and "nobody" in f"{missing.output}{missing.exception}"

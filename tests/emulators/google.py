@@ -150,6 +150,7 @@ class GoogleEmulator:
         self.page_sizes: list[int] | None = None  # knob: page size pattern, cycled
         self.device_slow_down = 0  # knob: answer slow_down this many times first
         self.device_interval = 5  # knob: the polling interval the device endpoint gives
+        self.device_auto_approve: str | None = None  # knob: this account approves at once
         self.login_email: str | None = None  # who "consents" at the authorization endpoint
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
@@ -528,7 +529,8 @@ class GoogleEmulator:
         code = secrets.token_urlsafe(32)
         user_code = "-".join(secrets.token_hex(2).upper() for _ in range(2))
         with self.lock:
-            self.device_codes[code] = {"user_code": user_code, "email": None, "denied": False,
+            self.device_codes[code] = {"user_code": user_code,
+                                       "email": self.device_auto_approve, "denied": False,
                                        "expires": time.time() + 1800,
                                        "slow_down": self.device_slow_down,
                                        "scope": form["scope"][0]}
