@@ -406,3 +406,19 @@ def test_all_day_series_starting_on_a_dst_change_keeps_whole_days(em: GoogleEmul
     assert first.occurrences[0].end - first.occurrences[0].start == dt.timedelta(hours=23)
     second = got[f"{series['id']}_20270315"]
     assert (second.start, second.end) == (dt.date(2027, 3, 15), dt.date(2027, 3, 16))
+
+
+def test_instances_can_be_read_by_id_and_patch_keeps_other_fields(em: GoogleEmulator) -> None:
+    series = em.put_event(CAL, {**timed("standup", 2), "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"]})
+    c = connect(em)
+    instance = c.get(CAL, f"{series['id']}_20261103T150000Z", WINDOW)
+    assert instance is not None and instance.recurring
+    assert instance.occurrences[0].start == dt.datetime(2026, 11, 3, 15, tzinfo=UTC)
+    assert c.get(CAL, f"{series['id']}_20261110T150000Z", WINDOW) is None  # past COUNT
+
+    created = c.create(CAL, job())
+    patched = c.runner.run(c.api.events.patch(calendarId=CAL, eventId=created.remote_id,
+                                              body={"location": "2 Side St"}), "patch")
+    assert patched["location"] == "2 Side St" and patched["summary"] == "Install: Acme"
+    assert patched["extendedProperties"]["private"]["calsyncKey"] == "job-j1"
+    assert patched["etag"] != created.etag

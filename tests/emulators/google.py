@@ -424,6 +424,16 @@ class GoogleEmulator:
             out.append(inst)
         return out
 
+    def _instance(self, cal: CalendarState, instance_id: str) -> dict[str, Any] | None:
+        """One instance of a recurring series by its id (``{id}_{original start}``)."""
+        master = cal.events.get(instance_id.partition("_")[0])
+        if master is None or not master.get("recurrence"):
+            return None
+        for inst in self._expand(cal, master, None, True):
+            if inst["id"] == instance_id:
+                return inst
+        return None
+
     def _overlaps(self, cal: CalendarState, ev: dict[str, Any],
                   window: tuple[dt.datetime, dt.datetime] | None) -> bool:
         if window is None:
@@ -656,7 +666,10 @@ class GoogleEmulator:
                 ev = cal.events.get(event_id)
                 if method == "GET":
                     if ev is None:
-                        raise ApiError(404, "notFound", "Not Found")
+                        instance = self._instance(cal, event_id)
+                        if instance is None:
+                            raise ApiError(404, "notFound", "Not Found")
+                        return self._json(200, instance)
                     return self._json(200, self._public(ev))
                 if ev is None:
                     raise ApiError(404, "notFound", "Not Found")
