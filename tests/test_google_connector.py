@@ -422,3 +422,14 @@ def test_instances_can_be_read_by_id_and_patch_keeps_other_fields(em: GoogleEmul
     assert patched["location"] == "2 Side St" and patched["summary"] == "Install: Acme"
     assert patched["extendedProperties"]["private"]["calsyncKey"] == "job-j1"
     assert patched["etag"] != created.etag
+
+
+def test_unreachable_google_is_provider_unavailable_after_retries() -> None:
+    with GoogleEmulator() as em:
+        em.add_account(CAL)
+        sleeps = Sleeps()
+        c = connect(em, sleeps)
+    # the emulator is gone: connection refused on every attempt
+    with pytest.raises(ProviderUnavailable, match="retries later"):
+        c.list_calendars()
+    assert sleeps == [0.75, 1.5]
