@@ -388,3 +388,74 @@ def test_calendar_suddenly_empty_is_guarded_until_confirmed(harness: SyncHarness
     assert set(h.copies(cal)) == {"job-j1"}  # jobs are dispatch-owned: restored
     with h.db.session() as s:
         assert len(list(s.scalars(select(Link)))) == 1
+
+
+# --- the connector's own promises (used by the engine's adoption and preconditions) --------
+
+def outgoing_copy(h: SyncHarness, key: str, summary: str) -> OutgoingEvent:
+    start = at(h, 4, 15)
+    return OutgoingEvent(key=key, uid=f"{key}@calsync", summary=summary, start=start,
+                         end=start + dt.timedelta(hours=1), all_day=False, tzid="UTC")
+
+
+def test_create_is_idempotent_and_the_copy_is_found_by_key(harness: SyncHarness) -> None:
+    from calsync.errors import AlreadyExists
+    from calsync.sync.engine import sync_window
+
+    h = harness
+    cal = h.backend.make_calendar("Work")
+    conn = h.connector()
+    try:
+        made = conn.create(cal, outgoing_copy(h, "block-idem", "First"))
+        assert made.calsync_key == "block-idem"
+        try:  # a second create either refuses or returns the same copy, never a second one
+            again = conn.create(cal, outgoing_copy(h, "block-idem", "First"))
+        except AlreadyExists:
+            pass
+        else:
+            assert again.remote_id == made.remote_id
+        found = conn.find_by_key(cal, "block-idem", sync_window(h.settings, h.now))
+        assert found is not None and found.remote_id == made.remote_id
+        assert found.summary == "First"
+        assert conn.find_by_key(cal, "block-nothing", sync_window(h.settings, h.now)) is None
+    finally:
+        conn.close()
+    assert [e.calsync_key for e in h.remote(cal)] == ["block-idem"]
+
+
+def test_stale_etag_is_a_precondition_failure(harness: SyncHarness) -> None:
+    from calsync.errors import PreconditionFailed
+
+    h = harness
+    if not getattr(h.backend, "supports_etag_preconditions", True):
+        pytest.skip("the provider has no conditional writes")
+    cal = h.backend.make_calendar("Work")
+    conn = h.connector()
+    try:
+        made = conn.create(cal, outgoing_copy(h, "block-etag", "First"))
+        h.backend.edit_remote(cal, made.remote_id, summary="Edited by the user")
+        with pytest.raises(PreconditionFailed):
+            conn.update(cal, made.remote_id, outgoing_copy(h, "block-etag", "Ours"), made.etag)
+        with pytest.raises(PreconditionFailed):
+            conn.delete(cal, made.remote_id, made.etag)
+    finally:
+        conn.close()
+    assert [e.summary for e in h.remote(cal)] == ["Edited by the user"]
+
+
+def test_read_only_calendar_is_never_written(harness: SyncHarness) -> None:
+    h = harness
+    if not getattr(h.backend, "supports_read_only", False):
+        pytest.skip("the backend cannot make read-only calendars")
+    cal = h.backend.make_read_only_calendar("Holidays")  # type: ignore[attr-defined]
+    h.backend.put_external(cal, ExternalSpec("Holiday", at(h, 3, 0), at(h, 4, 0)))
+    h.connect(cal)
+    with h.db.session() as s:  # marked read-only as list_calendars reports it
+        c = s.get(Calendar, h.calendars[cal])
+        assert c is not None
+        c.read_only = True
+    h.items(schedule(h))
+    result = h.sync()
+    assert result.status == "ok", result.error
+    assert h.copies(cal) == {}
+    assert h.busy(cal, "Holiday") == [(at(h, 3, 0), at(h, 4, 0))]
