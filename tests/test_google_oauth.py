@@ -227,3 +227,12 @@ def test_refresh_token_revoked_over_http_gives_invalid_grant(em: GoogleEmulator)
     assert resp.status == 400 and b"invalid_grant" in body
     with pytest.raises(NeedsReauth):
         factory().connect(ctx).list_calendars()
+
+
+def test_device_flow_scope_refused_by_google_points_to_the_web_sign_in(
+        em: GoogleEmulator) -> None:
+    em.device_scopes = {"openid", "email", "profile"}  # Google's allowlist is short
+    with pytest.raises(UserError, match="web sign-in") as err:
+        factory().device_flow(bare_context(em), lambda _m: None)
+    assert "/oauth/google/start?user_id=USER" in str(err.value)
+    assert em.counts["token"] == 0

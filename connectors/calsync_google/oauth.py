@@ -68,6 +68,11 @@ def run_device_flow(settings: Any, http: httplib2.Http, prompt: Callable[[str], 
     clock = now or (lambda: dt.datetime.now(dt.timezone.utc))
     status, data = _post_form(http, settings.google.device_auth_uri,
                               {"client_id": settings.google.client_id, "scope": SCOPE})
+    if data.get("error") == "invalid_scope":
+        start = f"{settings.server.base_url.rstrip('/')}/oauth/google/start?user_id=USER"
+        raise UserError("Google does not allow the Calendar scope on the device (TV) sign-in "
+                        f"for this client ({data.get('error_description', 'invalid_scope')}); "
+                        f"connect the user through the web sign-in instead: {start}")
     if status != 200 or "device_code" not in data:
         raise UserError(f"Google refused the device sign-in ({data.get('error', status)}); "
                         "check google.client_id (an OAuth client of type 'TVs and Limited "

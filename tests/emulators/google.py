@@ -9,7 +9,8 @@ OAuth 2.0 (developers.google.com/identity/protocols/oauth2):
   ``expires_in``, ``interval``; polling ``POST /token`` with ``grant_type=
   urn:ietf:params:oauth:grant-type:device_code`` answers ``authorization_pending`` (428)
   until the user approves, ``slow_down`` (403) when polled too fast (test knob),
-  ``access_denied`` (403), ``expired_token`` (400);
+  ``access_denied`` (403), ``expired_token`` (400); a scope outside the device flow's
+  allowlist gives ``400 invalid_scope`` "Invalid device flow scope" (knob ``device_scopes``);
 - web server flow with PKCE: ``GET /o/oauth2/v2/auth`` (``code_challenge_method=S256``,
   ``access_type=offline``) redirects to ``redirect_uri?code=…&state=…`` as if the user
   consented; ``grant_type=authorization_code`` checks the code (one use), the redirect
@@ -151,6 +152,8 @@ class GoogleEmulator:
         self.device_slow_down = 0  # knob: answer slow_down this many times first
         self.device_interval = 5  # knob: the polling interval the device endpoint gives
         self.device_auto_approve: str | None = None  # knob: this account approves at once
+        # knob: the device flow's scope allowlist (Google keeps a short one); None = any
+        self.device_scopes: set[str] | None = None
         self.login_email: str | None = None  # who "consents" at the authorization endpoint
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
@@ -536,6 +539,10 @@ class GoogleEmulator:
         self._client(form, secret_required=False)
         if not form.get("scope"):
             raise OAuthError(400, "invalid_scope", "Missing scope")
+        if self.device_scopes is not None:
+            for scope in form["scope"][0].split():
+                if scope not in self.device_scopes:
+                    raise OAuthError(400, "invalid_scope", f"Invalid device flow scope: {scope}")
         code = secrets.token_urlsafe(32)
         user_code = "-".join(secrets.token_hex(2).upper() for _ in range(2))
         with self.lock:
