@@ -1,5 +1,5 @@
-"""Atomic bookings across processes: 50 concurrent requests for one technician and one slot,
-through two ``calsync serve --no-worker`` processes sharing one database -> exactly one 201.
+"""Atomic bookings across processes: 50 concurrent requests for one technician and one slot
+(or overlapping ones), through two ``calsync serve --no-worker`` processes sharing one database -> exactly one 201.
 
 Runs on SQLite (one database file) and PostgreSQL (one database)."""
 
@@ -81,12 +81,14 @@ def test_fifty_concurrent_bookings_of_one_slot_yield_one_success(db, servers, ma
                                                                  tmp_path) -> None:
     seed_users(db, user("tech", hours={}))
     token = make_token("dispatcher")
-    start, end = "2026-12-07T09:00:00-06:00", "2026-12-07T11:00:00-06:00"
 
     def book(i: int) -> tuple[int, dict]:
+        # The same slot, or one overlapping it by at least 75 minutes.
+        minute = 15 * (i % 4)
         url = servers[i % len(servers)]
         body = {"id": f"race-{i}", "title": "Fiber install", "job_type": "Install",
-                "account": "Acme", "start": start, "end": end, "assignees": ["tech"]}
+                "account": "Acme", "start": f"2026-12-07T09:{minute:02d}:00-06:00",
+                "end": f"2026-12-07T11:{minute:02d}:00-06:00", "assignees": ["tech"]}
         with httpx.Client(timeout=60) as client:
             r = client.post(f"{url}/api/bookings", json=body,
                             headers={"Authorization": f"Bearer {token}"})
