@@ -170,9 +170,14 @@ class CaldavConnector:
             for item in found.responses:
                 href = norm_href(item.href)
                 data = item.text(q(davxml.CALDAV, "calendar-data"))
-                if item.status in (404, 410) or data is None:
+                if item.status in (404, 410):
                     continue
                 seen.add(href)
+                if data is None:  # listed but not readable: never taken as deleted
+                    out.quarantined.append(Quarantined(
+                        href, f"the server returned no calendar-data for {href} "
+                              f"(status {item.status or 'of the properties not 200'})"))
+                    continue
                 self._add_object(href, item.text(q(DAV, "getetag")), data, window, out)
             for href in batch:
                 if href not in seen:
