@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.audit import audit
@@ -407,41 +408,70 @@ class _Executor:
             return []
         return [Occurrence(start.astimezone(UTC), end.astimezone(UTC))]
 
-    def store_external(self, r: RemoteItem) -> None:
+    def store_external(self, s: Session, r: RemoteItem,
+                       row: ExternalEvent | None = None) -> None:
         ev = r.event
         assert ev is not None
-        with self.db.session() as s:
+        if row is None:
             row = s.scalar(select(ExternalEvent).where(ExternalEvent.calendar_id == self.info.id,
                                                        ExternalEvent.remote_id == r.remote_id))
-            if row is None:
-                row = ExternalEvent(calendar_id=self.info.id, remote_id=r.remote_id,
-                                    user_id=self.info.user_id)
-                s.add(row)
-                self.result.add("imported")
-            else:
-                s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
-                self.result.add("refreshed")
-            row.user_id = self.info.user_id
-            row.etag, row.content_hash, row.uid = ev.etag, r.hash, ev.uid
-            row.summary, row.description, row.location = ev.summary, ev.description, ev.location
-            row.organizer, row.attendees = ev.organizer, list(ev.attendees)
-            row.busy_status, row.status, row.response = ev.busy, ev.status, ev.response
-            row.private_at_source, row.all_day = ev.private, ev.all_day
-            row.updated_at = self.now
-            s.flush()
-            for occ in self._occurrences(ev):
-                s.add(ExternalBusy(event_id=row.id, user_id=self.info.user_id,
-                                   start_at=occ.start.astimezone(UTC),
-                                   end_at=occ.end.astimezone(UTC)))
+        if row is None:
+            row = ExternalEvent(calendar_id=self.info.id, remote_id=r.remote_id,
+                                user_id=self.info.user_id)
+            s.add(row)
+            counter = "imported"
+        else:
+            s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
+            counter = "refreshed"
+        row.user_id = self.info.user_id
+        row.etag, row.content_hash, row.uid = ev.etag, r.hash, ev.uid
+        row.summary, row.description, row.location = ev.summary, ev.description, ev.location
+        row.organizer, row.attendees = ev.organizer, list(ev.attendees)
+        row.busy_status, row.status, row.response = ev.busy, ev.status, ev.response
+        row.private_at_source, row.all_day = ev.private, ev.all_day
+        row.updated_at = self.now
+        s.flush()
+        s.add_all([ExternalBusy(event_id=row.id, user_id=self.info.user_id,
+                                start_at=occ.start.astimezone(UTC),
+                                end_at=occ.end.astimezone(UTC))
+                   for occ in self._occurrences(ev)])
+        s.flush()
+        self.result.add(counter)
 
-    def drop_external(self, a: DropExternal) -> None:
-        with self.db.session() as s:
+    def drop_external(self, s: Session, remote_id: str, row: ExternalEvent | None = None) -> None:
+        if row is None:
             row = s.scalar(select(ExternalEvent).where(ExternalEvent.calendar_id == self.info.id,
-                                                       ExternalEvent.remote_id == a.remote_id))
-            if row is not None:
-                s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
-                s.delete(row)
+                                                       ExternalEvent.remote_id == remote_id))
+        if row is not None:
+            s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
+            s.delete(row)
+            s.flush()
         self.result.add("dropped")
+
+    def apply_externals(self, actions: list[Action], errors: list[str],
+                        chunk: int = 250) -> None:
+        """External busy blocks touch no remote: applied in batches, each action inside its
+        own savepoint (its own rollback), one commit per batch."""
+        for i in range(0, len(actions), chunk):
+            part = actions[i:i + chunk]
+            ids = [a.remote_id if isinstance(a, DropExternal) else a.remote.remote_id
+                   for a in part]  # type: ignore[union-attr]
+            with self.db.session() as s:
+                rows = {r.remote_id: r for r in s.scalars(select(ExternalEvent).where(
+                    ExternalEvent.calendar_id == self.info.id,
+                    ExternalEvent.remote_id.in_(ids)))}
+                for action, rid in zip(part, ids):
+                    try:
+                        with s.begin_nested():
+                            if isinstance(action, DropExternal):
+                                self.drop_external(s, rid, rows.get(rid))
+                            else:
+                                assert isinstance(action, (ImportExternal, RefreshExternal))
+                                self.store_external(s, action.remote, rows.get(rid))
+                    except (CalsyncError, SQLAlchemyError) as exc:
+                        errors.append(f"{type(action).__name__} {rid}: {exc}")
+                        log.warning("calendar %s (%s): storing external event %s failed: %s",
+                                    self.info.id, self.info.name, rid, exc)
 
     def apply(self, action: Action) -> None:
         match action:
@@ -462,9 +492,11 @@ class _Executor:
             case Unlink():
                 self.unlink(action)
             case ImportExternal() | RefreshExternal():
-                self.store_external(action.remote)
+                with self.db.session() as s:
+                    self.store_external(s, action.remote)
             case DropExternal():
-                self.drop_external(action)
+                with self.db.session() as s:
+                    self.drop_external(s, action.remote_id)
 
 
 def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector: Connector,
@@ -498,7 +530,10 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     actions = plan_sync(local, remote, records, policy, now)
     executor = _Executor(db, info, connector, call, now, window, result)
     errors: list[str] = []
+    external_kinds = (ImportExternal, RefreshExternal, DropExternal)
     for action in actions:
+        if isinstance(action, external_kinds):
+            continue
         try:
             executor.apply(action)
         except ProviderError:
@@ -512,6 +547,7 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
             errors.append(f"{type(action).__name__}: {exc}")
             log.warning("calendar %s (%s): %s failed: %s", info.id, info.name,
                         type(action).__name__, exc)
+    executor.apply_externals([a for a in actions if isinstance(a, external_kinds)], errors)
 
     with db.session() as s:
         cal = s.get(Calendar, info.id)
