@@ -410,3 +410,43 @@ def test_dedup_returning_an_older_description_is_reported_for_adoption(
         connector.create(cal, job(description="Gate code 9999"))
     assert info.value.context["remote_id"] == first.remote_id
     assert len(em.events_in(USER, cal)) == 1
+
+
+def test_web_code_flow_as_a_confidential_client_refreshes_with_its_secret(
+        sleeps: Sleeps) -> None:
+    import base64
+    import hashlib
+    import re
+    import secrets
+
+    import httpx
+
+    with GraphEmulator(client_secret="s3cret-value") as em:
+        em.add_mailbox(USER)
+        settings = em.configure(load_settings(env={"CALSYNC_SECRET_KEY": SECRET}))
+        http = OutlookHttp(em.identity_session(), em.graph_client())
+        factory = OutlookFactory(http=http, sleep=sleeps)
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(
+            hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        redirect = "https://calsync.example.com/oauth/outlook/callback"
+        ctx = ConnectContext("outlook", None, "", {}, settings)
+        url = factory.authorization_url(ctx, "st4te", challenge, redirect)
+        with httpx.Client(verify=em.ssl_context(), trust_env=False) as browser:
+            page = browser.get(url).text
+        fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page))
+        assert fields["state"] == "st4te"
+        with pytest.raises(Exception, match="invalid_grant"):  # wrong verifier
+            factory.exchange_code(ctx, fields["code"], verifier + "x", redirect)
+        url = factory.authorization_url(ctx, "st4te2", challenge, redirect)
+        with httpx.Client(verify=em.ssl_context(), trust_env=False) as browser:
+            fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', browser.get(url).text))
+        signed = factory.exchange_code(ctx, fields["code"], verifier, redirect)
+        assert signed.account == USER and signed.credentials["client"] == "confidential"
+        connector = factory.connect(signed)
+        em.expire_access_tokens()
+        assert connector.list_calendars()
+        assert em.token_requests["refresh_token"] == 1  # accepted: the secret was right
+        connector.close()
+        http.graph.close()
+        http.identity.close()

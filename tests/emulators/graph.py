@@ -15,7 +15,9 @@ Identity
 - ``GET /{tenant}/oauth2/v2.0/authorize`` -> 302 to ``redirect_uri?code=&state=``; ``/token``
   with ``authorization_code`` checks ``redirect_uri`` and PKCE S256 (``code_verifier``);
   codes are single use.
-- ``refresh_token`` grant; a revoked refresh token -> 400 ``invalid_grant`` (AADSTS50173).
+- ``refresh_token`` grant; a revoked refresh token -> 400 ``invalid_grant`` (AADSTS50173);
+  a confidential client's token refreshed without its secret, or a public client's with
+  one -> 401 ``invalid_client`` (AADSTS7000218 / AADSTS700025).
 - Token responses carry ``access_token``, ``refresh_token``, ``id_token``, ``client_info``.
 
 Graph
@@ -169,6 +171,7 @@ class GraphEmulator:
         self.access_tokens: dict[str, str] = {}  # token -> email
         self.refresh_tokens: dict[str, str] = {}
         self.revoked: set[str] = set()
+        self.confidential_tokens: set[str] = set()  # refresh tokens of confidential clients
         self.device_codes: dict[str, dict[str, Any]] = {}
         self.auth_codes: dict[str, dict[str, Any]] = {}
         self.token_requests: collections.Counter[str] = collections.Counter()
@@ -540,21 +543,36 @@ class GraphEmulator:
                               if entry["method"] == "S256" else verifier)
                     if expect != entry["challenge"]:
                         return bad("invalid_grant", "AADSTS501481: code_verifier mismatch")
-                return 200, {}, self._issue(entry["email"], form.get("scope", ""))
+                return 200, {}, self._issue(entry["email"], form.get("scope", ""),
+                                            "client_secret" in form)
             if grant == "refresh_token":
                 rt = form.get("refresh_token", "")
                 if rt not in self.refresh_tokens or rt in self.revoked:
                     return bad("invalid_grant", "AADSTS50173: The provided grant has expired "
                                                 "due to it being revoked.")
-                return 200, {}, self._issue(self.refresh_tokens[rt], form.get("scope", ""))
+                confidential = rt in self.confidential_tokens
+                if confidential and "client_secret" not in form:
+                    return 401, {}, {"error": "invalid_client", "error_description":
+                                     "AADSTS7000218: The request body must contain "
+                                     "'client_assertion' or 'client_secret'."}
+                if not confidential and "client_secret" in form:
+                    return 401, {}, {"error": "invalid_client", "error_description":
+                                     "AADSTS700025: Client is public so neither "
+                                     "'client_assertion' nor 'client_secret' should be "
+                                     "presented."}
+                return 200, {}, self._issue(self.refresh_tokens[rt], form.get("scope", ""),
+                                            confidential)
         return bad("unsupported_grant_type", f"grant {grant!r}")
 
-    def _issue(self, email: str | None, scope: str) -> dict[str, Any]:
+    def _issue(self, email: str | None, scope: str,
+               confidential: bool = False) -> dict[str, Any]:
         assert email is not None, "no mailbox signed in"
         box = self.mailboxes[email]
         at, rt = "at-" + secrets.token_urlsafe(24), "rt-" + secrets.token_urlsafe(24)
         self.access_tokens[at] = email
         self.refresh_tokens[rt] = email
+        if confidential:
+            self.confidential_tokens.add(rt)
         now = int(time.time())
         claims = {"aud": self.client_id, "iss": self._issuer(), "iat": now, "nbf": now,
                   "exp": now + 3600, "name": box.display_name, "oid": box.oid,
