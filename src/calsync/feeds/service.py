@@ -122,24 +122,36 @@ def _refresh_fragments(session: Session, pks: list[int], job_url_template: str,
     return out
 
 
-def render_feed(session: Session, settings: Settings, user: User, now: dt.datetime,
-                cache: FeedCache | None = None) -> FeedCache:
-    """Assemble ``user``'s feed for ``now`` from fragments (rendering the stale ones) and
-    store body, ETag and Last-Modified in ``feed_cache``. Leaves ``dirty`` alone (the
-    caller claimed the feed). Returns the cache row."""
-    start, end = feed_window(settings, now)
+def load_feed_rows(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                   end: dt.datetime) -> dict[str, list[Any]]:
+    """The feed rows (fragment columns) of each user's live items in [start, end), in
+    feed order, with one query for all of ``user_ids``."""
+    out: dict[str, list[Any]] = {uid: [] for uid in user_ids}
+    q = (select(ItemAssignee.user_id, *_FRAGMENT_COLUMNS)
+         .select_from(ScheduleItem)
+         .join(ItemAssignee, ItemAssignee.item_pk == ScheduleItem.pk)
+         .where(ItemAssignee.user_id.in_(list(user_ids)), ScheduleItem.deleted_at.is_(None),
+                ScheduleItem.status != "cancelled", ScheduleItem.end_at > start,
+                ScheduleItem.start_at < end)
+         .order_by(ScheduleItem.start_at, ScheduleItem.pk))
+    for row in session.execute(q):
+        out[row.user_id].append(row)
+    return out
+
+
+def _render_stale(session: Session, settings: Settings, rows: Iterable[Any]) -> dict[int, str]:
+    """Render (and store) the fragments among ``rows`` whose key is out of date."""
     template = settings.feeds.job_url_template
     settings_hash = ics.settings_digest(template)
-    rows = session.execute(
-        select(*_FRAGMENT_COLUMNS)
-        .join(ItemAssignee, ItemAssignee.item_pk == ScheduleItem.pk)
-        .where(ItemAssignee.user_id == user.id, ScheduleItem.deleted_at.is_(None),
-               ScheduleItem.status != "cancelled", ScheduleItem.end_at > start,
-               ScheduleItem.start_at < end)
-        .order_by(ScheduleItem.start_at, ScheduleItem.pk)).all()
-    stale = [r.pk for r in rows if r.ics_fragment is None
-             or r.fragment_key != ics.fragment_key(r.content_hash, r.sequence, settings_hash)]
-    fresh = _refresh_fragments(session, stale, template, settings_hash) if stale else {}
+    stale = sorted({r.pk for r in rows if r.ics_fragment is None or r.fragment_key
+                    != ics.fragment_key(r.content_hash, r.sequence, settings_hash)})
+    return _refresh_fragments(session, stale, template, settings_hash) if stale else {}
+
+
+def _store_feed(session: Session, settings: Settings, user: User, now: dt.datetime,
+                rows: list[Any], fresh: dict[int, str], cache: FeedCache | None,
+                window: tuple[dt.datetime, dt.datetime]) -> FeedCache:
+    start, end = window
     fragments = [(fresh.get(r.pk) or r.ics_fragment).encode("utf-8") for r in rows]
     tzids = sorted({r.tzid for r in rows if not r.all_day and ics.needs_vtimezone(r.tzid)})
     vtimezones = [ics.vtimezone(t, start.year - 1, end.year + 2) for t in tzids]
@@ -164,14 +176,39 @@ def render_feed(session: Session, settings: Settings, user: User, now: dt.dateti
         last_modified = newest
         if previous is not None and last_modified <= previous:
             last_modified = max(now.replace(microsecond=0), previous + dt.timedelta(seconds=1))
-    cache.body = body
-    cache.etag = etag
+    if cache.etag != etag or cache.body is None:
+        cache.body = body
+        cache.etag = etag
     cache.last_modified = last_modified
     cache.generated_at = now
     cache.window_start, cache.window_end = start, end
     cache.schema_version = FEED_SCHEMA_VERSION
+    return cache
+
+
+def render_feed(session: Session, settings: Settings, user: User, now: dt.datetime,
+                cache: FeedCache | None = None) -> FeedCache:
+    """Assemble ``user``'s feed for ``now`` from fragments (rendering the stale ones) and
+    store body, ETag and Last-Modified in ``feed_cache``. Leaves ``dirty`` alone (the
+    caller claimed the feed). Returns the cache row."""
+    window = feed_window(settings, now)
+    rows = load_feed_rows(session, [user.id], *window)[user.id]
+    fresh = _render_stale(session, settings, rows)
+    cache = _store_feed(session, settings, user, now, rows, fresh, cache, window)
     session.flush()
     return cache
+
+
+def _render_chunk(session: Session, settings: Settings, users: list[User],
+                  caches: dict[str, FeedCache], now: dt.datetime) -> None:
+    """Render several feeds with one query and one batch of writes (all or nothing)."""
+    window = feed_window(settings, now)
+    rows = load_feed_rows(session, [u.id for u in users], *window)
+    fresh = _render_stale(session, settings, (r for rs in rows.values() for r in rs))
+    for user in users:
+        _store_feed(session, settings, user, now, rows[user.id], fresh, caches.get(user.id),
+                    window)
+    session.flush()
 
 
 def is_current(cache: FeedCache | None, settings: Settings, now: dt.datetime) -> bool:
@@ -237,8 +274,9 @@ def current_feed(settings: Settings, db: Database, user_id: str,
 
 def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
                  now: dt.datetime, claim: bool = True) -> FeedRunReport:
-    """Render the feeds of ``user_ids`` in chunks, each user in its own savepoint: one
-    user's failure is logged with the user id and the others go on."""
+    """Render the feeds of ``user_ids`` in chunks: one query and one batch of writes per
+    chunk; when something in a chunk fails, its users are rendered one by one, each in its
+    own savepoint, so one user's failure is logged with the user id and the others go on."""
     report = FeedRunReport()
     for chunk in _chunks(list(user_ids), CHUNK):
         if claim:
@@ -250,18 +288,25 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
             users = {u.id: u for u in s.scalars(select(User).where(User.id.in_(chunk)))}
             caches = {c.user_id: c for c in
                       s.scalars(select(FeedCache).where(FeedCache.user_id.in_(chunk)))}
-            for uid in chunk:
-                user = users.get(uid)
-                if user is None:
-                    continue
+            present = [users[uid] for uid in chunk if uid in users]
+            try:
+                with s.begin_nested():
+                    _render_chunk(s, settings, present, caches, now)
+            except Exception:  # noqa: BLE001 - find the culprit one user at a time
+                log.debug("a feed in a chunk of %d failed; rendering them one by one",
+                          len(present))
+            else:
+                report.rendered.extend(u.id for u in present)
+                present = []
+            for user in present:
                 try:
                     with s.begin_nested():
-                        render_feed(s, settings, user, now, cache=caches.get(uid))
+                        render_feed(s, settings, user, now)
                 except Exception:  # noqa: BLE001 - isolate one user's failure
-                    log.exception("feed of user %s failed to render", uid)
-                    failed.append(uid)
+                    log.exception("feed of user %s failed to render", user.id)
+                    failed.append(user.id)
                 else:
-                    report.rendered.append(uid)
+                    report.rendered.append(user.id)
         if failed:
             report.failed.extend(failed)
             _mark_dirty_again(db, failed)
