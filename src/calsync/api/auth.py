@@ -94,12 +94,9 @@ def current_principal(request: Request) -> Principal:
     now = utcnow()
     if last_used is None or now - last_used >= TOKEN_TOUCH_EVERY:
         try:
-            with db.engine.connect() as conn:
-                if db.dialect == "sqlite":
-                    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-                with conn.begin():
-                    conn.execute(update(ApiToken).where(ApiToken.id == token_id)
-                                 .values(last_used_at=now))
+            with db.locked_session() as ws:
+                ws.execute(update(ApiToken).where(ApiToken.id == token_id)
+                           .values(last_used_at=now))
         except OperationalError:
             log.warning("could not record the use of API token %r", who.token_name)
     return who

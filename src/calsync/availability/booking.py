@@ -3,7 +3,7 @@
 The guarantee lives in the database transaction, not in process memory, so it holds
 across any number of API processes:
 
-- SQLite: :func:`write_transaction` (as ``Database.locked_session``) opens
+- SQLite: ``Database.locked_session`` opens
   ``BEGIN IMMEDIATE``: one writer at a time across processes; the check reads the latest
   committed state.
 - PostgreSQL: inside the transaction the assignees' ``users`` rows are locked with
@@ -20,9 +20,7 @@ refused with ``already_exists`` (change existing jobs with ``PUT /api/jobs/{id}`
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,20 +95,6 @@ def _instants(session: Session, job: ItemRecord) -> tuple[dt.datetime, dt.dateti
             dt.datetime.combine(job.end_date, dt.time(), tz).astimezone(UTC))
 
 
-@contextlib.contextmanager
-def write_transaction(db: Database) -> Iterator[Session]:
-    """The same transaction as :meth:`Database.locked_session` (SQLite ``BEGIN IMMEDIATE``;
-    on PostgreSQL a plain transaction in which the caller takes row locks). Kept here
-    because ``locked_session`` passes a join mode SQLAlchemy 2.1 rejects."""
-    with db.engine.connect() as conn:
-        if db.dialect == "sqlite":
-            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin(), Session(bind=conn, expire_on_commit=False,
-                                   join_transaction_mode="conditional_savepoint") as s:
-            yield s
-            s.flush()
-
-
 def _lock_assignees(session: Session, dialect: str, user_ids: tuple[str, ...]) -> None:
     if dialect == "postgresql":
         session.execute(select(User.id).where(User.id.in_(sorted(user_ids)))
@@ -130,7 +114,7 @@ def book(db: Database, request: BookingRequest, viewer: Viewer, actor: str, now:
     """Check and insert atomically. Raises BookingRefused (409), AlreadyExists (409) or
     ValidationError (422, e.g. an unknown assignee); nothing is written then."""
     job = request.job
-    with write_transaction(db) as s:
+    with db.locked_session() as s:
         _lock_assignees(s, db.dialect, job.user_ids)
         live = s.scalar(select(ScheduleItem.pk).where(
             ScheduleItem.kind == "job", ScheduleItem.ext_id == job.id,

@@ -96,7 +96,7 @@ class Database:
                 conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             with conn.begin():
                 s = Session(bind=conn, expire_on_commit=False,
-                            join_transaction_mode="conservative_savepoint")
+                            join_transaction_mode="conditional_savepoint")
                 try:
                     yield s
                     s.flush()
