@@ -2,7 +2,8 @@
 
 1. ``plan_sync`` alone on 10,000 linked items with 5 % changed on each side (pure planner);
 2. initial sync of 2,000 schedule items into an empty primary calendar (SQLite);
-3. the no-op sync right after it (one request per calendar);
+3. the sync right after it (the pull echoes calsync's own writes), then a true no-op sync
+   (one request per calendar);
 4. a sync after 100 remote edits of user-owned copies and 100 local edits;
 5. import of 2,000 external events (100 daily series) on a conflict calendar.
 
@@ -118,6 +119,9 @@ def bench_engine(url: str, items: int, externals: int) -> dict[str, Any]:
     secs, (res, reqs) = run(now)
     out["initial_sync"] = {"items": items, "seconds": round(secs, 3), "requests": reqs,
                            "created": res.totals()["created"]}
+    secs, (res, reqs) = run(now + dt.timedelta(seconds=30))
+    out["echo_sync"] = {"seconds": round(secs, 4), "requests": reqs,
+                        "note": "the pull returns calsync's own creates; nothing to do"}
     secs, (res, reqs) = run(now + dt.timedelta(minutes=1))
     out["noop_sync"] = {"seconds": round(secs, 4), "requests": reqs,
                         "calendars": len(res.calendars)}

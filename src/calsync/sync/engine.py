@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from calsync.audit import audit
 from calsync.config import Settings
@@ -219,8 +219,19 @@ def _plan_inputs(s: Session, info: _CalendarInfo, cs: ChangeSet, window: Window
                for ln in links]
     records += [LinkRecord(e.remote_id, e.etag, e.content_hash) for e in externals]
     linked_items = {ln.item_pk: ln for ln in links}
-    items = {i.pk: i for i in s.scalars(select(ScheduleItem).where(
-        ScheduleItem.pk.in_(list(linked_items))))} if linked_items else {}
+    assigned = (select(ScheduleItem).join(ItemAssignee)
+                .where(ItemAssignee.user_id == info.user_id)
+                .options(lazyload(ScheduleItem.assignees)))  # assigned by the join already
+    items: dict[int, ScheduleItem] = {}
+    in_window: list[ScheduleItem] = []
+    if info.role == "primary":
+        in_window = list(s.scalars(assigned.where(ScheduleItem.start_at < window.end,
+                                                  ScheduleItem.end_at > window.start)))
+        items = {i.pk: i for i in in_window}
+    missing = [pk for pk in linked_items if pk not in items]
+    for i in range(0, len(missing), 500):
+        items.update((x.pk, x) for x in s.scalars(select(ScheduleItem).where(
+            ScheduleItem.pk.in_(missing[i:i + 500]))))
     key_of_remote = {ln.remote_id: item_key(items[ln.item_pk].kind, items[ln.item_pk].ext_id)
                      for ln in links if ln.item_pk in items}
 
@@ -248,15 +259,13 @@ def _plan_inputs(s: Session, info: _CalendarInfo, cs: ChangeSet, window: Window
         return [], remote, records
 
     # the local side: the user's items in the window, linked items, keyed orphans
-    assigned = select(ScheduleItem).join(ItemAssignee).where(ItemAssignee.user_id == info.user_id)
     local: dict[int, LocalItem] = {}
-    for item in s.scalars(assigned.where(ScheduleItem.start_at < window.end,
-                                         ScheduleItem.end_at > window.start)):
+    for item in in_window:
         alive = item.deleted_at is None and item.status != "cancelled"
         if alive or item.pk in linked_items:
             local[item.pk] = _local_item(item, alive)
     for pk, item in items.items():
-        if pk in local:
+        if pk in local or pk not in linked_items:
             continue
         dead = item.deleted_at is not None or item.status == "cancelled" \
             or info.user_id not in item.user_ids
