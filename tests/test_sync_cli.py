@@ -117,8 +117,8 @@ def test_connect_with_wrong_password_fails_with_one_line(cli_env: Database, fake
                              "https://dav.example/", "--username", "jane", "--password-stdin",
                              stdin="wrong\n")
     assert code != 0
-    assert err.strip().splitlines() == ["calsync: wrong username or password for "
-                                        "https://dav.example/"]
+    expected = "calsync: wrong username or password for https://dav.example/"
+    assert err.strip().splitlines() == [expected]
     assert "Traceback" not in err and "wrong\n" not in out
     with cli_env.session() as s:
         assert s.scalars(select(Connection)).all() == []

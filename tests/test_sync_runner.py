@@ -281,7 +281,7 @@ def test_health_fields_tokens_and_busy_rows(db: Database, settings: Settings) ->
 
 def test_sync_calendar_now_syncs_only_that_calendar(db: Database, settings: Settings) -> None:
     add_user(db)
-    cid, server, cals = add_connection(db, settings)
+    _, server, cals = add_connection(db, settings)
     server.put_external("personal", "School run", NOW + dt.timedelta(days=1),
                         NOW + dt.timedelta(days=1, hours=1))
     server.put_external("work", "Lunch", NOW + dt.timedelta(days=1),

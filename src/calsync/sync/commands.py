@@ -30,6 +30,7 @@ from calsync.errors import NotFound, UserError
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -53,7 +54,7 @@ def _read_secret(flag: bool, option: str, what: str) -> str:
     if not flag:
         raise UserError(f"give the {what} on standard input with {option} "
                         f"(it is never taken as an argument)")
-    value = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    value = sys.stdin.readline().rstrip("\r\n")
     if not value:
         raise UserError(f"{option}: no {what} on standard input")
     return value
@@ -373,8 +374,8 @@ def sync_cmd(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
         ids = list(s.scalars(q))
     results = []
     show_bar = not as_json and sys.stdout.isatty() and len(ids) > 0
-    with click.progressbar(ids, label="syncing", show_pos=True,
-                           file=None if show_bar else _NullFile()) as bar:
+    bar_file: Any = None if show_bar else _NullFile()
+    with click.progressbar(ids, label="syncing", show_pos=True, file=bar_file) as bar:
         for cid in bar:
             results.append(sync_connection(app.settings, db, cid, _now()))
     if as_json:

@@ -457,14 +457,14 @@ class _Executor:
             s.flush()
         self.result.add("dropped")
 
-    def apply_externals(self, actions: list[Action], errors: list[str],
-                        chunk: int = 250) -> None:
+    def apply_externals(self, actions: list[ImportExternal | RefreshExternal | DropExternal],
+                        errors: list[str], chunk: int = 250) -> None:
         """External busy blocks touch no remote: applied in batches, each action inside its
         own savepoint (its own rollback), one commit per batch."""
         for i in range(0, len(actions), chunk):
             part = actions[i:i + chunk]
             ids = [a.remote_id if isinstance(a, DropExternal) else a.remote.remote_id
-                   for a in part]  # type: ignore[union-attr]
+                   for a in part]
             with self.db.session() as s:
                 rows = {r.remote_id: r for r in s.scalars(select(ExternalEvent).where(
                     ExternalEvent.calendar_id == self.info.id,
@@ -556,7 +556,9 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
             errors.append(f"{type(action).__name__}: {exc}")
             log.warning("calendar %s (%s): %s failed: %s", info.id, info.name,
                         type(action).__name__, exc)
-    executor.apply_externals([a for a in actions if isinstance(a, external_kinds)], errors)
+    executor.apply_externals([a for a in actions
+                              if isinstance(a, (ImportExternal, RefreshExternal, DropExternal))],
+                             errors)
 
     with db.session() as s:
         cal = s.get(Calendar, info.id)

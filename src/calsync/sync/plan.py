@@ -255,7 +255,6 @@ def plan_sync(local: Iterable[LocalItem], remote: Mapping[str, RemoteItem],
     """Decide what to do for one calendar. No I/O; deterministic for equal inputs."""
     actions: list[Action] = []
     locals_by_pk = {item.pk: item for item in local} if policy.push else {}
-    locals_by_key = {item.key: item for item in locals_by_pk.values()}
     item_links = {ln.item_pk: ln for ln in links if ln.item_pk is not None}
     external_links = {ln.remote_id: ln for ln in links if ln.item_pk is None}
     linked_remote_ids = {ln.remote_id for ln in item_links.values()}
@@ -314,8 +313,8 @@ def plan_sync(local: Iterable[LocalItem], remote: Mapping[str, RemoteItem],
 
 
 __all__ = [
-    "Action", "AdoptRemote", "CreateRemote", "DeleteRemote", "DropExternal", "ImportExternal",
-    "LinkRecord", "LocalItem", "Policy", "PullDelete", "PullEdit", "REMOTE_WRITES",
-    "RefreshExternal", "Relink", "RemoteItem", "Unlink", "UpdateRemote", "plan_sync",
-    "USER_OWNED",
+    "REMOTE_WRITES", "USER_OWNED", "Action", "AdoptRemote", "CreateRemote", "DeleteRemote",
+    "DropExternal", "ImportExternal", "LinkRecord", "LocalItem", "Policy", "PullDelete",
+    "PullEdit", "RefreshExternal", "Relink", "RemoteItem", "Unlink", "UpdateRemote",
+    "plan_sync",
 ]

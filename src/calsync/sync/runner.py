@@ -129,10 +129,9 @@ def _write_transaction(db: Database) -> Iterator[Session]:
     with db.engine.connect() as conn:
         if db.dialect == "sqlite":
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            with Session(bind=conn, expire_on_commit=False) as s:
-                yield s
-                s.flush()
+        with conn.begin(), Session(bind=conn, expire_on_commit=False) as s:
+            yield s
+            s.flush()
 
 
 def _lease_free(now: dt.datetime) -> Any:
@@ -281,8 +280,14 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
             try:
                 if connector is None:
                     connector = build_connector(settings, conn)
+            except NeedsReauth as exc:
+                result.status, result.error = "needs_reauth", str(exc)
             except CalsyncError as exc:
                 result.status, result.error = "error", str(exc)
+            except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the run
+                log.exception("building the %s connector of connection %s failed",
+                              conn.provider, connection_id)
+                result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         ids = calendar_ids if calendar_ids is not None else connection_calendars(db,
                                                                                  connection_id)
         if connector is not None:
