@@ -363,12 +363,15 @@ def test_crash_between_remote_create_and_link_leaves_no_duplicate(harness: SyncH
     assert {k: n for k, n in h.sync().totals().items() if n} == {}
 
 
-def test_calendar_suddenly_empty_is_guarded_until_confirmed(harness: SyncHarness) -> None:
+@pytest.mark.parametrize("pull", ["full", "incremental"])
+def test_calendar_suddenly_empty_is_guarded_until_confirmed(harness: SyncHarness,
+                                                            pull: str) -> None:
     h = harness
     cal = setup_synced(h)
     for ev in h.remote(cal):
         h.backend.delete_remote(cal, ev.remote_id)
-    h.backend.invalidate_sync_token(cal)
+    if pull == "full":
+        h.backend.invalidate_sync_token(cal)
     result = h.sync()
     assert result.status == "error" and "lists none" in (result.error or "")
     row = h.calendar(cal)

@@ -4,9 +4,10 @@
 
 1. Pull with the stored token (``Calendar.sync_token`` is ``"v1:<token>"``); an expired or
    unknown token means a full listing. Quarantined objects become ``Quarantine`` rows.
-2. Guard: a full listing that is empty while the calendar had items raises
+2. Guard: a full listing that is empty while the calendar had items (or an incremental pull
+   deleting every one of at least :data:`GUARD_MIN_INCREMENTAL` known objects) raises
    :class:`CalendarSuddenlyEmpty` and marks the calendar ``guarded`` until
-   ``empty_confirmed`` is set (``calsync calendars confirm-empty``).
+   ``empty_confirmed`` is set (``calsync calendars confirm-empty``); the token is kept.
 3. Plan from the database state (schedule items, links, external events) and the pull.
 4. Apply: every action commits (or rolls back) alone. A remote write happens before its link
    is recorded; a crash in between leaves a copy that the next run adopts by key. A lost
@@ -181,10 +182,29 @@ def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.dateti
                         q.remote_id, q.reason)
 
 
+GUARD_MIN_INCREMENTAL = 3  # an incremental pull deleting all of >= this many items is guarded
+
+
+def _emptied_incrementally(db: Database, info: _CalendarInfo, cs: ChangeSet) -> bool:
+    """An incremental pull that deletes every object we knew and adds none (a wiped
+    calendar seen through a sync token) counts as suddenly empty too."""
+    if cs.full or cs.changed or cs.quarantined or info.known_items < GUARD_MIN_INCREMENTAL:
+        return False
+    if len(cs.deleted) < info.known_items:
+        return False
+    with db.session() as s:
+        known = set(s.scalars(select(Link.remote_id).where(Link.calendar_id == info.id)))
+        known |= set(s.scalars(select(ExternalEvent.remote_id)
+                               .where(ExternalEvent.calendar_id == info.id)))
+    return bool(known) and known <= set(cs.deleted)
+
+
 def _guard(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
-    if not cs.full or cs.changed or cs.quarantined:
-        return
+    """Refuse to mirror a calendar that had items and suddenly lists none (DESIGN 6.4)."""
     if info.known_items <= 0 or info.empty_confirmed:
+        return
+    full_and_empty = cs.full and not cs.changed and not cs.quarantined
+    if not full_and_empty and not _emptied_incrementally(db, info, cs):
         return
     msg = (f"calendar {info.name!r} had {info.known_items} items and now lists none; "
            f"sync of it is paused. If the calendar really is empty, run "
