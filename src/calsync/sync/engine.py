@@ -549,7 +549,8 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     cs = _pull(connector, info, window, call)
     result.full, result.requests = cs.full, cs.requests
     _quarantine(db, info, cs, now)
-    result.add("quarantined", len(cs.quarantined))
+    if cs.quarantined:
+        result.add("quarantined", len(cs.quarantined))
     _guard(db, info, cs, now)
 
     with db.session() as s:

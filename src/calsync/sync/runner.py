@@ -115,7 +115,7 @@ class ConnectionResult:
         return {"connection_id": self.connection_id, "user_id": self.user_id,
                 "provider": self.provider, "status": self.status, "error": self.error,
                 **self.totals(),
-                "calendars": [{"id": c.calendar_id, "name": c.name, "role": c.role,
+                "calendars": [{"calendar_id": c.calendar_id, "name": c.name, "role": c.role,
                                "status": c.status, "error": c.error, "full": c.full,
                                "requests": c.requests, **c.counts} for c in self.calendars]}
 
@@ -322,7 +322,7 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
         totals = result.totals()
         log.info("synced connection %s (%s, user %s): %s; %s", connection_id, result.provider,
                  result.user_id, result.status,
-                 ", ".join(f"{n} {k}" for k, n in totals.items() if n))
+                 ", ".join(f"{n} {k}" for k, n in totals.items() if n) or "nothing changed")
         return result
     finally:
         if own_connector and connector is not None:
