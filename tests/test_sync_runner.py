@@ -243,6 +243,14 @@ def test_quarantined_objects_are_recorded_and_the_rest_syncs(
         assert [e.summary for e in s.scalars(select(ExternalEvent))] == ["Fine"]
     assert any(bad in r.getMessage() and "not a date" in r.getMessage()
                for r in caplog.records)
+    # once the object can be read again it is imported and its quarantine record goes
+    server.make_readable("personal", bad)
+    server.edit("personal", bad, summary="Fixed")
+    assert sync_connection(settings, db, cid, NOW, sleep=Sleeps()).status == "ok"
+    with db.session() as s:
+        assert s.scalars(select(Quarantine)).all() == []
+        assert sorted(e.summary or "" for e in s.scalars(select(ExternalEvent))) == ["Fine",
+                                                                                    "Fixed"]
 
 
 def test_health_fields_tokens_and_busy_rows(db: Database, settings: Settings) -> None:

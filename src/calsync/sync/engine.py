@@ -170,9 +170,13 @@ def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call)
 
 
 def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
-    if not cs.quarantined:
-        return
+    """Record unreadable objects; forget the records of objects readable again or gone."""
     with db.session() as s:
+        held = set(s.scalars(select(Quarantine.remote_id)
+                             .where(Quarantine.calendar_id == info.id)))
+        cleared = held & ({ev.remote_id for ev in cs.changed} | set(cs.deleted))
+        if cs.full:
+            cleared |= held - {q.remote_id for q in cs.quarantined}
         for q in cs.quarantined:
             s.execute(delete(Quarantine).where(Quarantine.calendar_id == info.id,
                                                Quarantine.remote_id == q.remote_id))
@@ -180,6 +184,9 @@ def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.dateti
                              raw=q.raw, at=now))
             log.warning("calendar %s (%s): quarantined %s: %s", info.id, info.name,
                         q.remote_id, q.reason)
+        for rid in sorted(cleared):
+            s.execute(delete(Quarantine).where(Quarantine.calendar_id == info.id,
+                                               Quarantine.remote_id == rid))
 
 
 GUARD_MIN_INCREMENTAL = 3  # an incremental pull deleting all of >= this many items is guarded

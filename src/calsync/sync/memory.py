@@ -192,6 +192,13 @@ class MemoryServer:
             cal.seq += 1
             cal.log.append((cal.seq, remote_id))
 
+    def make_readable(self, calendar_id: str, remote_id: str) -> None:
+        with self._lock:
+            cal = self.cal(calendar_id)
+            cal.unreadable.pop(remote_id, None)
+            cal.seq += 1
+            cal.log.append((cal.seq, remote_id))
+
     def fail_next(self, method: str, *errors: BaseException) -> None:
         """The next calls of ``method`` (``changes``, ``create``, ...) raise these, in order."""
         with self._lock:
