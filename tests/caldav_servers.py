@@ -67,7 +67,38 @@ class DavServer:
         assert resp.status_code in (200, 201), (resp.status_code, resp.text)
         return url
 
+    def make_read_only_calendar(self, name: str | None = None) -> str:
+        """A calendar USERNAME may read but not write (Radicale only): it belongs to
+        SHARED_OWNER. Returns its URL; ``put``/``delete`` on it act as that owner."""
+        if self.kind != "radicale":
+            raise NotImplementedError(f"{self.kind}: no read-only calendars in the fixture")
+        owner = httpx.Client(auth=httpx.BasicAuth(SHARED_OWNER, "secret"), timeout=30)
+        try:
+            owner.request("PROPFIND", f"{self.base_url}{SHARED_OWNER}/", headers={"Depth": "0"})
+            slug = f"ro-{uuid.uuid4().hex[:10]}"
+            url = f"{self.base_url}{SHARED_OWNER}/{slug}/"
+            body = (f'<?xml version="1.0" encoding="utf-8"?><C:mkcalendar xmlns:D="DAV:" '
+                    f'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set><D:prop>'
+                    f"<D:displayname>{name or slug}</D:displayname></D:prop></D:set>"
+                    f"</C:mkcalendar>")
+            resp = owner.request("MKCALENDAR", url, content=body.encode(), headers=XML)
+            assert resp.status_code in (200, 201), (resp.status_code, resp.text)
+        finally:
+            owner.close()
+        return url
+
+    def _client_for(self, url: str) -> httpx.Client:
+        if f"/{SHARED_OWNER}/" in url:
+            return httpx.Client(auth=httpx.BasicAuth(SHARED_OWNER, "secret"), timeout=30)
+        return self.http
+
     def put(self, url: str, ics: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        client = self._client_for(url)
+        if client is not self.http:
+            with client:
+                return client.put(url, content=ics.encode("utf-8"),
+                                  headers={"Content-Type": "text/calendar; charset=utf-8",
+                                           **(headers or {})})
         resp = self.http.put(url, content=ics.encode("utf-8"),
                              headers={"Content-Type": "text/calendar; charset=utf-8",
                                       **(headers or {})})
@@ -97,10 +128,39 @@ from radicale import config, server
 configuration = config.load()
 configuration.update({
     "storage": {"filesystem_folder": sys.argv[1], "_filesystem_fsync": "False"},
-    "auth": {"type": "none"}, "rights": {"type": "owner_only"},
+    "auth": {"type": "none"}, "rights": {"type": "from_file", "file": sys.argv[3]},
     "server": {"hosts": sys.argv[2]}, "logging": {"level": "warning"},
 }, "calsync test fixture", privileged=True)
 server.serve(configuration)
+"""
+# Radicale's owner_only, plus the calendars of SHARED_OWNER readable by everyone (read-only
+# calendars for the contract suite).
+SHARED_OWNER = "shared-owner"
+_RADICALE_RIGHTS = f"""
+[owner-principal]
+user: .+
+collection: {{user}}
+permissions: RrWw
+
+[owner-collections]
+user: .+
+collection: {{user}}/.+
+permissions: RrWw
+
+[shared-principal]
+user: .+
+collection: {SHARED_OWNER}
+permissions: R
+
+[shared-calendars]
+user: .+
+collection: {SHARED_OWNER}/[^/]+
+permissions: r
+
+[root]
+user: .+
+collection:
+permissions: R
 """
 
 
@@ -110,8 +170,10 @@ def _command(kind: str, folder: Path, port: int) -> list[str]:
         # --storage-filesystem-folder DIR --auth-type none --rights-type owner_only
         # --server-hosts 127.0.0.1:PORT``, plus no fsync per write (a throw-away folder;
         # that option is private, so it is set the way Radicale's own tests set it).
+        rights = folder / "rights"
+        rights.write_text(_RADICALE_RIGHTS)
         return [sys.executable, "-c", _RADICALE_LAUNCHER, str(folder / "collections"),
-                f"127.0.0.1:{port}"]
+                f"127.0.0.1:{port}", str(rights)]
     if kind == "xandikos":
         return [sys.executable, "-m", "xandikos.web", "--defaults", "-d", str(folder / "data"),
                 "-l", "127.0.0.1", "-p", str(port), "--state-dir", str(folder / "state"),

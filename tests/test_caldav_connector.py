@@ -15,6 +15,7 @@ from calsync.errors import (
     AlreadyExists,
     NeedsReauth,
     PreconditionFailed,
+    ProviderError,
     ProviderUnavailable,
     SyncTokenInvalid,
     Throttled,
@@ -395,3 +396,14 @@ def test_discovery_falls_back_to_the_well_known_url() -> None:
             provider="caldav", url="https://www.example.com/", account="jane",
             credentials={"username": "jane", "password": "p"}, settings=Settings(),
             http=httpx.MockTransport(not_dav)))
+
+
+def test_read_only_calendar_is_readable_and_refuses_writes(radicale_server: DavServer) -> None:
+    cal = radicale_server.make_read_only_calendar("Holidays")
+    put_external(radicale_server, cal, "SUMMARY:Holiday\r\nDTSTART;VALUE=DATE:20261225\r\n")
+    conn = connector(radicale_server)
+    pulled = conn.changes(cal, None, WINDOW)
+    assert [e.summary for e in pulled.changed] == ["Holiday"]
+    with pytest.raises(ProviderError, match="HTTP 403"):
+        conn.create(cal, job())
+    conn.close()

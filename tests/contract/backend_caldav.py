@@ -184,6 +184,10 @@ class CaldavServerBackend:
 
 class RadicaleBackend(CaldavServerBackend):
     kind = "radicale"
+    supports_read_only = True
+
+    def make_read_only_calendar(self, name: str) -> str:
+        return self.server.make_read_only_calendar(name)
 
 
 class XandikosBackend(CaldavServerBackend):
