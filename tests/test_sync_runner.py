@@ -302,3 +302,25 @@ def test_sync_calendar_now_syncs_only_that_calendar(db: Database, settings: Sett
         work = s.get(Calendar, cals["work"])
         assert work is not None and work.last_sync_at is None
 
+
+
+def test_the_lease_is_renewed_between_calendars(db: Database, settings: Settings,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import calsync.sync.runner as runner
+
+    add_user(db)
+    cid, _, _ = add_connection(db, settings)
+    seen: list[tuple[int, str, dt.datetime, str | None]] = []
+    real = runner.renew_lease
+
+    def recording(db_: Database, connection_id: int, owner: str, until: dt.datetime) -> None:
+        real(db_, connection_id, owner, until)
+        seen.append((connection_id, owner, until, connection(db, connection_id).lease_owner))
+
+    monkeypatch.setattr(runner, "renew_lease", recording)
+    result = sync_connection(settings, db, cid, NOW, worker_id="worker-x")
+    assert result.status == "ok" and len(result.calendars) == 2
+    [(conn_id, owner, until, holder)] = seen
+    assert (conn_id, owner, holder) == (cid, "worker-x", "worker-x")
+    assert until >= NOW + dt.timedelta(seconds=settings.sync.lease_seconds)
+    assert connection(db, cid).lease_owner is None  # released at the end

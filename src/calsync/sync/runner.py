@@ -208,13 +208,28 @@ def _mark_calendars(db: Database, ids: Iterable[int], msg: str, now: dt.datetime
                 cal.status, cal.last_error, cal.last_sync_at = "error", msg, now
 
 
+def renew_lease(db: Database, connection_id: int, owner: str, until: dt.datetime) -> None:
+    """Extend our lease (long syncs), so no other worker takes the connection over."""
+    with db.session() as s:
+        s.execute(update(Connection)
+                  .where(Connection.id == connection_id, Connection.lease_owner == owner)
+                  .values(lease_until=until))
+
+
 def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
                     connector: Connector, calendar_ids: list[int], now: dt.datetime,
-                    retrier: Retrier, result: ConnectionResult) -> dt.datetime | None:
-    """Sync the calendars; returns a later next-sync time when a provider asked for one."""
+                    retrier: Retrier, result: ConnectionResult,
+                    owner: str | None = None) -> dt.datetime | None:
+    """Sync the calendars; returns a later next-sync time when a provider asked for one.
+    Between calendars the lease is renewed by the wall-clock time spent so far."""
     problems: list[str] = []
     later: dt.datetime | None = None
+    started = time.monotonic()
     for i, cid in enumerate(calendar_ids):
+        if owner is not None and i > 0:
+            elapsed = dt.timedelta(seconds=time.monotonic() - started)
+            renew_lease(db, result.connection_id, owner,
+                        now + elapsed + dt.timedelta(seconds=settings.sync.lease_seconds))
         try:
             cal_result = sync_calendar(db, settings, cid, connector, now, retrier)
         except CalendarSuddenlyEmpty as exc:
@@ -292,7 +307,7 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                                                                                  connection_id)
         if connector is not None:
             later = _sync_calendars(settings, db, conn_info, connector, ids, now, retrier,
-                                    result)
+                                    result, owner)
             fresh: dict[str, Any] | None = None
             try:
                 fresh = connector.credentials()
