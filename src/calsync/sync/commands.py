@@ -66,16 +66,19 @@ def save_connection(settings: Settings, db: Database, user_id: str, ctx: Connect
                     calendars: list[RemoteCalendar], now: dt.datetime,
                     actor: str = "cli:connect") -> tuple[int, bool]:
     """Store (or refresh, for a reconnect) the user's connection for ``ctx.provider`` and
-    ``ctx.account``: credentials encrypted, status ok, due at once, calendars merged (new
+    ``ctx.account`` (and, for generic CalDAV, ``ctx.url``): credentials encrypted, status ok, due at once, calendars merged (new
     ones ``ignored``). Returns (connection id, created)."""
     box = CredentialBox.from_settings(settings)
     with db.session() as s:
         user = s.get(User, user_id)
         if user is None or user.deleted_at is not None:
             raise NotFound(f"user {user_id!r} not found")
-        conn = s.scalar(select(Connection).where(
+        same = select(Connection).where(
             Connection.user_id == user_id, Connection.provider == ctx.provider,
-            Connection.account == ctx.account))
+            Connection.account == ctx.account)
+        if ctx.provider == "caldav":  # one username may exist on several servers
+            same = same.where(Connection.url == ctx.url)
+        conn = s.scalar(same)
         created = conn is None
         if conn is None:
             conn = Connection(user_id=user_id, provider=ctx.provider, account=ctx.account,
