@@ -88,7 +88,8 @@ def test_verify_discovers_home_and_lists_event_calendars_only(dav_server: DavSer
     assert cal in ids
     assert todo not in ids
     assert ctx.url == dav_server.home_url
-    assert next(c for c in calendars if c.id == cal).name == "Work"
+    work = next(c for c in calendars if c.id == cal)
+    assert work.name == "Work" and not work.read_only and work.supports_events
 
 
 def test_create_is_idempotent_and_update_delete_carry_preconditions(
