@@ -47,3 +47,42 @@ def test_engine_scenario(scenario: str, db: Database, settings: Settings,
         SCENARIOS[scenario](SyncHarness(backend, db, settings))
     finally:
         backend.close()
+
+
+def test_lost_precondition_rereads_and_replans(db: Database, settings: Settings,
+                                               tmp_path: Path) -> None:
+    """The user edits a copy between our pull and our update: the etag check refuses the
+    write, the calendar is read in full at the next run, and the job is reverted then."""
+    import datetime as dt
+
+    from calsync.sync.connector import OutgoingEvent, RemoteEvent
+
+    backend = MemoryBackend(tmp_path)
+    h = SyncHarness(backend, db, settings)
+    cal = contract.setup_synced(h)
+    inner = h.connector()
+    job_copy = h.copies(cal)["job-j1"]
+
+    class RacingUser:
+        def update(self, calendar_id: str, remote_id: str, event: OutgoingEvent,
+                   etag: str | None) -> RemoteEvent:
+            backend.edit_remote(calendar_id, remote_id, summary="Edited meanwhile")
+            return inner.update(calendar_id, remote_id, event, etag)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    doc = contract.schedule(h)
+    doc["jobs"][0]["account"] = "Beta LLC"
+    later = h.now + dt.timedelta(minutes=1)
+    h.items(doc, now=later)
+    result = h.sync(now=later, connector=RacingUser())  # type: ignore[arg-type]
+    assert result.status == "ok", result.error
+    assert result.calendars[0].counts.get("precondition_failed") == 1
+    assert h.copies(cal)["job-j1"].summary == "Edited meanwhile"
+    assert h.calendar(cal).sync_token is None  # read everything next time
+    again = h.sync(now=later)
+    assert again.calendars[0].full
+    assert h.copies(cal)["job-j1"].summary == "Install: Beta LLC"
+    assert h.copies(cal)["job-j1"].remote_id == job_copy.remote_id
+    backend.close()
