@@ -352,6 +352,9 @@ def _summary_line(r: Any) -> str:
     t = r.totals()
     extra = ", ".join(f"{n} {k}" for k, n in sorted(t.items())
                       if n and k not in ("created", "updated", "deleted", "imported"))
+    if r.status == "busy":
+        return (f"connection {r.connection_id}: another worker is syncing it right now; "
+                f"skipped")
     line = (f"connection {r.connection_id} ({r.provider}, {r.user_id}): {r.status}: "
             f"{t['created']} created, {t['updated']} updated, {t['deleted']} deleted, "
             f"{t['imported']} imported" + (f", {extra}" if extra else ""))
@@ -388,7 +391,7 @@ def sync_cmd(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
             click.echo(_summary_line(r))
         if not results:
             click.echo("no connections to sync")
-    failed = [r for r in results if r.status not in ("ok",)]
+    failed = [r for r in results if r.status not in ("ok", "busy")]
     if failed:
         r = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
