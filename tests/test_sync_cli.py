@@ -252,3 +252,22 @@ def test_secrets_rotate_reencrypts_under_the_new_key(cli_env: Database, fake_cal
     assert CredentialBox(new_key).open(blob)["password"] == "right"
     with pytest.raises(Exception, match="cannot be decrypted"):
         CredentialBox(SECRET).open(blob)
+
+
+def test_sync_skips_a_connection_another_worker_holds(cli_env: Database,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from calsync.sync.runner import claim_connection
+
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    calsync(monkeypatch, capsys, "connect", "memory", "u1", "--server", name)
+    with cli_env.session() as s:
+        cid = s.scalars(select(Connection.id)).one()
+    assert claim_connection(cli_env, cid, "other-worker", dt.datetime.now(UTC), 600)
+    code, out, err = calsync(monkeypatch, capsys, "sync")
+    assert code == 0, err
+    assert "another worker is syncing it" in out
+    with cli_env.session() as s:
+        conn = s.get(Connection, cid)
+        assert conn is not None and conn.lease_owner == "other-worker"
+        assert conn.last_sync_at is None
