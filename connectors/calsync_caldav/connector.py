@@ -138,6 +138,10 @@ class CaldavConnector:
         return list_collections(self.session, self.home())
 
     # -- helpers -----------------------------------------------------------------------
+    def _ledger_key(self, calendar_id: str) -> str:
+        # per account: two connections sharing one calendar each see the other's writes
+        return f"{self.session.label}\n{calendar_id}"
+
     def _abs(self, calendar_id: str, remote_id: str) -> str:
         return urljoin(calendar_id, remote_id)
 
@@ -213,7 +217,7 @@ class CaldavConnector:
                                    "not a CalDAV token of this version; full resync",
                                    calendar=calendar_id)
         out.requests = self.session.requests - before
-        self.ledger.pulled(calendar_id, out.token)
+        self.ledger.pulled(self._ledger_key(calendar_id), out.token)
         return out
 
     def _full(self, calendar_id: str, window: Window) -> ChangeSet:
@@ -285,7 +289,7 @@ class CaldavConnector:
             if not truncated:
                 break
         out.token = TOKEN_PREFIX + "sync:" + current
-        written = self.ledger.since(calendar_id, TOKEN_PREFIX + "sync:" + sync_token)
+        written = self.ledger.since(self._ledger_key(calendar_id), TOKEN_PREFIX + "sync:" + sync_token)
         missing: list[str] = []
         for href in sorted(changed):
             etag = changed[href].text(q(DAV, "getetag"))
@@ -336,7 +340,7 @@ class CaldavConnector:
             return ChangeSet(token=token)
         etags = self._etags(calendar_id)
         out = ChangeSet(token=encode_ctag_token(ctag, etags))
-        written = self.ledger.since(calendar_id, token)
+        written = self.ledger.since(self._ledger_key(calendar_id), token)
         changed = sorted(h for h, e in etags.items() if (old_etags.get(h) != e or not e)
                          and not (e and written.get(self._abs(calendar_id, h)) == e))
         self._read(calendar_id, changed, window, out)
@@ -375,7 +379,7 @@ class CaldavConnector:
             if pf.status_code == 207:
                 for item in davxml.parse_multistatus(pf.content).responses:
                     etag = item.text(q(DAV, "getetag")) or etag
-        self.ledger.wrote(calendar_id, self._abs(calendar_id, href), etag)
+        self.ledger.wrote(self._ledger_key(calendar_id), self._abs(calendar_id, href), etag)
         span = Window(_utc(event.start) - dt.timedelta(days=1),
                       _utc(event.end) + dt.timedelta(days=1))
         parsed = parse_resource(ics, href, etag, span, self.parse_options)
@@ -417,7 +421,7 @@ class CaldavConnector:
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
         url = self._abs(calendar_id, norm_href(remote_id))
         headers = {"If-Match": etag} if etag else {}
-        self.ledger.wrote(calendar_id, url, None)
+        self.ledger.wrote(self._ledger_key(calendar_id), url, None)
         resp = self.session.request("DELETE", url, headers=headers, what="delete")
         if resp.status_code in (200, 202, 204, 404, 410):
             return
