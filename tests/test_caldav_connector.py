@@ -408,3 +408,49 @@ def test_read_only_calendar_is_readable_and_refuses_writes(radicale_server: DavS
     with pytest.raises(ProviderError, match="HTTP 403"):
         conn.create(cal, job())
     conn.close()
+
+
+def test_retry_after_as_http_date() -> None:
+    from calsync_caldav.transport import retry_after_seconds
+
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp()
+    assert retry_after_seconds("Mon, 23 Nov 2026 12:01:30 GMT", now) == 90
+    assert retry_after_seconds("120", now) == 120
+    assert retry_after_seconds("soon", now) is None and retry_after_seconds(None, now) is None
+
+
+def test_truncated_sync_collection_answer_is_continued() -> None:
+    """RFC 6578 3.6: a 507 on the collection means more changes follow from the new token."""
+    bodies = {
+        "t1": (b'<d:response><d:href>/cal/a.ics</d:href><d:propstat><d:prop>'
+               b'<d:getetag>"a1"</d:getetag></d:prop><d:status>HTTP/1.1 200 OK</d:status>'
+               b'</d:propstat></d:response><d:response><d:href>/cal/</d:href>'
+               b"<d:status>HTTP/1.1 507 Insufficient Storage</d:status></d:response>", "t2"),
+        "t2": (b'<d:response><d:href>/cal/b.ics</d:href><d:status>HTTP/1.1 404 Not Found'
+               b"</d:status></d:response>", "t3"),
+    }
+    asked: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        body = req.content.decode()
+        if "sync-collection" in body:
+            token = body.split("<d:sync-token>")[1].split("<")[0]
+            asked.append(token)
+            inner, new = bodies[token]
+            return httpx.Response(207, content=b'<d:multistatus xmlns:d="DAV:">' + inner
+                                  + f"<d:sync-token>{new}</d:sync-token>".encode()
+                                  + b"</d:multistatus>")
+        assert "calendar-multiget" in body and "/cal/a.ics" in body
+        ics = external("a", "SUMMARY:A\r\nDTSTART:20261125T150000Z\r\n")
+        return httpx.Response(207, content=(
+            '<d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
+            '<d:response><d:href>/cal/a.ics</d:href><d:propstat><d:prop><d:getetag>"a1"'
+            f"</d:getetag><c:calendar-data>{ics}</c:calendar-data></d:prop>"
+            "<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>"
+            "</d:multistatus>").encode())
+
+    conn = mock_connector(handler)
+    out = conn.changes("https://dav.example.com/cal/", "caldav1:sync:t1", WINDOW)
+    assert asked == ["t1", "t2"]
+    assert [e.summary for e in out.changed] == ["A"] and out.deleted == ["/cal/b.ics"]
+    assert out.token == "caldav1:sync:t3" and out.requests == 3
