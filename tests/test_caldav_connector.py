@@ -17,6 +17,7 @@ from calsync.errors import (
     PreconditionFailed,
     ProviderError,
     ProviderUnavailable,
+    SyncError,
     SyncTokenInvalid,
     Throttled,
     UserError,
@@ -454,3 +455,22 @@ def test_truncated_sync_collection_answer_is_continued() -> None:
     assert asked == ["t1", "t2"]
     assert [e.summary for e in out.changed] == ["A"] and out.deleted == ["/cal/b.ics"]
     assert out.token == "caldav1:sync:t3" and out.requests == 3
+
+
+def test_damaged_copy_is_found_for_rewrite_and_get_reports_why(
+        radicale_server: DavServer) -> None:
+    cal = radicale_server.make_calendar()
+    conn = connector(radicale_server)
+    damaged = external("calsync-job-j9@example.com",
+                       "X-CALSYNC-KEY:job-j9\r\nSUMMARY:x\r\nDTSTART:20261125T150000Z\r\n"
+                       "DTEND:20261125T140000Z\r\n")
+    assert radicale_server.put(f"{cal}job-j9.ics", damaged).status_code == 201
+    with pytest.raises(AlreadyExists):
+        conn.create(cal, job("job-j9"))
+    found = conn.find_by_key(cal, "job-j9", WINDOW)
+    assert found is not None and found.calsync_key == "job-j9" and found.etag
+    with pytest.raises(SyncError, match="DTEND"):
+        conn.get(cal, found.remote_id, WINDOW)
+    repaired = conn.update(cal, found.remote_id, job("job-j9"), found.etag)
+    assert repaired.summary == "Install: Acme"
+    assert conn.get(cal, found.remote_id, WINDOW) is not None

@@ -32,6 +32,7 @@ from calsync.errors import (
     AlreadyExists,
     PreconditionFailed,
     ProviderError,
+    SyncError,
     SyncTokenInvalid,
 )
 from calsync.sync.connector import (
@@ -348,25 +349,38 @@ class CaldavConnector:
         return out
 
     # -- single objects ----------------------------------------------------------------
-    def _get_href(self, calendar_id: str, href: str, window: Window) -> RemoteEvent | None:
+    def _get_href(self, calendar_id: str, href: str,
+                  window: Window) -> tuple[RemoteEvent | None, Quarantined | None, str | None]:
         url = self._abs(calendar_id, href)
         resp = self.session.request("GET", url, what="GET")
         if resp.status_code in (404, 410):
-            return None
+            return None, None, None
         if resp.status_code != 200:
             raise self.session.unexpected(resp, url, "GET")
-        parsed = parse_resource(resp.content, norm_href(href), resp.headers.get("etag"),
-                                window, self.parse_options)
-        if parsed.quarantined is not None:
-            raise ProviderError(f"{self.session.label}: {url} cannot be read: "
-                                f"{parsed.quarantined.reason}", url=url)
-        return parsed.event
+        etag = resp.headers.get("etag")
+        parsed = parse_resource(resp.content, norm_href(href), etag, window,
+                                self.parse_options)
+        return parsed.event, parsed.quarantined, etag
 
     def get(self, calendar_id: str, remote_id: str, window: Window) -> RemoteEvent | None:
-        return self._get_href(calendar_id, remote_id, window)
+        """The object, None when gone (or not an event). An unreadable object raises
+        SyncError naming the property (not a provider failure: the sync goes on)."""
+        event, bad, _ = self._get_href(calendar_id, remote_id, window)
+        if bad is not None:
+            raise SyncError(f"{self.session.label}: {self._abs(calendar_id, remote_id)} "
+                            f"cannot be read: {bad.reason}", calendar=calendar_id)
+        return event
 
     def find_by_key(self, calendar_id: str, key: str, window: Window) -> RemoteEvent | None:
-        return self._get_href(calendar_id, self.href_for_key(calendar_id, key), window)
+        """calsync's copy at its deterministic href. A copy that was damaged there is still
+        returned (with its etag, no content), so the engine overwrites it with If-Match."""
+        href = self.href_for_key(calendar_id, key)
+        event, bad, etag = self._get_href(calendar_id, href, window)
+        if bad is not None:
+            log.warning("%s: calsync's copy %s is unreadable (%s); it will be rewritten",
+                        self.session.label, href, bad.reason)
+            return RemoteEvent(remote_id=href, etag=etag, calsync_key=key, raw=bad.raw)
+        return event
 
     # -- writes ------------------------------------------------------------------------
     def _written(self, calendar_id: str, href: str, ics: str,
