@@ -316,6 +316,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), insensitive to other load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_serving(tmp: Path, args: Any) -> dict[str, Any]:
     import httpx
 
@@ -349,12 +355,17 @@ def bench_serving(tmp: Path, args: Any) -> dict[str, Any]:
             assert first.status_code == 200, first.status_code
             etag, size = first.headers["etag"], len(first.content)
 
+            cpu: dict[int, float] = {}
+
             def hammer(headers: dict[str, str], status: int) -> float:
+                before = _cpu_seconds(proc.pid)
                 t = time.perf_counter()
                 for _ in range(n):
                     r = client.get(path, headers=headers)
                     assert r.status_code == status, r.status_code
-                return n / (time.perf_counter() - t)
+                rate = n / (time.perf_counter() - t)
+                cpu[len(cpu)] = (_cpu_seconds(proc.pid) - before) / n * 1000
+                return rate
 
             ok = hammer({"Accept-Encoding": "identity"}, 200)
             ok_gzip = hammer({"Accept-Encoding": "gzip"}, 200)
@@ -368,6 +379,9 @@ def bench_serving(tmp: Path, args: Any) -> dict[str, Any]:
     return {"requests_each": n, "feed_events": 1000, "feed_bytes": size,
             "req_per_s_200": round(ok, 1), "req_per_s_200_gzip": round(ok_gzip, 1),
             "req_per_s_304": round(not_modified, 1),
+            "server_cpu_ms_per_request_200": round(cpu[0], 2),
+            "server_cpu_ms_per_request_200_gzip": round(cpu[1], 2),
+            "server_cpu_ms_per_request_304": round(cpu[2], 2),
             "client": "one httpx client, sequential keep-alive requests"}
 
 

@@ -22,7 +22,12 @@ from sqlalchemy import or_, update
 
 from calsync.db.models import User, utcnow
 from calsync.feeds.links import check_feed_token, redacted_feed_path
-from calsync.feeds.service import FeedSnapshot, current_feed
+from calsync.feeds.service import (
+    FeedSnapshot,
+    FeedValidators,
+    current_feed,
+    current_validators,
+)
 
 router = APIRouter()
 log = logging.getLogger("calsync.api.feeds")
@@ -39,6 +44,13 @@ class _GzipCache:
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
+
+    def peek(self, etag: str) -> bytes | None:
+        with self._lock:
+            hit = self._items.get(etag)
+            if hit is not None:
+                self._items.move_to_end(etag)
+            return hit
 
     def get(self, etag: str, body: bytes) -> bytes:
         with self._lock:
@@ -91,7 +103,7 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def _not_modified(request: Request, feed: FeedSnapshot) -> bool:
+def _not_modified(request: Request, feed: FeedSnapshot | FeedValidators) -> bool:
     inm = request.headers.get("if-none-match")
     if inm is not None:  # takes precedence over If-Modified-Since (RFC 9110 13.2.2)
         return _etag_matches(inm, feed.etag)
@@ -118,6 +130,13 @@ def _record_fetch(request: Request, user: User, now: dt.datetime) -> None:
             .values(feed_last_fetched_at=now))
 
 
+def _headers(feed: FeedSnapshot | FeedValidators, use_gzip: bool) -> dict[str, str]:
+    etag = feed.etag[:-1] + '-gzip"' if use_gzip else feed.etag
+    return {"ETag": etag, "Last-Modified": format_datetime(feed.last_modified, usegmt=True),
+            "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding",
+            "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+
+
 @router.api_route("/feeds/{user_id}/{token}.ics", methods=["GET", "HEAD"], tags=["feeds"],
                   response_class=Response,
                   responses={200: {"content": {"text/calendar": {}}},
@@ -135,17 +154,22 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
         log.info("feed 404 for %r", redacted_feed_path(user_id[:64], token))
         return JSONResponse(_NOT_FOUND, status_code=404)
     assert user is not None
-    feed = current_feed(app_state.settings, app_state.db, user.id, now)
     _record_fetch(request, user, now)
-
     use_gzip = _accepts_gzip(request.headers.get("accept-encoding"))
-    etag = feed.etag[:-1] + '-gzip"' if use_gzip else feed.etag
-    headers = {"ETag": etag, "Last-Modified": format_datetime(feed.last_modified, usegmt=True),
-               "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding",
-               "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
-    if _not_modified(request, feed):
-        return Response(status_code=304, headers=headers)
-    body = _gzip.get(feed.etag, feed.body) if use_gzip else feed.body
+    # A current cache answers 304, or a gzip hit, without reading the body.
+    validators = current_validators(app_state.settings, app_state.db, user.id, now)
+    if validators is not None and _not_modified(request, validators):
+        return Response(status_code=304, headers=_headers(validators, use_gzip))
+    packed = _gzip.peek(validators.etag) if validators is not None and use_gzip else None
+    if validators is not None and packed is not None:
+        headers = _headers(validators, use_gzip)
+        body = packed
+    else:
+        feed = current_feed(app_state.settings, app_state.db, user.id, now)
+        headers = _headers(feed, use_gzip)
+        if _not_modified(request, feed):
+            return Response(status_code=304, headers=headers)
+        body = _gzip.get(feed.etag, feed.body) if use_gzip else feed.body
     if use_gzip:
         headers["Content-Encoding"] = "gzip"
     headers["Content-Disposition"] = 'inline; filename="calendar.ics"'

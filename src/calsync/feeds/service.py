@@ -220,6 +220,34 @@ def is_current(cache: FeedCache | None, settings: Settings, now: dt.datetime) ->
     return (cache.window_start, cache.window_end) == feed_window(settings, now)
 
 
+@dataclass(frozen=True)
+class FeedValidators:
+    """ETag and Last-Modified of a current cached feed, read without its body."""
+
+    user_id: str
+    etag: str
+    last_modified: dt.datetime
+
+
+def current_validators(settings: Settings, db: Database, user_id: str,
+                       now: dt.datetime) -> FeedValidators | None:
+    """The validators of ``user_id``'s cached feed when it can be served as is, else None
+    (then ``current_feed`` renders). Lets a conditional request be answered with 304
+    without reading the body."""
+    with db.session() as s:
+        row = s.execute(select(
+            FeedCache.dirty, FeedCache.etag, FeedCache.last_modified, FeedCache.window_start,
+            FeedCache.window_end, FeedCache.schema_version,
+            FeedCache.body.is_(None).label("body_missing"))
+            .where(FeedCache.user_id == user_id)).first()
+    if row is None or row.dirty or row.body_missing or row.etag is None \
+            or row.last_modified is None or row.schema_version != FEED_SCHEMA_VERSION:
+        return None
+    if (row.window_start, row.window_end) != feed_window(settings, now):
+        return None
+    return FeedValidators(user_id, row.etag, row.last_modified)
+
+
 def _snapshot(cache: FeedCache) -> FeedSnapshot:
     assert cache.body is not None and cache.etag is not None and cache.last_modified is not None
     return FeedSnapshot(cache.user_id, bytes(cache.body), cache.etag, cache.last_modified)
