@@ -181,3 +181,17 @@ def test_calsync_key_round_trips_through_render() -> None:
     assert event.summary == outgoing.summary and event.description == outgoing.description
     assert event.location == "HQ" and event.status == "tentative" and event.busy == "free"
     assert event.occurrences == [Occurrence(at(2026, 11, 25, 19), at(2026, 11, 25, 21))]
+
+
+def test_sub_daily_rule_from_long_ago_is_quarantined_not_expanded() -> None:
+    text = cal("UID:m\r\nDTSTART:19900101T000000Z\r\nDTEND:19900101T000100Z\r\n"
+               "RRULE:FREQ=MINUTELY\r\n")
+    out = parse_resource(text, "/c/m.ics", None, WINDOW, OPTS)
+    assert out.quarantined is not None
+    assert "property RRULE: FREQ=MINUTELY" in out.quarantined.reason
+    hourly, _ = one(cal("UID:h\r\nDTSTART:20260301T000000Z\r\nDTEND:20260301T003000Z\r\n"
+                        "RRULE:FREQ=HOURLY;COUNT=5\r\n"))
+    assert [o.start for o in hourly.occurrences] == [at(2026, 3, 1, h) for h in range(5)]
+    ancient, _ = one(cal("UID:d\r\nDTSTART:19000101T090000Z\r\nDTEND:19000101T100000Z\r\n"
+                         "RRULE:FREQ=DAILY\r\n"))
+    assert len(ancient.occurrences) == 365 and ancient.occurrences[0].start == at(2026, 1, 1, 9)

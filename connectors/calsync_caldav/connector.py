@@ -290,7 +290,8 @@ class CaldavConnector:
             if not truncated:
                 break
         out.token = TOKEN_PREFIX + "sync:" + current
-        written = self.ledger.since(self._ledger_key(calendar_id), TOKEN_PREFIX + "sync:" + sync_token)
+        written = self.ledger.since(self._ledger_key(calendar_id),
+                                    TOKEN_PREFIX + "sync:" + sync_token)
         missing: list[str] = []
         for href in sorted(changed):
             etag = changed[href].text(q(DAV, "getetag"))

@@ -11,7 +11,6 @@ entry, or nothing (VTODO/VJOURNAL-only objects are not events).
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +131,32 @@ def _check_vital(event: Any, label: str) -> None:
             raise _Unusable(f"{label}: property DTEND: {end!s} is before DTSTART {start!s}")
 
 
+_STEP_SECONDS = {"SECONDLY": 1, "MINUTELY": 60, "HOURLY": 3600}
+MAX_RULE_STEPS = 50_000  # well under a second of expansion work
+
+
+def _check_rule_cost(event: Any, label: str, window: Window, tz: dt.tzinfo) -> None:
+    """Refuse sub-daily rules that would need huge iteration to reach the window (a rule
+    stepping every minute since 1990 takes minutes of CPU to expand)."""
+    rules = event.get("RRULE")
+    if rules is None:
+        return
+    start = _as_utc(event["DTSTART"].dt, tz)
+    for rule in rules if isinstance(rules, list) else [rules]:
+        freq = (rule.get("FREQ") or [""])[0]
+        if freq not in _STEP_SECONDS:
+            continue
+        interval = int((rule.get("INTERVAL") or [1])[0] or 1)
+        steps = (window.end - start).total_seconds() / (_STEP_SECONDS[freq] * max(1, interval))
+        count = (rule.get("COUNT") or [None])[0]
+        if count:
+            steps = min(steps, float(count))
+        if steps > MAX_RULE_STEPS:
+            raise _Unusable(f"{label}: property RRULE: FREQ={freq} from {start:%Y-%m-%d} needs "
+                            f"{steps:,.0f} steps to reach the sync window (limit "
+                            f"{MAX_RULE_STEPS:,}); not expanded")
+
+
 def _as_utc(value: dt.date | dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
@@ -249,24 +274,21 @@ def _expand(group: list[Any], timezones: list[Any], window: Window,
     master_cancelled = master is not None and _status(master) == "cancelled"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        query = recurring_ical_events.of(cal)
-        for occurrence in itertools.islice(query.after(window.start - pad),
-                                           options.max_occurrences * 4):
-            start = occurrence["DTSTART"].dt
-            end = occurrence["DTEND"].dt if "DTEND" in occurrence else _end_of(occurrence, start)
-            s_utc, e_utc = _as_utc(start, options.default_tz), _as_utc(end, options.default_tz)
-            if s_utc >= window.end + pad:
-                break
-            if _status(occurrence) == "cancelled" and not master_cancelled:
+        # between() walks the rule once; after() re-pages and is far slower on old series
+        occurrences = recurring_ical_events.of(cal).between(window.start - pad,
+                                                             window.end + pad)
+    for occurrence in occurrences:
+        start = occurrence["DTSTART"].dt
+        end = occurrence["DTEND"].dt if "DTEND" in occurrence else _end_of(occurrence, start)
+        s_utc, e_utc = _as_utc(start, options.default_tz), _as_utc(end, options.default_tz)
+        if _status(occurrence) == "cancelled" and not master_cancelled:
+            continue
+        if e_utc <= window.start or s_utc >= window.end:
+            if not (s_utc == e_utc and window.start <= s_utc < window.end):
                 continue
-            if e_utc <= window.start or s_utc >= window.end:
-                if not (s_utc == e_utc and window.start <= s_utc < window.end):
-                    continue
-            found.append(Occurrence(s_utc, e_utc))
-            if len(found) >= options.max_occurrences:
-                break
+        found.append(Occurrence(s_utc, e_utc))
     found.sort(key=lambda o: (o.start, o.end))
-    return found
+    return found[:options.max_occurrences]
 
 
 def _group_by_uid(events: list[Any]) -> list[tuple[str | None, list[Any]]]:
@@ -379,6 +401,7 @@ def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
                     warnings.simplefilter("ignore")
                     _fix_tzids(event, sub, result.notes, seen_tz)
                     _fix_until(event, sub, result.notes)
+                _check_rule_cost(event, sub, window, options.default_tz)
             result.events.append(_build(uid, group, timezones, window, options,
                                         remote_id, None))
         except _Unusable as exc:
