@@ -263,3 +263,55 @@ def test_calsync_connect_google_command(em: GoogleEmulator,
     assert summary["account"] == CAL and summary["provider"] == "google"
     missing = runner.invoke(cli, [*base, "connect", "google", "nobody"])
     assert missing.exit_code != 0 and "nobody" in f"{missing.output}{missing.exception}"
+
+
+def _browser(em: GoogleEmulator, tamper_state: bool = False):  # type: ignore[no-untyped-def]
+    """A browser on this machine: follows the authorization URL, lands on the loopback."""
+    import threading
+
+    import httpx
+
+    def open_browser(url: str) -> None:
+        def visit() -> None:
+            location = httpx.get(url, follow_redirects=False).headers["location"]
+            if tamper_state:
+                location = re.sub(r"state=[^&]+", "state=forged", location)
+            httpx.get(location, follow_redirects=False)
+        threading.Thread(target=visit, daemon=True).start()
+
+    return open_browser
+
+
+def test_cli_browser_sign_in_over_a_loopback_redirect(em: GoogleEmulator, db: Database,
+                                                      settings: Settings, user: str) -> None:
+    from calsync.oauth_commands import connect_oauth
+
+    em.login_email = CAL
+    prompts: list[str] = []
+    summary = connect_oauth(settings, db, "google", user, prompts.append,
+                            dt.datetime.now(UTC), browser=True, open_browser=_browser(em),
+                            signin_timeout=30)
+    assert summary["account"] == CAL and summary["created"]
+    url = prompts[0].split("\n", 1)[1]
+    query = parse_qs(urlparse(url).query)
+    assert query["redirect_uri"][0].startswith("http://127.0.0.1:")
+    assert query["code_challenge_method"] == ["S256"]
+    with db.session() as s:
+        conn = s.scalars(select(Connection)).one()
+        stored = CredentialBox.from_settings(settings).open(conn.credentials or b"")
+        assert stored["refresh_token"] in em.refresh_tokens
+
+
+def test_cli_browser_sign_in_rejects_a_forged_state(em: GoogleEmulator, db: Database,
+                                                    settings: Settings, user: str) -> None:
+    from calsync.errors import UserError
+    from calsync.oauth_commands import connect_oauth
+
+    em.login_email = CAL
+    with pytest.raises(UserError, match="wrong state"):
+        connect_oauth(settings, db, "google", user, lambda _m: None, dt.datetime.now(UTC),
+                      browser=True, open_browser=_browser(em, tamper_state=True),
+                      signin_timeout=30)
+    assert em.counts["token:authorization_code"] == 0  # the code was never redeemed
+    with db.session() as s:
+        assert s.scalars(select(Connection)).all() == []

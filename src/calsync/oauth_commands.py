@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import webbrowser
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
 from calsync.errors import NotFound, UserError
+from calsync.loopback_signin import browser_sign_in
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
@@ -70,19 +72,25 @@ def save_oauth_connection(settings: Settings, db: Database, user_id: str,
 
 
 def connect_oauth(settings: Settings, db: Database, provider: str, user_id: str,
-                  prompt: Any, now: dt.datetime, http: Any = None) -> dict[str, Any]:
-    """The CLI flow: device code sign-in, verify, store. Returns a summary."""
+                  prompt: Any, now: dt.datetime, http: Any = None, browser: bool = False,
+                  open_browser: Any = None, signin_timeout: float = 300.0) -> dict[str, Any]:
+    """The CLI flow: sign in (device code, or ``browser``: a loopback redirect on this
+    machine, see :mod:`calsync.loopback_signin`), verify, store. Returns a summary."""
     with db.session() as s:
         user = s.get(User, user_id)
         if user is None or user.deleted_at is not None:
             raise NotFound(f"user {user_id!r} not found")
     factory = load_connector_factory(provider)
-    device_flow = getattr(factory, "device_flow", None)
-    if device_flow is None:
-        raise UserError(f"the {provider} connector has no terminal sign-in (device flow)")
     ctx = ConnectContext(provider=provider, url=None, account="", credentials={},
                          settings=settings, http=http)
-    ctx = device_flow(ctx, prompt)
+    if browser:
+        ctx = browser_sign_in(factory, ctx, prompt, open_browser, timeout=signin_timeout)
+    else:
+        device_flow = getattr(factory, "device_flow", None)
+        if device_flow is None:
+            raise UserError(f"the {provider} connector has no device code sign-in; "
+                            f"use --browser")
+        ctx = device_flow(ctx, prompt)
     ctx, calendars = factory.verify(ctx)
     conn_id, created = save_oauth_connection(settings, db, user_id, ctx, calendars, now,
                                              actor="cli:connect")
@@ -96,13 +104,17 @@ def _command(provider: str) -> click.Command:
     @click.command(provider)
     @click.argument("user")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    @click.option("--browser", is_flag=True,
+                  help="Sign in through a browser on this machine (loopback redirect) "
+                       "instead of a device code.")
     @click.pass_context
-    def cmd(click_ctx: click.Context, user: str, as_json: bool) -> None:
+    def cmd(click_ctx: click.Context, user: str, as_json: bool, browser: bool) -> None:
         app = click_ctx.obj  # the CLI's AppContext
         settings, db = app.settings, app.migrated_db()
         summary = connect_oauth(settings, db, provider, user,
                                 lambda msg: click.echo(msg, err=True),
-                                dt.datetime.now(dt.timezone.utc))
+                                dt.datetime.now(dt.timezone.utc), browser=browser,
+                                open_browser=webbrowser.open if browser else None)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
@@ -116,7 +128,8 @@ def _command(provider: str) -> click.Command:
                    f"[--conflict CAL ...]")
 
     cmd.help = (f"Link USER's {provider.title()} account by signing in with a device code "
-                f"(open the link shown and enter the code).")
+                f"(open the link shown and enter the code), or with --browser through a "
+                f"browser on this machine.")
     return cmd
 
 

@@ -59,6 +59,13 @@ def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def pkce_pair() -> tuple[str, str]:
+    """(verifier, S256 challenge) per RFC 7636."""
+    verifier = _random.token_urlsafe(64)[:96]
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
 def redact(token: str, keep: int = 6) -> str:
     """What a log line may show of a secret."""
     return token[:keep] + "…" if len(token) > keep else "…"

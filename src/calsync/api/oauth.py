@@ -16,7 +16,6 @@ Factories are found by provider name; the core imports no connector.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import secrets
@@ -33,7 +32,7 @@ from calsync.config import Settings
 from calsync.db.models import OAuthState, User
 from calsync.errors import NotFound, UserError
 from calsync.oauth_commands import OAUTH_PROVIDERS, save_oauth_connection
-from calsync.secrets import CredentialBox
+from calsync.secrets import CredentialBox, pkce_pair
 from calsync.sync.connector import ConnectContext, load_connector_factory
 
 router = APIRouter(tags=["oauth"])
@@ -51,13 +50,6 @@ def _now() -> dt.datetime:
 def redirect_uri(settings: Settings, provider: str) -> str:
     configured = getattr(getattr(settings, provider, None), "redirect_uri", "")
     return configured or f"{settings.server.base_url.rstrip('/')}/oauth/{provider}/callback"
-
-
-def pkce_pair() -> tuple[str, str]:
-    """(verifier, S256 challenge) per RFC 7636."""
-    verifier = secrets.token_urlsafe(64)[:96]
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
 
 
 def _factory(provider: str, hook: str) -> Any:
