@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from calsync.db.models import FeedCache, User
 from calsync.feeds import ics
-from calsync.feeds.service import _write_session, current_feed, refresh_dirty_feeds
+from calsync.feeds.service import current_feed, refresh_dirty_feeds
 from calsync.schedule.records import parse_block
 from calsync.schedule.store import import_document, upsert_item
 from tests.test_feed_parsers import DOC
@@ -40,7 +40,7 @@ def test_readers_refresher_and_writers_together(db, settings) -> None:
         # A write transaction taken up front, as every SQLite writer needs when others
         # write at the same time (a deferred read-then-write loses its snapshot).
         for i in range(15):
-            with _write_session(db) as s:
+            with db.locked_session() as s:
                 upsert_item(s, parse_block({
                     "id": "b-moving", "user": "u1", "title": f"Moving block {i}",
                     "start": "2026-11-30T10:00:00-06:00", "end": "2026-11-30T11:00:00-06:00"}),

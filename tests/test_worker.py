@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import threading
-import types
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
@@ -51,7 +49,7 @@ def test_jobs_coalesce_never_overlap_and_have_grace(settings, db, blocking, cls)
     scheduler = worker.build_scheduler(settings, db, blocking=blocking)
     assert isinstance(scheduler, cls)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "sync.tick"}
+    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "sync.tick", "push.renew"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1
         assert job.misfire_grace_time and job.misfire_grace_time > 0
@@ -129,28 +127,30 @@ def test_disabled_feeds_are_not_rendered_until_issued(settings, db) -> None:
     assert worker.refresh_feeds_job(settings, db, _clock).rendered == ["u1"]
 
 
-def test_sync_tick_skips_quietly_without_the_runner(settings, db, monkeypatch) -> None:
-    monkeypatch.setattr(worker, "SYNC_RUNNER_MODULE", "calsync.sync.no_such_runner_module")
-    assert worker.sync_tick_job(settings, db, _clock) is None
-
-
 def test_sync_tick_calls_the_runner_with_now(settings, db, monkeypatch) -> None:
     calls: list[tuple[object, object, dt.datetime]] = []
-    fake = types.ModuleType("calsync_test_fake_runner")
-    fake.run_due_syncs = lambda s, d, now: calls.append((s, d, now)) or {"ran": 1}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "calsync_test_fake_runner", fake)
-    monkeypatch.setattr(worker, "SYNC_RUNNER_MODULE", "calsync_test_fake_runner")
+    monkeypatch.setattr(worker, "run_due_syncs",
+                        lambda s, d, now: calls.append((s, d, now)) or {"ran": 1})
     assert worker.sync_tick_job(settings, db, _clock) == {"ran": 1}
     assert calls == [(settings, db, NOW)]
 
 
-def test_sync_tick_does_not_hide_a_broken_import(settings, db, monkeypatch) -> None:
-    broken = types.ModuleType("calsync_test_broken_runner")
+def test_push_renewal_job_is_scheduled_and_calls_renewal_with_now(settings, db,
+                                                                   monkeypatch) -> None:
+    calls: list[dt.datetime] = []
+    monkeypatch.setattr(worker, "renew_push_subscriptions",
+                        lambda s, d, now: calls.append(now) or {"created": 0})
+    assert worker.push_renew_job(settings, db, _clock) == {"created": 0}
+    assert calls == [NOW]
+    scheduler = worker.build_scheduler(settings, db, blocking=False, clock=_clock)
+    assert {j.id for j in scheduler.get_jobs()} >= {"push.renew", "sync.tick"}
 
-    def _raise(name: str):  # type: ignore[no-untyped-def]
-        raise ModuleNotFoundError("No module named 'somedep'", name="somedep")
 
-    monkeypatch.setattr(worker.importlib, "import_module", _raise)
-    monkeypatch.setattr(worker, "SYNC_RUNNER_MODULE", broken.__name__)
-    with pytest.raises(ModuleNotFoundError):
-        worker.sync_tick_job(settings, db, _clock)
+def test_a_failing_sync_tick_is_logged_and_the_next_tick_goes_on(settings, db, monkeypatch,
+                                                                 caplog) -> None:
+    def boom(*_a: object) -> None:
+        raise RuntimeError("provider exploded")
+
+    monkeypatch.setattr(worker, "run_due_syncs", boom)
+    assert worker.sync_tick_job(settings, db, _clock) is None
+    assert "sync tick failed" in caplog.text

@@ -4,19 +4,18 @@ Jobs (all ``coalesce=True``, ``max_instances=1``, with a misfire grace time):
 
 - ``feeds.refresh``  every ``feeds.refresh_seconds``: re-render dirty feeds;
 - ``feeds.rebuild``  daily at ``feeds.rebuild_cron_hour`` UTC: re-render every feed;
-- ``sync.tick``      every 30 s: ``calsync.sync.runner.run_due_syncs`` when that module
-  is part of this build.
+- ``sync.tick``      every 30 s: ``calsync.sync.runner.run_due_syncs`` (connections due);
+- ``push.renew``     every 15 min: ``calsync.push.renew_push_subscriptions`` (create, renew
+  and drop provider push channels before they expire).
 
 Each job function takes ``now`` from the clock at call time; a failure is logged and the
-next run goes on (a broken import other than the missing sync runner itself is raised, so
-APScheduler logs it loudly). One user's failing feed does not stop the others (see
-``calsync.feeds.service.render_users``).
+next run goes on. One user's failing feed does not stop the others (see
+``calsync.feeds.service.render_users``), nor one failing connection the other syncs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +29,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from calsync.config import Settings
 from calsync.db.session import Database
 from calsync.feeds.service import rebuild_all_feeds, refresh_dirty_feeds
+from calsync.push import renew_push_subscriptions
+from calsync.sync.runner import run_due_syncs
 
 log = logging.getLogger("calsync.worker")
 
 SYNC_TICK_SECONDS = 30
-SYNC_RUNNER_MODULE = "calsync.sync.runner"
+PUSH_RENEW_SECONDS = 15 * 60
 Clock = Callable[[], dt.datetime]
 
 
@@ -59,18 +60,20 @@ def rebuild_feeds_job(settings: Settings, db: Database, clock: Clock = _utcnow) 
 
 
 def sync_tick_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
-    """Run due syncs; skipped quietly when the sync runner is not in this build."""
+    """Run the syncs that are due."""
     try:
-        runner = importlib.import_module(SYNC_RUNNER_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != SYNC_RUNNER_MODULE:
-            raise
-        log.debug("sync runner not present; sync tick skipped")
-        return None
-    try:
-        return runner.run_due_syncs(settings, db, clock())
+        return run_due_syncs(settings, db, clock())
     except Exception:  # noqa: BLE001
         log.exception("sync tick failed")
+        return None
+
+
+def push_renew_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
+    """Keep push channels alive (Graph subscriptions, Google watch channels)."""
+    try:
+        return renew_push_subscriptions(settings, db, clock())
+    except Exception:  # noqa: BLE001
+        log.exception("push subscription renewal failed")
         return None
 
 
@@ -100,4 +103,9 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
                       IntervalTrigger(seconds=SYNC_TICK_SECONDS, timezone=dt.timezone.utc),
                       args=(settings, db, clock), id="sync.tick", name="run due syncs",
                       coalesce=True, max_instances=1, misfire_grace_time=SYNC_TICK_SECONDS)
+    scheduler.add_job(push_renew_job,
+                      IntervalTrigger(seconds=PUSH_RENEW_SECONDS, timezone=dt.timezone.utc),
+                      args=(settings, db, clock), id="push.renew", name="renew push channels",
+                      coalesce=True, max_instances=1, misfire_grace_time=PUSH_RENEW_SECONDS,
+                      next_run_time=_utcnow())
     return scheduler

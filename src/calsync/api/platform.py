@@ -35,7 +35,7 @@ def put_user(user_id: str, request: Request, response: Response,
              body: Any = Body(...), who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require("admin")
     rec = parse_user(_body_id(body, user_id, f"user (id={user_id!r})"), f"user (id={user_id!r})")
-    with request.app.state.db.session() as s:
+    with request.app.state.db.locked_session() as s:
         outcome = upsert_user(s, rec, who.actor)
     response.status_code = 201 if outcome == "created" else 200
     return {"id": user_id, "result": outcome}
@@ -45,7 +45,7 @@ def put_user(user_id: str, request: Request, response: Response,
 def delete_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require("admin")
     rec = parse_user({"id": user_id, "deleted": True})
-    with request.app.state.db.session() as s:
+    with request.app.state.db.locked_session() as s:
         outcome = upsert_user(s, rec, who.actor)
     if outcome == "missing":
         raise NotFound(f"user {user_id!r} not found")
@@ -60,7 +60,7 @@ def _item_routes(path: str, kind: str) -> None:
         who.require("admin")
         name = f"{record} (id={item_id!r})"
         rec = PARSERS[kind](_body_id(body, item_id, name), name)
-        with request.app.state.db.session() as s:
+        with request.app.state.db.locked_session() as s:
             outcome = upsert_item(s, rec, who.actor, record=name)
         if outcome == "missing":
             raise NotFound(f"{record} {item_id!r} not found")
@@ -70,7 +70,7 @@ def _item_routes(path: str, kind: str) -> None:
     def delete(item_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
         who.require("admin")
         rec = PARSERS[kind]({"id": item_id, "deleted": True})
-        with request.app.state.db.session() as s:
+        with request.app.state.db.locked_session() as s:
             outcome = upsert_item(s, rec, who.actor)
         if outcome == "missing":
             raise NotFound(f"{record} {item_id!r} not found")
@@ -96,7 +96,7 @@ def _user_or_404(s: Any, user_id: str) -> User:
 @router.post("/api/users/{user_id}/feed", tags=["feeds"])
 def post_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require_user_access(user_id, write=True)
-    with request.app.state.db.session() as s:
+    with request.app.state.db.locked_session() as s:
         user = _user_or_404(s, user_id)
         regenerated = user.feed_enabled
         issue_feed(user)
@@ -107,7 +107,7 @@ def post_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> 
 @router.delete("/api/users/{user_id}/feed", tags=["feeds"])
 def delete_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require_user_access(user_id, write=True)
-    with request.app.state.db.session() as s:
+    with request.app.state.db.locked_session() as s:
         user = _user_or_404(s, user_id)
         revoke_feed(user)
         audit(s, who.actor, "feed.revoke", "user", user_id)

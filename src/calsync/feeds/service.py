@@ -12,11 +12,10 @@ next tick picks it up: no change is lost between read and write.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,21 +58,6 @@ class FeedRunReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rendered": len(self.rendered), "failed": self.failed}
-
-
-@contextlib.contextmanager
-def _write_session(db: Database) -> Iterator[Session]:
-    """A transaction that holds the write lock from its start on SQLite (``BEGIN
-    IMMEDIATE``), so reading and then writing cannot lose the snapshot to another writer;
-    a plain transaction on PostgreSQL. Commits on success, rolls back on error."""
-    with db.engine.connect() as conn:
-        if db.dialect == "sqlite":
-            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            with Session(bind=conn, expire_on_commit=False,
-                         join_transaction_mode="conditional_savepoint") as s:
-                yield s
-                s.flush()
 
 
 def feed_window(settings: Settings, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -282,7 +266,7 @@ def current_feed(settings: Settings, db: Database, user_id: str,
     _claim(db, [user_id])
     for attempt in range(2):
         try:
-            with _write_session(db) as s:
+            with db.locked_session() as s:
                 user = s.get(User, user_id)
                 if user is None:
                     raise LookupError(user_id)
@@ -312,7 +296,7 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
         failed: list[str] = []
         # A write transaction from the start: on SQLite a read that later writes could
         # lose its snapshot to another writer ("database is locked").
-        with _write_session(db) as s:
+        with db.locked_session() as s:
             users = {u.id: u for u in s.scalars(select(User).where(User.id.in_(chunk)))}
             caches = {c.user_id: c for c in
                       s.scalars(select(FeedCache).where(FeedCache.user_id.in_(chunk)))}
@@ -350,7 +334,7 @@ def refresh_dirty_feeds(settings: Settings, db: Database, now: dt.datetime,
     """Re-render the enabled feeds marked dirty (claimed first: with several workers on
     PostgreSQL each dirty feed goes to one of them). Disabled feeds stay dirty until they
     are issued again."""
-    with _write_session(db) as s:
+    with db.locked_session() as s:
         q = (select(FeedCache.user_id)
              .where(FeedCache.dirty.is_(True), FeedCache.user_id.in_(_enabled_users()))
              .order_by(FeedCache.user_id).limit(limit))

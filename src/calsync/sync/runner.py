@@ -17,7 +17,6 @@ never stops the others. The sleep function and random source are injectable for 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -25,15 +24,15 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import object_session
 
 from calsync.config import Settings
-from calsync.db.models import Calendar, Connection
+from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
 from calsync.errors import (
     CalendarSuddenlyEmpty,
@@ -122,25 +121,13 @@ class ConnectionResult:
 
 # --- leases -------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _write_transaction(db: Database) -> Iterator[Session]:
-    """A write transaction taken up front: ``BEGIN IMMEDIATE`` on SQLite (one writer at a
-    time, across processes); on PostgreSQL the queries lock rows themselves."""
-    with db.engine.connect() as conn:
-        if db.dialect == "sqlite":
-            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin(), Session(bind=conn, expire_on_commit=False) as s:
-            yield s
-            s.flush()
-
-
 def _lease_free(now: dt.datetime) -> Any:
     return or_(Connection.lease_until.is_(None), Connection.lease_until <= now)
 
 
 def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int) -> int | None:
     """Lease the most overdue connection; None when nothing is due and free."""
-    with _write_transaction(db) as s:
+    with db.locked_session() as s:
         q = (select(Connection)
              .where(or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
                     _lease_free(now), Connection.status != "needs_reauth")
@@ -160,7 +147,7 @@ def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: in
 def claim_connection(db: Database, connection_id: int, owner: str, now: dt.datetime,
                      lease_seconds: int) -> bool:
     """Lease one connection; False when another worker holds a live lease on it."""
-    with _write_transaction(db) as s:
+    with db.locked_session() as s:
         q = select(Connection).where(Connection.id == connection_id)
         if db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
@@ -190,8 +177,16 @@ def connect_context(settings: Settings, conn: Connection) -> ConnectContext:
     """The context a stored connection's factory gets (credentials decrypted)."""
     creds = CredentialBox.from_settings(settings).open(conn.credentials) \
         if conn.credentials else {}
+    options: dict[str, Any] = {}
+    session = object_session(conn)
+    user = session.get(User, conn.user_id) if session is not None else None
+    if user is not None:
+        # Floating times are read in the user's zone; their addresses tell "declined".
+        options["timezone"] = user.timezone
+        options["emails"] = [e for e in (user.email, conn.account) if e and "@" in e]
+    options.update(conn.settings or {})
     return ConnectContext(provider=conn.provider, url=conn.url, account=conn.account,
-                          credentials=creds, settings=settings, options=dict(conn.settings or {}))
+                          credentials=creds, settings=settings, options=options)
 
 
 def build_connector(settings: Settings, conn: Connection) -> Connector:
