@@ -15,15 +15,13 @@ import webbrowser
 from typing import Any
 
 import click
-from sqlalchemy import select
 
-from calsync.audit import audit
 from calsync.config import Settings
-from calsync.db.models import Calendar, Connection, User
+from calsync.db.models import User
 from calsync.db.session import Database
 from calsync.errors import NotFound, UserError
 from calsync.loopback_signin import browser_sign_in
-from calsync.secrets import CredentialBox
+from calsync.sync.connections import save_connection
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
 OAUTH_PROVIDERS = ("outlook", "google")
@@ -34,41 +32,7 @@ def save_oauth_connection(settings: Settings, db: Database, user_id: str,
                           now: dt.datetime, actor: str) -> tuple[int, bool]:
     """Store (or refresh) the user's connection for ``ctx.provider``/``ctx.account`` with
     encrypted credentials and its calendars; returns (connection id, created)."""
-    box = CredentialBox.from_settings(settings)
-    with db.session() as s:
-        user = s.get(User, user_id)
-        if user is None or user.deleted_at is not None:
-            raise NotFound(f"user {user_id!r} not found")
-        conn = s.scalar(select(Connection).where(
-            Connection.user_id == user_id, Connection.provider == ctx.provider,
-            Connection.account == ctx.account))
-        created = conn is None
-        if conn is None:
-            conn = Connection(user_id=user_id, provider=ctx.provider, account=ctx.account,
-                              url=ctx.url, created_at=now, settings={})
-            s.add(conn)
-        conn.credentials = box.seal(ctx.credentials)
-        conn.status = "ok"
-        conn.last_error = None
-        conn.next_sync_at = now
-        conn.updated_at = now
-        s.flush()
-        existing = {c.remote_id: c for c in s.scalars(
-            select(Calendar).where(Calendar.connection_id == conn.id))}
-        for cal in calendars:
-            if not cal.supports_events:
-                continue
-            row = existing.get(cal.id)
-            if row is None:
-                s.add(Calendar(connection_id=conn.id, remote_id=cal.id, name=cal.name,
-                               read_only=cal.read_only, role="ignored"))
-            else:
-                row.name = cal.name
-                row.read_only = cal.read_only
-        audit(s, actor, "connection.create" if created else "connection.reauth", "connection",
-              str(conn.id), {"provider": ctx.provider, "account": ctx.account,
-                             "user": user_id}, at=now)
-        return conn.id, created
+    return save_connection(settings, db, user_id, ctx, calendars, now, actor)
 
 
 def connect_oauth(settings: Settings, db: Database, provider: str, user_id: str,
