@@ -56,3 +56,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "google": lazy("tests.contract.backend_google:GoogleBackend"),
     "graph": lazy("tests.contract.backend_graph:GraphBackend"),
 }
+
+# Backends whose fixture can make a read-only calendar (Xandikos serves none here); the
+# read-only case runs on these, and the engine's read-only rule is one central check.
+READ_ONLY_BACKENDS = ("google", "graph", "memory", "radicale")

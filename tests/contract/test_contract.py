@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from calsync.db.models import AuditEntry, Calendar, FeedCache, Link
 from calsync.sync.connector import Connector, OutgoingEvent, RemoteEvent
+from tests.contract.backends import READ_ONLY_BACKENDS
 from tests.contract.backend import ExternalSpec
 from tests.contract.conftest import SyncHarness
 
@@ -446,10 +447,10 @@ def test_stale_etag_is_a_precondition_failure(harness: SyncHarness) -> None:
     assert [e.summary for e in h.remote(cal)] == ["Edited by the user"]
 
 
+@pytest.mark.parametrize("backend", READ_ONLY_BACKENDS, indirect=True)
 def test_read_only_calendar_is_never_written(harness: SyncHarness) -> None:
     h = harness
-    if not getattr(h.backend, "supports_read_only", False):
-        pytest.skip("the backend cannot make read-only calendars")
+    assert h.backend.supports_read_only  # type: ignore[attr-defined]
     cal = h.backend.make_read_only_calendar("Holidays")  # type: ignore[attr-defined]
     h.backend.put_external(cal, ExternalSpec("Holiday", at(h, 3, 0), at(h, 4, 0)))
     h.connect(cal)
