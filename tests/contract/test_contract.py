@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from calsync.db.models import AuditEntry, Calendar, FeedCache, Link
 from calsync.sync.connector import Connector, OutgoingEvent, RemoteEvent
-from tests.contract.backends import READ_ONLY_BACKENDS
 from tests.contract.backend import ExternalSpec
+from tests.contract.backends import READ_ONLY_BACKENDS
 from tests.contract.conftest import SyncHarness
 
 UTC = dt.timezone.utc
