@@ -10,7 +10,6 @@ are stored encrypted (CredentialBox); calendars start as ``ignored`` until
 from __future__ import annotations
 
 import datetime as dt
-import json
 import webbrowser
 from typing import Any
 
@@ -21,6 +20,7 @@ from calsync.db.models import User
 from calsync.db.session import Database
 from calsync.errors import NotFound, UserError
 from calsync.loopback_signin import browser_sign_in
+from calsync.sync.commands import print_connected
 from calsync.sync.connections import save_connection
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
@@ -79,17 +79,7 @@ def _command(provider: str) -> click.Command:
                                 lambda msg: click.echo(msg, err=True),
                                 dt.datetime.now(dt.timezone.utc), browser=browser,
                                 open_browser=webbrowser.open if browser else None)
-        if as_json:
-            click.echo(json.dumps(summary, indent=2))
-            return
-        verb = "connected" if summary["created"] else "reconnected"
-        click.echo(f"{provider} account {summary['account']} {verb} for {user} "
-                   f"(connection {summary['connection_id']}); calendars:")
-        for cal in summary["calendars"]:
-            ro = " (read-only)" if cal["read_only"] else ""
-            click.echo(f"  {cal['id']}  {cal['name']}{ro}")
-        click.echo(f"choose them with: calsync calendars set {user} --primary CAL "
-                   f"[--conflict CAL ...]")
+        print_connected(summary, user, as_json)
 
     cmd.help = (f"Link USER's {provider.title()} account by signing in with a device code "
                 f"(open the link shown and enter the code), or with --browser through a "

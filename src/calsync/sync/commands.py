@@ -77,7 +77,7 @@ def connect_account(settings: Settings, db: Database, user_id: str, ctx: Connect
                           for c in calendars if c.supports_events]}
 
 
-def _print_connected(summary: dict[str, Any], user: str, as_json: bool) -> None:
+def print_connected(summary: dict[str, Any], user: str, as_json: bool) -> None:
     if as_json:
         _emit(summary, True, "")
         return
@@ -118,7 +118,7 @@ def connect_caldav(ctx: click.Context, user: str, url: str, username: str,
     cctx = ConnectContext(provider="caldav", url=url, account=username,
                           credentials={"username": username, "password": password},
                           settings=app.settings)
-    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+    print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
                      user, as_json)
 
 
@@ -139,7 +139,7 @@ def connect_icloud(ctx: click.Context, user: str, apple_id: str, app_password_st
                           account=apple_id,
                           credentials={"username": apple_id, "password": password},
                           settings=app.settings)
-    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+    print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
                      user, as_json)
 
 
@@ -155,7 +155,7 @@ def connect_memory(ctx: click.Context, user: str, server: str, account: str | No
     app = _app(ctx)
     cctx = ConnectContext(provider="memory", url=server, account=account or f"{user}@memory",
                           credentials={}, settings=app.settings)
-    _print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
+    print_connected(connect_account(app.settings, app.migrated_db(), user, cctx, _now()),
                      user, as_json)
 
 
