@@ -107,7 +107,8 @@ class WriteLedger:
     def since(self, calendar_id: str, token: str) -> dict[str, str | None]:
         """The writes made after the pull that returned ``token`` ({} when unknown)."""
         with self._lock:
-            return dict(self._calendars.get(calendar_id, {}).get(token, {}))
+            tokens = self._calendars.get(calendar_id)
+            return dict(tokens.get(token) or {}) if tokens is not None else {}
 
 
 PROCESS_LEDGER = WriteLedger()

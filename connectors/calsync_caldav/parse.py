@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -83,7 +83,7 @@ def _components(text: str) -> list[Any]:
             parsed = []
         if not parsed:
             # A bare VEVENT without a VCALENDAR wrapper, or a file icalendar refuses.
-            parsed = [icalendar.Component.from_ical(text)]
+            parsed = [icalendar.Component.from_ical(text)]  # type: ignore[list-item]
     return list(parsed)
 
 
@@ -249,7 +249,7 @@ def _end_of(event: Any, start: dt.date | dt.datetime) -> dt.date | dt.datetime:
         end: dt.date | dt.datetime = event["DTEND"].dt
         return end
     if "DURATION" in event:
-        return start + event["DURATION"].dt
+        return cast("dt.date | dt.datetime", start + event["DURATION"].dt)
     # RFC 5545 3.6.1: a date lasts one day, a date-time takes no time.
     if isinstance(start, dt.datetime):
         return start

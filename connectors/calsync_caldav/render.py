@@ -75,4 +75,4 @@ def render_event(event: OutgoingEvent, now: dt.datetime) -> str:
                 cal.add_component(icalendar.Timezone.from_tzid(
                     event.tzid, first_date=first, last_date=last))
     cal.add_component(vevent)
-    return cal.to_ical().decode("utf-8")
+    return str(cal.to_ical().decode("utf-8"))

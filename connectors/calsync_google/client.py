@@ -77,7 +77,7 @@ def make_credentials(settings: Any, stored: dict[str, Any]) -> Credentials:
         parsed = dt.datetime.fromisoformat(stored["expiry"])
         # google-auth compares expiry with a naive UTC clock.
         expiry = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return Credentials(
+    return Credentials(  # type: ignore[no-untyped-call]
         token=stored.get("token"),
         refresh_token=stored.get("refresh_token"),
         token_uri=settings.google.token_uri,
@@ -94,7 +94,7 @@ def stored_credentials(creds: Credentials) -> dict[str, Any]:
             "scopes": [SCOPE], "version": 1}
 
 
-class _NoTransport(httplib2.Http):
+class _NoTransport(httplib2.Http):  # type: ignore[misc]
     """The transport of the shared service: never used, every request is executed with
     the connector's own authorised http."""
 
@@ -183,7 +183,7 @@ class RequestRunner:
         if hinted is not None:
             return min(hinted, MAX_DELAY * 5)
         base = min(MAX_DELAY, BASE_DELAY * (2 ** attempt))
-        return base / 2 + self.rand() * base / 2  # "equal jitter"
+        return float(base / 2 + self.rand() * base / 2)  # "equal jitter"
 
     def run(self, request: Any, what: str, calendar_id: str | None = None,
             headers: dict[str, str] | None = None) -> Any:

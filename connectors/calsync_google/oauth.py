@@ -114,7 +114,7 @@ def authorization_url(settings: Any, state: str, code_challenge: str,
              "code_challenge": code_challenge, "code_challenge_method": "S256",
              "access_type": "offline", "prompt": "consent", "include_granted_scopes": "true"}
     sep = "&" if "?" in settings.google.auth_uri else "?"
-    return settings.google.auth_uri + sep + urlencode(query)
+    return str(settings.google.auth_uri) + sep + urlencode(query)
 
 
 def exchange_code(settings: Any, http: httplib2.Http, code: str, code_verifier: str,

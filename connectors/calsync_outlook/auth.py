@@ -172,7 +172,7 @@ class TokenSource:
             if self._dead is not None:
                 raise self._dead
             if force_refresh and stale is not None and self._token not in (None, stale):
-                return self._token  # type: ignore[return-value]
+                return self._token
             account = self._account()
             if account is None:
                 self._dead = NeedsReauth(reauth_message(self._account_hint))

@@ -18,11 +18,16 @@ from calsync.errors import (
     SyncTokenInvalid,
 )
 from calsync.sync.connector import ChangeSet, OutgoingEvent, RemoteCalendar, RemoteEvent, Window
-
 from calsync_outlook.auth import TokenSource
 from calsync_outlook.graph import MAX_BATCH, GraphClient, GraphResponse
-from calsync_outlook.mapping import EXPAND_KEY, SELECT_PREFER, key_filter, same_content, \
-    to_graph, to_remote
+from calsync_outlook.mapping import (
+    EXPAND_KEY,
+    SELECT_PREFER,
+    key_filter,
+    same_content,
+    to_graph,
+    to_remote,
+)
 
 log = logging.getLogger("calsync.outlook")
 UTC = dt.timezone.utc

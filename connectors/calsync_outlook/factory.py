@@ -21,7 +21,6 @@ import httpx
 from calsync.errors import UserError
 from calsync.push import PushNotice, PushResult
 from calsync.sync.connector import ConnectContext, RemoteCalendar
-
 from calsync_outlook import auth
 from calsync_outlook.connector import OutlookConnector
 from calsync_outlook.graph import GraphClient

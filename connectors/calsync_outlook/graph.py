@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 import httpx
 
 from calsync.errors import NeedsReauth, ProviderUnavailable, Throttled
-
 from calsync_outlook.auth import TokenSource, reauth_message
 
 MAX_BATCH = 20
@@ -90,7 +89,7 @@ class GraphClient:
             else self.base + path
 
     def _backoff(self, attempt: int) -> float:
-        return min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2)
+        return float(min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2))
 
     def _send(self, method: str, url: str, token: str, json_body: Any,
               headers: dict[str, str]) -> GraphResponse:

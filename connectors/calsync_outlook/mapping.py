@@ -20,7 +20,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from calsync.sync.connector import Occurrence, OutgoingEvent, RemoteEvent, Window
-
 from calsync_outlook.timezones import iana_to_windows, windows_to_iana
 
 UTC = dt.timezone.utc

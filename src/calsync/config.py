@@ -219,8 +219,9 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     for name, value in raw.items():
         if name not in known:
             raise ConfigError(name, value, f"one of the tables {sorted(known)}")
-    for name, f in known.items():
-        cls = type(f.default_factory())  # type: ignore[misc]
+    defaults = Settings()
+    for name in known:
+        cls = type(getattr(defaults, name))
         sections[name] = _section(name, cls, raw.get(name, {}))
     settings = Settings(**sections, source=source)
 

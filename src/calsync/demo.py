@@ -117,11 +117,11 @@ def demo_document(now: dt.datetime) -> dict[str, Any]:
                if (t := next_dst_change(tzid, now)) is not None]
     if changes:
         change, uid, tzid = min(changes)
-        start = (change - dt.timedelta(hours=5)).astimezone(zone(tzid))
-        end = (change + dt.timedelta(hours=7)).astimezone(zone(tzid))
+        on_call_start = (change - dt.timedelta(hours=5)).astimezone(zone(tzid))
+        on_call_end = (change + dt.timedelta(hours=7)).astimezone(zone(tzid))
         blocks.append({"id": f"{uid}-oncall-dst", "user": uid,
-                       "title": "On-call overnight (DST change)", "start": _iso(start),
-                       "end": _iso(end), "timezone": tzid})
+                       "title": "On-call overnight (DST change)", "start": _iso(on_call_start),
+                       "end": _iso(on_call_end), "timezone": tzid})
     return {"users": users, "jobs": jobs, "time_off": time_off, "blocks": blocks}
 
 

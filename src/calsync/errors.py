@@ -13,7 +13,7 @@
     |   +-- SyncTokenInvalid          the remote forgot our sync token: full resync
     |   +-- CalendarSuddenlyEmpty     a calendar that had items lists none: refuse to mirror
     |   +-- BookingConflict           a booking would double-book someone
-    +-- ProviderError                 a remote service failed (which connection, calendar, what to do)
+    +-- ProviderError                 a remote service failed: which connection, calendar, next step
         +-- Throttled                 429/503 with an optional retry_after (seconds)
         +-- NeedsReauth               credentials revoked/expired: the user must reconnect
         +-- ProviderUnavailable       timeouts, 5xx: retry later

@@ -94,4 +94,5 @@ def browser_sign_in(factory: Any, ctx: ConnectContext, prompt: Callable[[str], N
     if "error" in params or not params.get("code"):
         why = params.get("error_description") or params.get("error") or "no code"
         raise UserError(f"{ctx.provider} sign-in was refused: {why}")
-    return factory.exchange_code(ctx, params["code"], verifier, redirect_uri)
+    result: ConnectContext = factory.exchange_code(ctx, params["code"], verifier, redirect_uri)
+    return result

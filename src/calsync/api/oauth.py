@@ -24,8 +24,8 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy import delete
+from starlette.concurrency import run_in_threadpool
 
 from calsync.api.auth import Principal, PrincipalDep
 from calsync.config import Settings
@@ -127,7 +127,7 @@ def _finish(provider: str, request: Request, state: str, code: str, error: str,
             # One use only, whatever happens next (committed here); of two racing
             # callbacks only the one whose DELETE matched goes on.
             gone = s.execute(delete(OAuthState).where(OAuthState.state_hash == state_hash))
-            if gone.rowcount != 1:  # type: ignore[attr-defined]
+            if gone.rowcount != 1:
                 found = None
     if found is None:
         raise InvalidState("unknown or already used sign-in state; start again")

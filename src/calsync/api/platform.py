@@ -87,7 +87,7 @@ for _path, _kind in _ITEM_PATHS.items():
 
 
 def _user_or_404(s: Any, user_id: str) -> User:
-    user = s.get(User, user_id)
+    user: User | None = s.get(User, user_id)
     if user is None or user.deleted_at is not None:
         raise NotFound(f"user {user_id!r} not found")
     return user

@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
 from calsync.availability.busy import (
@@ -43,9 +43,9 @@ CHUNK = 500
 
 
 # Statements are built once; ids, start and end are bound per call (expanding IN lists).
-_IDS = bindparam("ids", expanding=True)
-_START = bindparam("start")
-_END = bindparam("end")
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_START: BindParameter[Any] = bindparam("start")
+_END: BindParameter[Any] = bindparam("end")
 
 _PROFILES = (select(User.id, User.name, User.timezone, User.working_hours, User.private_mode)
              .where(User.id.in_(_IDS), User.deleted_at.is_(None)))

@@ -17,10 +17,10 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,7 @@ log = logging.getLogger("calsync.feeds")
 FEED_SCHEMA_VERSION = 1
 CHUNK = 50
 
-_items = ScheduleItem.__table__
+_items = cast(Table, ScheduleItem.__table__)
 _FRAGMENT_COLUMNS = (ScheduleItem.pk, ScheduleItem.content_hash, ScheduleItem.sequence,
                      ScheduleItem.fragment_key, ScheduleItem.ics_fragment, ScheduleItem.tzid,
                      ScheduleItem.all_day, ScheduleItem.updated_at)
@@ -94,7 +94,7 @@ def _refresh_fragments(session: Session, pks: list[int], job_url_template: str,
         rows = session.execute(select(_items).where(_items.c.pk.in_(chunk))).all()
         params = []
         for row in rows:
-            text = ics.render_event(row, job_url_template)  # type: ignore[arg-type]
+            text = ics.render_event(row, job_url_template)
             out[row.pk] = text
             params.append({"b_pk": row.pk, "ics_fragment": text,
                            "fragment_key": ics.fragment_key(row.content_hash, row.sequence,

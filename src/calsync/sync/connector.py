@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from calsync.errors import UserError
 
@@ -225,6 +225,6 @@ def load_connector_factory(provider: str) -> ConnectorFactory:
             if provider not in getattr(factory, "providers", ()):
                 raise UserError(f"connector plugin {ep.value} does not serve {provider!r}")
             _registry[provider] = factory
-            return factory
+            return cast(ConnectorFactory, factory)
     known = sorted({ep.name for ep in entry_points(group=CONNECTOR_GROUP)} | set(_registry))
     raise UserError(f"no connector for provider {provider!r}; installed: {', '.join(known)}")

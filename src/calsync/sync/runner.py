@@ -71,7 +71,7 @@ class Retrier:
         self.waits: list[float] = []
 
     def backoff(self, attempt: int) -> float:
-        return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * self.rng.uniform(0.5, 1.0)
+        return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * self.rng.uniform(0.5, 1.0))
 
     def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         attempt = 0
