@@ -85,3 +85,27 @@ def test_tokens_are_stored_hashed(db, make_token) -> None:
 def test_healthz_and_metrics(app_client) -> None:
     assert app_client.get("/healthz").json() == {"status": "ok"}
     assert "calsync_users 0" in app_client.get("/metrics").text
+
+
+def test_openapi_lists_the_contract_endpoints(app_client) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. duplicate operation ids
+        spec = app_client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, methods in {
+        "/feeds/{user_id}/{token}.ics": {"get", "head"},
+        "/api/users/{user_id}": {"put", "delete"},
+        "/api/jobs/{item_id}": {"put", "delete"},
+        "/api/time-off/{item_id}": {"put", "delete"},
+        "/api/blocks/{item_id}": {"put", "delete"},
+        "/api/users/{user_id}/feed": {"post", "delete"},
+        "/api/schedule": {"get"},
+        "/api/availability/check": {"post"},
+        "/api/availability/search": {"post"},
+        "/api/bookings": {"post"},
+        "/healthz": {"get"},
+        "/metrics": {"get"},
+    }.items():
+        assert methods <= set(paths[path]), (path, sorted(paths[path]))

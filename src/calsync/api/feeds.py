@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -137,11 +138,16 @@ def _headers(feed: FeedSnapshot | FeedValidators, use_gzip: bool) -> dict[str, s
             "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
 
 
-@router.api_route("/feeds/{user_id}/{token}.ics", methods=["GET", "HEAD"], tags=["feeds"],
-                  response_class=Response,
-                  responses={200: {"content": {"text/calendar": {}}},
-                             304: {"description": "not modified"},
-                             404: {"description": "no such feed"}})
+_FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/calendar": {}}}, 304: {"description": "not modified"},
+    404: {"description": "no such feed"}}
+
+
+# GET and HEAD as two routes: one route with both methods shares one OpenAPI operation id.
+@router.head("/feeds/{user_id}/{token}.ics", tags=["feeds"], response_class=Response,
+             responses=_FEED_RESPONSES)
+@router.get("/feeds/{user_id}/{token}.ics", tags=["feeds"], response_class=Response,
+            responses=_FEED_RESPONSES)
 def get_feed(user_id: str, token: str, request: Request) -> Response:
     """The user's iCalendar feed (no auth but the signed token in the path)."""
     app_state = request.app.state
