@@ -18,6 +18,14 @@ Errors (from :mod:`calsync.errors`): connectors map vendor errors at their edge 
 (etag mismatch), ``AlreadyExists`` (create met an existing object: the engine adopts it),
 ``NotFound``, ``Throttled(retry_after=...)``, ``NeedsReauth``, ``ProviderUnavailable``,
 and ``UserError`` for a wrong URL or password at connect time.
+
+Optional method (not part of the :class:`Connector` protocol; the engine looks for it with
+``hasattr``): ``create_many(calendar_id, events: list[OutgoingEvent]) ->
+list[RemoteEvent | Exception]`` creates many events in few requests (e.g. Graph ``$batch``).
+It returns one result per event, in order: the created :class:`RemoteEvent`, or the exception
+``create`` would have raised for that event (``AlreadyExists`` is adopted by key,
+``Throttled``/``ProviderUnavailable`` items are retried singly). When present, the engine
+sends a calendar's creates through it in chunks and records each item's link on its own.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@
    is recorded; a crash in between leaves a copy that the next run adopts by key. A lost
    precondition (etag) clears the token so the next run re-reads the whole calendar and
    replans. Provider errors (throttled, unavailable, re-auth) propagate to the runner.
+   A connector with the optional ``create_many`` gets the calendar's creates in chunks of
+   :data:`CREATE_CHUNK`; each item's link is still recorded (or its error counted) on its own,
+   after the chunk's remote writes; items that came back throttled/unavailable are retried
+   one by one through the retrying caller, as single creates are.
 
 Cancelled jobs have their remote copy deleted (not rewritten with STATUS:CANCELLED): every
 provider shows a deleted event the same way, and the feed drops cancelled items too.
@@ -21,6 +25,7 @@ provider shows a deleted event the same way, and the feed drops cancelled items 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +56,9 @@ from calsync.errors import (
     NotFound,
     PreconditionFailed,
     ProviderError,
+    ProviderUnavailable,
     SyncTokenInvalid,
+    Throttled,
 )
 from calsync.feeds.dirty import mark_feeds_dirty
 from calsync.schedule.store import delete_item, item_content_hash
@@ -83,6 +90,8 @@ log = logging.getLogger("calsync.sync")
 T = TypeVar("T")
 Call = Callable[..., Any]  # retrying caller: call(fn, *args) -> fn(*args)
 TOKEN_VERSION = "v1"
+CREATE_CHUNK = 100  # creates per create_many call (the connector splits into its own batches)
+Guard = Callable[[Action, Callable[[], None]], None]  # runs one action's step, sorting errors
 
 
 def direct_call(fn: Callable[..., T], *args: Any) -> T:
@@ -342,16 +351,66 @@ class _Executor:
         try:
             ev: RemoteEvent = self.call(self.connector.create, self.info.remote_id, a.event)
             self.result.add("created")
-        except AlreadyExists:
-            found: RemoteEvent | None = self.call(self.connector.find_by_key,
-                                                  self.info.remote_id, a.key, self.window)
-            if found is None:
-                raise
-            ev = found
-            if remote_hash(found) != a.local_hash:
-                ev = self.call(self.connector.update, self.info.remote_id, found.remote_id,
-                               a.event, found.etag)
-            self.result.add("adopted")
+        except AlreadyExists as exc:
+            ev = self._adopt_existing(a, exc)
+        self._record_create(a, ev)
+
+    def _adopt_existing(self, a: CreateRemote, exc: AlreadyExists) -> RemoteEvent:
+        """The copy a create met (written by an earlier, interrupted run): found by key and
+        brought up to date; ``exc`` again when it cannot be found."""
+        found: RemoteEvent | None = self.call(self.connector.find_by_key,
+                                              self.info.remote_id, a.key, self.window)
+        if found is None:
+            raise exc
+        ev = found
+        if remote_hash(found) != a.local_hash:
+            ev = self.call(self.connector.update, self.info.remote_id, found.remote_id,
+                           a.event, found.etag)
+        self.result.add("adopted")
+        return ev
+
+    def _finish_create(self, a: CreateRemote, res: RemoteEvent | BaseException) -> None:
+        """One item of a create_many answer: link it, adopt the existing copy, or raise."""
+        if isinstance(res, AlreadyExists):
+            ev = self._adopt_existing(a, res)
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            ev = res
+            self.result.add("created")
+        self._record_create(a, ev)
+
+    def create_batch(self, actions: list[CreateRemote], guard: Guard,
+                     chunk: int = CREATE_CHUNK) -> None:
+        """The calendar's creates through ``connector.create_many``. The remote writes of a
+        chunk happen first, then every item is linked in its own transaction (a crash in
+        between leaves copies the next run adopts by key). Items throttled/unavailable are
+        retried singly through ``self.call``; another provider error (re-auth) is raised once
+        the rest of the chunk is recorded."""
+        create_many: Callable[..., list[RemoteEvent | BaseException]] = \
+            self.connector.create_many  # type: ignore[attr-defined]  # optional method
+        for i in range(0, len(actions), chunk):
+            part = actions[i:i + chunk]
+            results: list[RemoteEvent | BaseException] = self.call(
+                create_many, self.info.remote_id, [a.event for a in part])
+            if len(results) != len(part):
+                raise ProviderUnavailable(f"create_many answered {len(results)} results for "
+                                          f"{len(part)} events")
+            retry: list[CreateRemote] = []
+            fatal: ProviderError | None = None
+            for a, res in zip(part, results):
+                if isinstance(res, (Throttled, ProviderUnavailable)):
+                    retry.append(a)
+                elif isinstance(res, ProviderError):
+                    fatal = fatal or res
+                else:
+                    guard(a, functools.partial(self._finish_create, a, res))
+            if fatal is not None:
+                raise fatal
+            for a in retry:
+                guard(a, functools.partial(self.create, a))
+
+    def _record_create(self, a: CreateRemote, ev: RemoteEvent) -> None:
         with self.db.session() as s:
             self._set_link(s, a.item_pk, ev.remote_id, ev.etag, a.local_hash, remote_hash(ev))
             if a.reason == "revert":
@@ -568,11 +627,10 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     executor = _Executor(db, info, connector, call, now, window, result)
     errors: list[str] = []
     external_kinds = (ImportExternal, RefreshExternal, DropExternal)
-    for action in actions:
-        if isinstance(action, external_kinds):
-            continue
+
+    def guarded(action: Action, step: Callable[[], None]) -> None:
         try:
-            executor.apply(action)
+            step()
         except ProviderError:
             raise
         except PreconditionFailed as exc:  # the remote moved under us: re-read, replan
@@ -584,6 +642,15 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
             errors.append(f"{type(action).__name__}: {exc}")
             log.warning("calendar %s (%s): %s failed: %s", info.id, info.name,
                         type(action).__name__, exc)
+
+    batched = hasattr(connector, "create_many")
+    for action in actions:
+        if isinstance(action, external_kinds) or (batched and isinstance(action, CreateRemote)):
+            continue
+        guarded(action, functools.partial(executor.apply, action))
+    creates = [a for a in actions if isinstance(a, CreateRemote)] if batched else []
+    if creates:
+        executor.create_batch(creates, guarded)
     executor.apply_externals([a for a in actions
                               if isinstance(a, (ImportExternal, RefreshExternal, DropExternal))],
                              errors)
