@@ -2,9 +2,10 @@
 the real msal and httpx and the sync engine (SQLite):
 
 1. initial push of 500 schedule items to one primary calendar: through the sync engine
-   (one POST per item, as the engine writes today) and through the connector's
-   ``create_many`` ($batch, 20 per request, batches in parallel up to the mailbox cap):
-   requests and seconds;
+   (which sends its creates through the connector's ``create_many``: one pull plus one
+   $batch per 20 items) and through ``create_many`` called directly ($batch, 20 per request,
+   batches in parallel up to the mailbox cap; the connector alone, no database): requests
+   and seconds;
 2. the sync right after it (reads calsync's own writes back from the delta) and then a
    no-op sync: Graph requests per calendar (the no-op must cost 1) and seconds;
 3. 1,000 connections (each its own mailbox, 2 items to push and 2 external events to

@@ -332,10 +332,16 @@ class CrashAfterCreate:
 
     def __init__(self, inner: Connector) -> None:
         self.inner = inner
+        if hasattr(inner, "create_many"):  # the engine batches creates through it
+            self.create_many = self._create_many
 
     def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
         self.inner.create(calendar_id, event)
         raise SimulatedCrash("crash between the remote write and the link record")
+
+    def _create_many(self, calendar_id: str, events: list[OutgoingEvent]) -> list[Any]:
+        self.inner.create_many(calendar_id, events)  # type: ignore[attr-defined]
+        raise SimulatedCrash("crash between the remote writes and the link records")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
