@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.workload import job_records  # noqa: E402
 from calsync.config import load_settings  # noqa: E402
 from calsync.db.models import Calendar, Connection  # noqa: E402
 from calsync.db.session import Database  # noqa: E402
@@ -37,15 +38,6 @@ from tests.emulators.google import GoogleEmulator, google_settings  # noqa: E402
 
 UTC = dt.timezone.utc
 SECRET = "bench-secret-key-0123456789abcdef"
-
-
-def _jobs(user: str, n: int, now: dt.datetime, prefix: str) -> list[dict[str, Any]]:
-    base = now.replace(minute=0, second=0) + dt.timedelta(days=1)
-    return [{"id": f"{prefix}{i}", "title": f"Fiber install {i}", "job_type": "Install",
-             "account": f"Acme {i}", "location": f"{i} Main St", "notes": "Gate 1234",
-             "start": (base + dt.timedelta(hours=5 * i)).isoformat(),
-             "end": (base + dt.timedelta(hours=5 * i + 2)).isoformat(),
-             "assignees": [user], "status": "scheduled"} for i in range(n)]
 
 
 def _connect(db: Database, box: CredentialBox, em: GoogleEmulator, user: str,
@@ -78,7 +70,7 @@ def bench_initial_push(n_items: int) -> dict[str, Any]:
         email = em.add_account("bench@example.com")
         report = import_document(db, {"users": [{"id": "u1", "name": "Bench",
                                                  "timezone": "America/Chicago"}],
-                                      "jobs": _jobs("u1", n_items, now, "j")}, now=now)
+                                      "jobs": job_records("u1", n_items, now, "j")}, now=now)
         assert report.ok, report.errors
         cid = _connect(db, CredentialBox.from_settings(settings), em, "u1", email)
 
@@ -113,7 +105,7 @@ def bench_many_connections(n_conn: int) -> dict[str, Any]:
         box = CredentialBox.from_settings(settings)
         users = [{"id": f"u{i}", "name": f"Tech {i}", "timezone": "America/Chicago"}
                  for i in range(n_conn)]
-        jobs = [j for i in range(n_conn) for j in _jobs(f"u{i}", 2, now, f"u{i}-j")]
+        jobs = [j for i in range(n_conn) for j in job_records(f"u{i}", 2, now, f"u{i}-j")]
         report = import_document(db, {"users": users, "jobs": jobs}, now=now)
         assert report.ok, report.errors
         start = (now + dt.timedelta(days=2)).replace(minute=0, second=0)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.workload import job_records  # noqa: E402
 from calsync.config import load_settings  # noqa: E402
 from calsync.db.models import Calendar, Connection  # noqa: E402
 from calsync.db.session import Database  # noqa: E402
@@ -41,15 +42,6 @@ from tests.emulators.graph import GraphEmulator, registered_outlook  # noqa: E40
 
 UTC = dt.timezone.utc
 SECRET = "bench-secret-key-0123456789abcdef"
-
-
-def _jobs(user: str, n: int, now: dt.datetime, prefix: str) -> list[dict[str, Any]]:
-    base = now.replace(minute=0, second=0) + dt.timedelta(days=1)
-    return [{"id": f"{prefix}{i}", "title": f"Fiber install {i}", "job_type": "Install",
-             "account": f"Acme {i}", "location": f"{i} Main St", "notes": "Gate 1234",
-             "start": (base + dt.timedelta(hours=5 * i)).isoformat(),
-             "end": (base + dt.timedelta(hours=5 * i + 2)).isoformat(),
-             "assignees": [user], "status": "scheduled"} for i in range(n)]
 
 
 def _settings(em: GraphEmulator, tmp: str) -> Any:
@@ -87,7 +79,7 @@ def bench_initial_push(n_items: int) -> dict[str, Any]:
         em.add_mailbox("bench@contoso.com")
         report = import_document(db, {"users": [{"id": "u1", "name": "Bench",
                                                  "timezone": "America/Chicago"}],
-                                      "jobs": _jobs("u1", n_items, now, "j")}, now=now)
+                                      "jobs": job_records("u1", n_items, now, "j")}, now=now)
         assert report.ok, report.errors
         ctx = _sign_in(factory, settings, em, "bench@contoso.com")
         cid = _connect(db, CredentialBox.from_settings(settings), ctx, "u1",
@@ -155,7 +147,7 @@ def bench_many_connections(n_conn: int) -> dict[str, Any]:
         box = CredentialBox.from_settings(settings)
         users = [{"id": f"u{i}", "name": f"Tech {i}", "timezone": "America/Chicago"}
                  for i in range(n_conn)]
-        jobs = [j for i in range(n_conn) for j in _jobs(f"u{i}", 2, now, f"u{i}-j")]
+        jobs = [j for i in range(n_conn) for j in job_records(f"u{i}", 2, now, f"u{i}-j")]
         report = import_document(db, {"users": users, "jobs": jobs}, now=now)
         assert report.ok, report.errors
         start = (now + dt.timedelta(days=2)).replace(minute=0, second=0)

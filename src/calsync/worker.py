@@ -43,38 +43,35 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def refresh_feeds_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
+def _guarded(what: str, job: Callable[[Settings, Database, dt.datetime], Any],
+             settings: Settings, db: Database, clock: Clock) -> Any:
+    """Run one job with ``now`` from the clock; a failure is logged, never kills the
+    scheduler, and the next run goes on."""
     try:
-        return refresh_dirty_feeds(settings, db, clock())
+        return job(settings, db, clock())
     except Exception:  # noqa: BLE001 - a scheduler job must not die
-        log.exception("feed refresh failed")
+        log.exception("%s failed", what)
         return None
+
+
+def refresh_feeds_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
+    """Re-render the feeds whose items changed."""
+    return _guarded("feed refresh", refresh_dirty_feeds, settings, db, clock)
 
 
 def rebuild_feeds_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
-    try:
-        return rebuild_all_feeds(settings, db, clock())
-    except Exception:  # noqa: BLE001
-        log.exception("nightly feed rebuild failed")
-        return None
+    """Re-render every feed (the window moves a day)."""
+    return _guarded("nightly feed rebuild", rebuild_all_feeds, settings, db, clock)
 
 
 def sync_tick_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
     """Run the syncs that are due."""
-    try:
-        return run_due_syncs(settings, db, clock())
-    except Exception:  # noqa: BLE001
-        log.exception("sync tick failed")
-        return None
+    return _guarded("sync tick", run_due_syncs, settings, db, clock)
 
 
 def push_renew_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
     """Keep push channels alive (Graph subscriptions, Google watch channels)."""
-    try:
-        return renew_push_subscriptions(settings, db, clock())
-    except Exception:  # noqa: BLE001
-        log.exception("push subscription renewal failed")
-        return None
+    return _guarded("push subscription renewal", renew_push_subscriptions, settings, db, clock)
 
 
 def build_scheduler(settings: Settings, db: Database, blocking: bool,
