@@ -60,7 +60,9 @@ class SyncSettings:
     max_occurrences: int = 1000
     request_timeout_seconds: float = 30.0
     max_retries: int = 4
+    retry_max_seconds: float = 60.0
     lease_seconds: int = 600
+    window_resync_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ def _validate(s: Settings) -> None:
     positive("sync.max_occurrences", s.sync.max_occurrences)
     positive("sync.request_timeout_seconds", s.sync.request_timeout_seconds)
     positive("sync.lease_seconds", s.sync.lease_seconds)
+    positive("sync.retry_max_seconds", s.sync.retry_max_seconds)
+    positive("sync.window_resync_days", s.sync.window_resync_days)
     if s.sync.conflict_policy not in _CONFLICT_POLICIES:
         raise ConfigError("sync.conflict_policy", s.sync.conflict_policy,
                           f"one of {', '.join(_CONFLICT_POLICIES)}")

@@ -12,6 +12,7 @@
     +-- SyncError                     a sync run cannot proceed safely
     |   +-- SyncTokenInvalid          the remote forgot our sync token: full resync
     |   +-- CalendarSuddenlyEmpty     a calendar that had items lists none: refuse to mirror
+    |   +-- CalendarGone              the calendar's collection answered 404/410: choose another
     |   +-- BookingConflict           a booking would double-book someone
     +-- ProviderError                 a remote service failed: which connection, calendar, next step
         +-- Throttled                 429/503 with an optional retry_after (seconds)
@@ -111,6 +112,14 @@ class SyncTokenInvalid(SyncError):
 
 class CalendarSuddenlyEmpty(SyncError):
     code = "calendar_suddenly_empty"
+
+
+class CalendarGone(SyncError):
+    """The remote calendar itself no longer exists (its collection answered 404/410). Only
+    that calendar stops; the connection's other calendars go on syncing."""
+
+    code = "calendar_gone"
+    http_status = 410
 
 
 class BookingConflict(SyncError):

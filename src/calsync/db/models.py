@@ -11,6 +11,7 @@ Tables by subsystem:
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from typing import Any
 
 from sqlalchemy import (
@@ -32,6 +33,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def new_public_id(prefix: str) -> str:
+    """A stable public id (``con_…``, ``cal_…``): what the CLI prints and the API takes."""
+    return f"{prefix}_{secrets.token_hex(6)}"
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -195,6 +201,8 @@ class Connection(Base):
     __tablename__ = "connections"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True,
+                                           default=lambda: new_public_id("con"))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))  # outlook | icloud | google | caldav
     account: Mapped[str] = mapped_column(String(320), default="")
@@ -221,6 +229,8 @@ class Calendar(Base):
     __table_args__ = (UniqueConstraint("connection_id", "remote_id", name="uq_calendars_remote"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True,
+                                           default=lambda: new_public_id("cal"))
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
     remote_id: Mapped[str] = mapped_column(Text)
     name: Mapped[str] = mapped_column(Text, default="")
@@ -228,12 +238,18 @@ class Calendar(Base):
     read_only: Mapped[bool] = mapped_column(Boolean, default=False)
     sync_token: Mapped[str | None] = mapped_column(Text)  # versioned: "v1:<token>"
     ctag: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error | guarded
+    # ok | error | guarded | gone (the collection answered 404/410)
+    status: Mapped[str] = mapped_column(String(16), default="ok")
     last_error: Mapped[str | None] = mapped_column(Text)
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     known_items: Mapped[int] = mapped_column(Integer, default=0)
     empty_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Start of the sync window the stored busy blocks were expanded for; the engine
+    # re-expands stored series (or re-baselines with a full listing) as the window moves.
+    window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # A calendar throttled past the retry cap is not synced again before this.
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     connection: Mapped[Connection] = relationship(back_populates="calendars")
 
@@ -283,6 +299,9 @@ class ExternalEvent(Base):
     response: Mapped[str | None] = mapped_column(String(24))  # accepted|declined|...
     private_at_source: Mapped[bool] = mapped_column(Boolean, default=False)
     all_day: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the connector needs to re-expand the event for a later window without a
+    # request (CalDAV: the object's iCalendar text); None where the provider expands.
+    source: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     occurrences: Mapped[list[ExternalBusy]] = relationship(

@@ -26,6 +26,18 @@ It returns one result per event, in order: the created :class:`RemoteEvent`, or 
 ``create`` would have raised for that event (``AlreadyExists`` is adopted by key,
 ``Throttled``/``ProviderUnavailable`` items are retried singly). When present, the engine
 sends a calendar's creates through it in chunks and records each item's link on its own.
+
+Optional method ``expand(source: str, window: Window) -> list[Occurrence]``: the occurrences
+of a stored external event inside ``window``, computed from ``RemoteEvent.source`` without a
+request. A connector that sets ``source`` on the events it returns must have it; the engine
+calls it as the sync window slides, so a series whose object never changes again still
+blocks the days that enter the window. A connector without it (the provider expands, and
+its delta link or sync token is bound to the window of the listing that started it) is
+re-baselined with a full listing once the window has slid ``sync.window_resync_days``.
+
+A calendar whose collection is gone (404/410) raises ``CalendarGone`` from ``changes``;
+only that calendar stops. Every request goes through one :class:`calsync.sync.retry.
+RetryPolicy` at the connector's HTTP edge; nothing above retries again.
 """
 
 from __future__ import annotations
@@ -97,6 +109,9 @@ class RemoteEvent:
     occurrences: list[Occurrence] = field(default_factory=list)
     last_modified: dt.datetime | None = None
     raw: str | None = None  # provider payload (ICS or JSON) for diagnostics
+    # What the connector's ``expand`` needs to re-expand this event for another window
+    # (CalDAV: the object's iCalendar text). None when the provider expands.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
