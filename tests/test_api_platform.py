@@ -43,6 +43,39 @@ def test_bad_body_is_a_json_error_naming_the_field(app_client, make_token) -> No
     assert r.status_code == 422 and r.json()["detail"]["field"] == "id"
 
 
+@pytest.mark.parametrize("path, body, typo, meant", [
+    ("/api/users/u1", DOC["users"][0], "timezon", "timezone"),
+    ("/api/jobs/j1", DOC["jobs"][0], "locaton", "location"),
+    ("/api/time-off/t1", DOC["time_off"][0], "reasn", "reason"),
+    ("/api/blocks/b1", DOC["blocks"][0], "titel", "title"),
+])
+def test_unknown_body_field_is_422_naming_the_field(app_client, make_token, path, body, typo,
+                                                     meant) -> None:
+    admin = _auth(make_token("admin"))
+    for user in DOC["users"]:
+        app_client.put(f"/api/users/{user['id']}", json=user, headers=admin)
+    r = app_client.put(path, json={**body, typo: "x"}, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid"
+    assert r.json()["detail"]["field"] == typo
+    assert f"did you mean {meant!r}" in r.json()["detail"]["error"]
+    # nothing of the rejected body was written
+    if not path.startswith("/api/users/"):
+        assert app_client.delete(path, headers=admin).status_code == 404
+    r = app_client.put(path, json={**body, "colour": "red"}, headers=admin)
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "colour"
+    assert r.json()["detail"]["error"].startswith("unknown field; expected ")
+
+
+def test_booking_with_an_unknown_field_is_422_naming_it(app_client, make_token) -> None:
+    admin = _auth(make_token("admin"))
+    for user in DOC["users"]:
+        app_client.put(f"/api/users/{user['id']}", json=user, headers=admin)
+    r = app_client.post("/api/bookings", json={**DOC["jobs"][0], "asignees": ["u1"]},
+                        headers=admin)
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "asignees"
+
+
 @pytest.mark.parametrize("role, expected", [("admin", 201), ("dispatcher", 403), ("user", 403)])
 def test_only_admin_writes_schedule(app_client, make_token, role, expected) -> None:
     admin = _auth(make_token("admin"))

@@ -116,3 +116,20 @@ def test_naive_time_uses_item_timezone(db: Database) -> None:
     with db.session() as s:
         b = s.scalar(select(ScheduleItem).where(ScheduleItem.ext_id == "b9"))
         assert b.start_at == dt.datetime(2026, 7, 1, 10, tzinfo=dt.timezone.utc)
+
+
+def test_unknown_fields_are_rejected_naming_the_field(db: Database) -> None:
+    doc = {"users": [{**DOC["users"][0], "privat_mode": False}, DOC["users"][1]],
+           "jobs": [{**DOC["jobs"][0], "locaton": "2 Main St"}],
+           "blocks": [{"id": "b9", "deleted": True, "reason": "typo on a tombstone"}]}
+    report = import_document(db, doc)
+    errs = {(e["record"], e["field"]): e["error"] for e in report.errors}
+    assert errs == {
+        ("users[0] (id='u1')", "privat_mode"): "unknown field; did you mean 'private_mode'?",
+        ("jobs[0] (id='j1')", "locaton"): "unknown field; did you mean 'location'?",
+        ("blocks[0] (id='b9')", "reason"): "unknown field; expected all_day, deleted, end, "
+                                           "id, location, notes, start, timezone, title, user",
+    }
+    with db.session() as s:
+        assert s.get(User, "u1") is None and s.get(User, "u2") is not None
+        assert s.scalars(select(ScheduleItem)).all() == []

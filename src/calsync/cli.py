@@ -1,4 +1,8 @@
-"""The ``calsync`` command. User errors print one line on stderr and exit non-zero."""
+"""The ``calsync`` command. User errors print one line on stderr and exit non-zero.
+
+A database that cannot be opened (no server, no such database, a SQLite path whose folder
+cannot be made) is a user error too: one line naming the database (never its password).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,64 @@ import sys
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from calsync.config import Settings, load_settings
 from calsync.db.session import Database
 from calsync.errors import CalsyncError, NotFound, UserError
 
+# Libraries that log every HTTP request or set-up step at INFO; their lines would garble
+# the progress bar and bury calsync's own messages. ``-v`` shows them again.
+THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "urllib3", "alembic", "googleapiclient",
+                       "google_auth_httplib2", "msal", "uvicorn.access", "apscheduler")
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
+def database_label(url: str) -> str:
+    """The database URL as it may be shown: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the configured database URL"
+
+
+def database_error_reason(exc: BaseException, url: str) -> str:
+    """One line from a driver error: its first line, no SQL, no parameters, no password."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    reason = " ".join(lines[0].split()) if lines else type(orig).__name__
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        password = None
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason
+
+
+class DatabaseUnavailable(UserError):
+    """The configured database cannot be opened."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot open the database {database_label(url)}: {reason} "
+                         f"(check [database] url or CALSYNC_DATABASE_URL)")
+
 
 class AppContext:
     """Settings and database, made on first use so ``--help`` needs neither."""
 
+    # The context of the running command, for ``main``'s error messages after click is done.
+    latest: AppContext | None = None
+
     def __init__(self, config_path: str | None) -> None:
+        AppContext.latest = self
         self.config_path = config_path
         self._settings: Settings | None = None
         self._db: Database | None = None
@@ -31,7 +83,21 @@ class AppContext:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = Database(self.settings.database.url, echo=self.settings.database.echo)
+            url = self.settings.database.url
+            try:
+                database = Database(url, echo=self.settings.database.echo)
+            except OSError as exc:  # the SQLite file's folder could not be made
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise DatabaseUnavailable(url, f"{exc.strerror or exc}{where}") from None
+            except ArgumentError as exc:
+                raise DatabaseUnavailable(url, str(exc)) from None
+            try:  # connect now, so an unreachable database is one line, not a traceback
+                with database.engine.connect():
+                    pass
+            except DBAPIError as exc:
+                database.dispose()
+                raise DatabaseUnavailable(url, database_error_reason(exc, url)) from None
+            self._db = database
         return self._db
 
     def migrated_db(self) -> Database:
@@ -58,8 +124,7 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """calsync: calendar sync and scheduling integration worker."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
     ctx.obj = AppContext(config_path)
 
 
@@ -76,19 +141,33 @@ def db_upgrade(app: AppContext) -> None:
     click.echo("database is at head")
 
 
+def read_json_document(raw: bytes, name: str) -> Any:
+    """Parse UTF-8 JSON (a byte-order mark is accepted); bad input is one UserError line
+    saying where."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{name}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
+                        f"column {column} (save the file as UTF-8)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name}: not valid JSON at line {exc.lineno} "
+                        f"column {exc.colno}: {exc.msg}") from None
+
+
 @cli.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def import_cmd(app: AppContext, file: Any, as_json: bool) -> None:
     """Upsert users, jobs, time off and blocks from a JSON FILE (- for stdin)."""
     from calsync.schedule.store import import_document
 
-    try:
-        doc = json.load(file)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{file.name}: not valid JSON at line {exc.lineno} "
-                        f"column {exc.colno}: {exc.msg}") from None
+    name = "<stdin>" if file.name in ("-", "<stdin>") else file.name
+    doc = read_json_document(file.read(), name)
     report = import_document(app.migrated_db(), doc, actor="cli:import")
     if as_json:
         emit(report.as_dict(), True)
@@ -188,11 +267,44 @@ def token_create(app: AppContext, name: str, role: str, user_id: str | None) -> 
     from calsync.db.models import User
 
     with app.migrated_db().session() as s:
-        if user_id is not None and s.get(User, user_id) is None:
+        owner = s.get(User, user_id) if user_id is not None else None
+        if user_id is not None and (owner is None or owner.deleted_at is not None):
             raise NotFound(f"user {user_id!r} not found")
         value = create_api_token(s, name, role, user_id)
         audit(s, "cli", "token.create", "api_token", name, {"role": role, "user": user_id})
     click.echo(value)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def token_list(app: AppContext, as_json: bool) -> None:
+    """List API tokens: id, name, role, user, prefix, created, last used, revoked."""
+    from calsync.api.auth import list_api_tokens
+
+    with app.migrated_db().session() as s:
+        rows = list_api_tokens(s)
+    lines = [f"{r['id']}  {r['name']}  {r['role']}"
+             f"{'  user ' + r['user_id'] if r['user_id'] else ''}  {r['prefix']}…  "
+             f"created {r['created_at']}  last used {r['last_used_at'] or 'never'}"
+             f"{'  REVOKED ' + r['revoked_at'] if r['revoked_at'] else ''}" for r in rows]
+    emit(rows, as_json, "\n".join(lines) if lines else "no API tokens")
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def token_revoke(app: AppContext, token_id: int, as_json: bool) -> None:
+    """Revoke the API token ID (from `calsync token list`); it stops working at once."""
+    from calsync.api.auth import revoke_api_token
+    from calsync.audit import audit
+    from calsync.db.models import utcnow
+
+    with app.migrated_db().locked_session() as s:
+        row = revoke_api_token(s, token_id, utcnow())
+        audit(s, "cli", "token.revoke", "api_token", str(token_id), {"name": row["name"]})
+    emit(row, as_json, f"token {token_id} ({row['name']}) revoked")
 
 
 @cli.command()
@@ -266,6 +378,20 @@ def main() -> None:
     except CalsyncError as exc:
         click.echo(f"calsync: {exc.message}", err=True)
         sys.exit(2 if isinstance(exc, UserError) else 1)
+    except DBAPIError as exc:
+        # The database went away mid-command (or refused a statement). SQLAlchemy's own
+        # text carries the statement and its parameters (event details): print neither.
+        url = _configured_url()
+        click.echo(f"calsync: database error on {database_label(url)}: "
+                   f"{database_error_reason(exc, url)}", err=True)
+        sys.exit(1)
+
+
+def _configured_url() -> str:
+    app = AppContext.latest
+    if app is not None and app._settings is not None:
+        return app._settings.database.url
+    return "the database"
 
 
 if __name__ == "__main__":

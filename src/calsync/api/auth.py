@@ -1,18 +1,23 @@
-"""Bearer API tokens and roles. Tokens are stored as SHA-256 hashes only."""
+"""Bearer API tokens and roles: create, list, revoke, and resolve a request's caller.
+
+Tokens are stored as SHA-256 hashes only; listings show the id, name, role, user, the
+public prefix and the dates, never the token or its hash. A token of a deleted user is
+revoked with the user (``calsync.schedule.store``) and refused here in any case."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, Request
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from calsync.db.models import ApiToken, utcnow
-from calsync.errors import AuthError, Forbidden, UserError
+from calsync.db.models import ApiToken, User, utcnow
+from calsync.errors import AuthError, Forbidden, NotFound, UserError
 from calsync.secrets import hash_api_token, new_api_token
 
 ROLES = ("admin", "dispatcher", "user")
@@ -63,6 +68,35 @@ def create_api_token(session: Session, name: str, role: str, user_id: str | None
     return token
 
 
+def token_as_dict(row: ApiToken) -> dict[str, Any]:
+    """What a listing shows of a token: never the token or its hash."""
+    return {"id": row.id, "name": row.name, "role": row.role, "user_id": row.user_id,
+            "prefix": row.prefix, "created_at": _iso(row.created_at),
+            "last_used_at": _iso(row.last_used_at), "revoked_at": _iso(row.revoked_at)}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def list_api_tokens(session: Session, include_revoked: bool = True) -> list[dict[str, Any]]:
+    q = select(ApiToken).order_by(ApiToken.id)
+    if not include_revoked:
+        q = q.where(ApiToken.revoked_at.is_(None))
+    return [token_as_dict(row) for row in session.scalars(q)]
+
+
+def revoke_api_token(session: Session, token_id: int, now: dt.datetime) -> dict[str, Any]:
+    """Revoke one token by id (the next request with it gets 401). Revoking twice keeps the
+    first date. Raises NotFound."""
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound(f"API token {token_id} not found; see `calsync token list`")
+    if row.revoked_at is None:
+        row.revoked_at = now
+    return token_as_dict(row)
+
+
 def _token_row(session: Session, header: str | None) -> ApiToken:
     if not header or not header.lower().startswith("bearer "):
         raise AuthError("missing bearer token (Authorization: Bearer TOKEN)")
@@ -70,6 +104,11 @@ def _token_row(session: Session, header: str | None) -> ApiToken:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(token)))
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked API token")
+    if row.user_id is not None:
+        # Tokens die with their user, also those from before deletions revoked them.
+        owner = session.get(User, row.user_id)
+        if owner is None or owner.deleted_at is not None:
+            raise AuthError("invalid or revoked API token")
     return row
 
 

@@ -1,5 +1,5 @@
 """Platform endpoints: upserts of users, jobs, time off, blocks; feed link management;
-health and metrics."""
+API token listing and revocation; health and metrics."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
 
-from calsync.api.auth import Principal, PrincipalDep
+from calsync.api.auth import Principal, PrincipalDep, list_api_tokens, revoke_api_token
 from calsync.audit import audit
-from calsync.db.models import Connection, FeedCache, ScheduleItem, User
+from calsync.db.models import Connection, FeedCache, ScheduleItem, User, utcnow
 from calsync.errors import NotFound, ValidationError
 from calsync.feeds.links import feed_url, issue_feed, revoke_feed
 from calsync.schedule.records import PARSERS, parse_user
@@ -124,6 +124,25 @@ def get_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> d
                 "timezone": user.timezone, "private_mode": user.private_mode,
                 "working_hours": user.working_hours, "feed_enabled": user.feed_enabled,
                 "feed_last_fetched_at": fetched.isoformat() if fetched else None}
+
+
+@router.get("/api/tokens", tags=["tokens"])
+def get_tokens(request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
+    """Every API token with id, name, role, user, prefix and dates (never the token)."""
+    who.require("admin")
+    with request.app.state.db.session() as s:
+        return {"tokens": list_api_tokens(s)}
+
+
+@router.delete("/api/tokens/{token_id}", tags=["tokens"])
+def delete_token(token_id: int, request: Request,
+                 who: Principal = PrincipalDep) -> dict[str, Any]:
+    """Revoke a token: the next request that carries it gets 401."""
+    who.require("admin")
+    with request.app.state.db.locked_session() as s:
+        row = revoke_api_token(s, token_id, utcnow())
+        audit(s, who.actor, "token.revoke", "api_token", str(token_id), {"name": row["name"]})
+    return row
 
 
 @router.get("/healthz", tags=["ops"])

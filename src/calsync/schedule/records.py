@@ -7,6 +7,7 @@ Each ``parse_*`` function takes a JSON-like dict and returns a frozen record, or
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,16 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 JOB_STATUSES = ("scheduled", "completed", "cancelled")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 MAX_TEXT = 20_000
+
+# The fields each record may carry. Anything else is rejected by name: a typo such as
+# "locaton" would otherwise drop the data without a word.
+USER_FIELDS = frozenset({"id", "name", "email", "timezone", "private_mode", "working_hours",
+                         "deleted"})
+_ITEM_COMMON = frozenset({"id", "start", "end", "all_day", "timezone", "location", "notes",
+                          "deleted"})
+JOB_FIELDS = _ITEM_COMMON | {"title", "job_type", "account", "assignees", "status"}
+TIME_OFF_FIELDS = _ITEM_COMMON | {"user", "reason"}
+BLOCK_FIELDS = _ITEM_COMMON | {"user", "title"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,16 @@ class _Reader:
     def fail(self, field: str, why: str) -> ValidationError:
         return ValidationError(self.record, field, why)
 
+    def only(self, allowed: frozenset[str]) -> None:
+        """Reject the first field (in sorted order) that the record does not know."""
+        for key in sorted(self.raw, key=str):
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"expected {', '.join(sorted(allowed))}"
+            raise self.fail(str(key), f"unknown field; {hint}")
+
     def text(self, field: str, required: bool = False, default: str | None = None) -> str | None:
         value = self.raw.get(field)
         if value is None:
@@ -104,6 +125,7 @@ def record_name(section: str, index: int | None, raw: Any) -> str:
 
 def parse_user(raw: Any, record: str = "user") -> UserRecord:
     r = _Reader(raw, record)
+    r.only(USER_FIELDS)
     uid = r.ident()
     deleted = r.boolean("deleted", False)
     if deleted:
@@ -202,6 +224,7 @@ def _span(r: _Reader, all_day: bool, tzid: str | None
 
 def parse_job(raw: Any, record: str = "job") -> ItemRecord:
     r = _Reader(raw, record)
+    r.only(JOB_FIELDS)
     jid = r.ident()
     if r.boolean("deleted", False):
         return _deleted("job", jid)
@@ -225,6 +248,7 @@ def parse_job(raw: Any, record: str = "job") -> ItemRecord:
 
 
 def _owned(r: _Reader, kind: str, title_field: str) -> ItemRecord:
+    r.only(TIME_OFF_FIELDS if kind == "time_off" else BLOCK_FIELDS)
     iid = r.ident()
     if r.boolean("deleted", False):
         return _deleted(kind, iid)

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.audit import audit
-from calsync.db.models import ItemAssignee, ScheduleItem, User, utcnow
+from calsync.db.models import ApiToken, ItemAssignee, ScheduleItem, User, utcnow
 from calsync.db.session import Database
 from calsync.errors import ValidationError
 from calsync.feeds.dirty import mark_feeds_dirty
@@ -55,9 +55,17 @@ def upsert_user(session: Session, rec: UserRecord, actor: str = "system",
         if user is None or user.deleted_at is not None:
             return "missing"
         user.deleted_at = now
-        user.feed_enabled = False
         user.updated_at = now
-        audit(session, actor, "user.delete", "user", rec.id, at=now)
+        # What let the user in dies with them: their feed link (404 from now on; a new one
+        # is a new version if they come back) and their API tokens.
+        user.feed_enabled = False
+        tokens = list(session.scalars(select(ApiToken.id).where(
+            ApiToken.user_id == rec.id, ApiToken.revoked_at.is_(None))))
+        if tokens:
+            session.execute(update(ApiToken).where(ApiToken.id.in_(tokens))
+                            .values(revoked_at=now))
+        audit(session, actor, "user.delete", "user", rec.id, {"tokens_revoked": tokens},
+              at=now)
         return "deleted"
     if user is None:
         user = User(id=rec.id, name=rec.name, email=rec.email, timezone=rec.timezone,
