@@ -1,8 +1,18 @@
-"""Engine and session set-up, SQLite pragmas, and migrating to head."""
+"""Engine and session set-up, SQLite pragmas, and migrating to head.
+
+On SQLite every session that may write takes the write lock when it begins (``BEGIN
+IMMEDIATE``): a deferred transaction that reads and then writes cannot wait for another
+writer (SQLite answers "database is locked" at once instead of applying ``busy_timeout``
+when the snapshot it read is stale), so writers queue for the lock up front instead.
+Sessions that only read use :meth:`Database.read_session` and never wait for writers (WAL).
+A write session opened inside another one on the same thread would wait for itself: that
+programming error raises at once instead of after the busy timeout.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,12 +72,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 class Database:
-    """An engine plus a session factory. ``write_lock()`` serialises writers on SQLite."""
+    """An engine plus session factories: :meth:`session` (may write: on SQLite it holds the
+    write lock from its start) and :meth:`read_session` (reads only)."""
 
     def __init__(self, url: str, echo: bool = False) -> None:
         self.url = _normalise_url(url)
         self.engine = make_engine(url, echo=echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writing = threading.local()
 
     @property
     def dialect(self) -> str:
@@ -81,27 +93,44 @@ class Database:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in a transaction: commits on success, rolls back on error."""
-        with self.sessions() as s:
-            with s.begin():
-                yield s
+        """A write transaction: commits on success, rolls back on error. On SQLite it takes
+        the write lock up front (``BEGIN IMMEDIATE``, one writer at a time across processes,
+        waiting up to ``busy_timeout``); on PostgreSQL callers take row locks themselves
+        (``with_for_update``) where they read before they write."""
+        if self.dialect != "sqlite":
+            with self.sessions() as s:
+                with s.begin():
+                    yield s
+            return
+        if getattr(self._writing, "active", False):
+            raise RuntimeError("a write session was opened inside another one on the same "
+                               "thread; SQLite would wait for itself")
+        self._writing.active = True
+        try:
+            with self.engine.connect() as conn:
+                conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+                with conn.begin():
+                    s = Session(bind=conn, expire_on_commit=False,
+                                join_transaction_mode="conditional_savepoint")
+                    try:
+                        yield s
+                        s.flush()
+                    finally:
+                        s.close()
+        finally:
+            self._writing.active = False
+
+    # Kept for the callers that say so explicitly; every write session is locked now.
+    locked_session = session
 
     @contextlib.contextmanager
-    def locked_session(self) -> Iterator[Session]:
-        """A write transaction taken up front: SQLite ``BEGIN IMMEDIATE`` (one writer at a
-        time, across processes). On PostgreSQL the caller takes row locks itself
-        (``with_for_update``). Commits on success, rolls back on error."""
-        with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-            with conn.begin():
-                s = Session(bind=conn, expire_on_commit=False,
-                            join_transaction_mode="conditional_savepoint")
-                try:
-                    yield s
-                    s.flush()
-                finally:
-                    s.close()
+    def read_session(self) -> Iterator[Session]:
+        """A read-only transaction: never waits for a writer (WAL), rolled back at the end."""
+        with self.sessions() as s:
+            try:
+                yield s
+            finally:
+                s.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -218,7 +218,7 @@ def current_validators(settings: Settings, db: Database, user_id: str,
     """The validators of ``user_id``'s cached feed when it can be served as is, else None
     (then ``current_feed`` renders). Lets a conditional request be answered with 304
     without reading the body."""
-    with db.session() as s:
+    with db.read_session() as s:
         row = s.execute(select(
             FeedCache.dirty, FeedCache.etag, FeedCache.last_modified, FeedCache.window_start,
             FeedCache.window_end, FeedCache.schema_version,
@@ -257,7 +257,7 @@ def current_feed(settings: Settings, db: Database, user_id: str,
     """The feed to serve: the cached one when current, else rendered on the spot (a
     change is never served late). When rendering fails, a previous body is served if
     there is one; otherwise the error propagates."""
-    with db.session() as s:
+    with db.read_session() as s:
         cache = s.get(FeedCache, user_id)
         if cache is not None and is_current(cache, settings, now):
             return _snapshot(cache)
