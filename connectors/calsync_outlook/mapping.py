@@ -4,8 +4,10 @@
   busy: fail closed); ``sensitivity`` private/confidential -> private; ``isCancelled``;
   ``responseStatus.response``; ``type`` seriesMaster/occurrence/exception -> recurring.
 - Reads ask for ``Prefer: outlook.timezone="UTC"``, so timed ``start``/``end`` are UTC wall
-  times; all-day events keep midnight dates. ``originalStartTimeZone`` (a Windows name)
-  becomes the IANA ``tzid``.
+  times; all-day events keep midnight dates, placed in ``originalStartTimeZone`` (a Windows
+  or IANA name, mapped with CLDR's complete table) which becomes the IANA ``tzid``.
+- Writes name the item's zone as Graph accepts it (:func:`graph_zone_name`: the IANA name
+  where documented, else CLDR's Windows name), with the local wall time in that zone.
 - calsync's tag: the single-value extended property ``CALSYNC_PROPERTY_ID`` (and the
   ``transactionId`` ``calsync:<key>``, which Graph returns in every read, delta included).
 """
@@ -20,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from calsync.sync.connector import Occurrence, OutgoingEvent, RemoteEvent, Window
-from calsync_outlook.timezones import iana_to_windows, windows_to_iana
+from calsync_outlook.timezones import graph_zone_name, windows_to_iana
 
 UTC = dt.timezone.utc
 CALSYNC_GUID = "5c2f7c1e-8a43-4b8e-9d0a-1c6a0f3b7e21"
@@ -144,15 +146,14 @@ def to_remote(data: dict[str, Any], window: Window | None) -> RemoteEvent:
 
 
 def _side(value: dt.datetime | dt.date, tzid: str, all_day: bool) -> dict[str, str]:
+    zone_name = graph_zone_name(tzid)
     if all_day:
         day = value if not isinstance(value, dt.datetime) else value.date()
-        return {"dateTime": f"{day.isoformat()}T00:00:00", "timeZone":
-                iana_to_windows(tzid) or "UTC"}
+        return {"dateTime": f"{day.isoformat()}T00:00:00", "timeZone": zone_name or "UTC"}
     assert isinstance(value, dt.datetime)
-    windows = iana_to_windows(tzid)
-    if windows and windows != "UTC":
+    if zone_name and zone_name != "UTC":
         local = value.astimezone(ZoneInfo(tzid))
-        return {"dateTime": local.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": windows}
+        return {"dateTime": local.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": zone_name}
     return {"dateTime": value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             "timeZone": "UTC"}
 

@@ -40,6 +40,9 @@ Graph
 - Recurring series (``recurrence`` pattern daily/weekly, range endDate/numbered/noEnd) are
   expanded to ``occurrence`` instances; exceptions (modified or cancelled occurrences).
 - ``showAs``, ``sensitivity``, ``isCancelled``, ``responseStatus``, ``isAllDay``, ``type``.
+- ``dateTimeTimeZone.timeZone``: any Windows zone name or one of the documented "additional
+  time zones" (IANA names); others -> 400 ``TimeZoneNotSupportedException``. Without
+  ``Prefer: outlook.timezone`` times come back in the zone they were written in.
 - ``POST /$batch`` (JSON batching): at most 20 requests, each answered by id (order not
   kept), per-item 429 with ``Retry-After`` (:meth:`throttle_batch_items`).
 - Throttling: :meth:`throttle` (429/503 with ``Retry-After``), :meth:`fail`; more than 4
@@ -74,19 +77,44 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
 UTC = dt.timezone.utc
 GRAPH_PREFIX = "/v1.0"
 MAX_BATCH = 20
 MAX_SUBSCRIPTION_MINUTES = 10080
 MAILBOX_CONCURRENCY = 4
 
-# Windows zone names the emulator understands (its own table, independent of calsync's).
-_WINDOWS = {
-    "UTC": "UTC", "Pacific Standard Time": "America/Los_Angeles",
-    "Central Standard Time": "America/Chicago", "Eastern Standard Time": "America/New_York",
-    "W. Europe Standard Time": "Europe/Berlin", "GMT Standard Time": "Europe/London",
-    "Mountain Standard Time": "America/Denver",
-}
+# Time zone names Graph's calendar API accepts in dateTimeTimeZone.timeZone: every Windows
+# zone (CLDR windowsZones, as icalendar ships it) and the documented "additional time zones"
+# (IANA names; learn.microsoft.com/graph/api/resources/datetimetimezone). Anything else is
+# refused with 400 TimeZoneNotSupportedException, as Graph does.
+_WINDOWS = {**WINDOWS_TO_OLSON, "UTC": "UTC"}
+GRAPH_ADDITIONAL_ZONES = frozenset("""
+Etc/GMT+12 Etc/GMT+11 Pacific/Honolulu America/Anchorage America/Santa_Isabel
+America/Los_Angeles America/Phoenix America/Chihuahua America/Denver America/Guatemala
+America/Chicago America/Mexico_City America/Regina America/Bogota America/New_York
+America/Indiana/Indianapolis America/Caracas America/Asuncion America/Halifax America/Cuiaba
+America/La_Paz America/Santiago America/St_Johns America/Sao_Paulo
+America/Argentina/Buenos_Aires America/Cayenne America/Godthab America/Montevideo
+America/Bahia Etc/GMT+2 Atlantic/Azores Atlantic/Cape_Verde Africa/Casablanca Etc/GMT
+Europe/London Atlantic/Reykjavik Europe/Berlin Europe/Budapest Europe/Paris Europe/Warsaw
+Africa/Lagos Africa/Windhoek Europe/Bucharest Asia/Beirut Africa/Cairo Asia/Damascus
+Africa/Johannesburg Europe/Kiev Europe/Istanbul Asia/Jerusalem Asia/Amman Asia/Baghdad
+Europe/Kaliningrad Asia/Riyadh Africa/Nairobi Asia/Tehran Asia/Dubai Asia/Baku
+Europe/Moscow Indian/Mauritius Asia/Tbilisi Asia/Yerevan Asia/Kabul Asia/Karachi
+Asia/Tashkent Asia/Kolkata Asia/Colombo Asia/Kathmandu Asia/Almaty Asia/Dhaka
+Asia/Yekaterinburg Asia/Yangon Asia/Bangkok Asia/Novosibirsk Asia/Shanghai
+Asia/Krasnoyarsk Asia/Singapore Australia/Perth Asia/Taipei Asia/Ulaanbaatar Asia/Irkutsk
+Asia/Tokyo Asia/Seoul Australia/Adelaide Australia/Darwin Australia/Brisbane
+Australia/Sydney Pacific/Port_Moresby Australia/Hobart Asia/Yakutsk Pacific/Guadalcanal
+Asia/Vladivostok Pacific/Auckland Etc/GMT-12 Pacific/Fiji Asia/Magadan Pacific/Tongatapu
+Pacific/Apia Pacific/Kiritimati
+""".split())
+
+
+def supported_zone(name: Any) -> bool:
+    return isinstance(name, str) and (name in _WINDOWS or name in GRAPH_ADDITIONAL_ZONES)
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -712,6 +740,16 @@ class GraphEmulator:
             out.pop("transactionId", None)
         return out
 
+    @staticmethod
+    def _bad_zone(data: dict[str, Any]) -> tuple[int, dict[str, str], Any] | None:
+        for field_ in ("start", "end"):
+            side = data.get(field_)
+            if isinstance(side, dict) and not supported_zone(side.get("timeZone")):
+                return _graph_error(400, "TimeZoneNotSupportedException",
+                                    "A valid TimeZone value must be specified. The following "
+                                    f"TimeZone value is not supported: '{side.get('timeZone')}'.")
+        return None
+
     def _create(self, box: Mailbox, cal_id: str, data: dict[str, Any],
                 utc: bool) -> tuple[int, dict[str, str], Any]:
         if not box.calendars[cal_id]["canEdit"]:
@@ -719,6 +757,9 @@ class GraphEmulator:
         for field_ in ("start", "end"):
             if not isinstance(data.get(field_), dict) or "dateTime" not in data[field_]:
                 return _graph_error(400, "ErrorInvalidRequest", f"{field_} is required")
+        refused = self._bad_zone(data)
+        if refused is not None:
+            return refused
         txn = data.get("transactionId")
         if txn:
             for ev in box.events.values():
@@ -761,6 +802,9 @@ class GraphEmulator:
                                 "current change key for the item.")
         if method == "PATCH":
             changes = dict(data or {})
+            refused = self._bad_zone(changes)
+            if refused is not None:
+                return refused
             changes.pop("transactionId", None)  # cannot change after create
             for k, v in changes.items():
                 if k == "singleValueExtendedProperties":
@@ -1037,8 +1081,9 @@ class registered_outlook:  # noqa: N801 - used as a context manager
         self.sleep = sleep
 
     def __enter__(self) -> Any:
-        from calsync.sync import connector as connector_module
         from calsync_outlook import OutlookFactory, OutlookHttp
+
+        from calsync.sync import connector as connector_module
 
         self._registry = connector_module._registry
         self._previous = self._registry.get("outlook")
