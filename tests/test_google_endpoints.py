@@ -118,7 +118,7 @@ def test_cli_device_flow_through_connect_oauth(em: GoogleEmulator, db: Database,
 
     summary = connect_oauth(settings, db, "google", user, prompt, dt.datetime.now(UTC))
     assert summary["account"] == CAL and summary["created"]
-    assert [c["id"] for c in summary["calendars"]] == [CAL]
+    assert [c["remote_id"] for c in summary["calendars"]] == [CAL]
     with db.session() as s:
         conn = s.scalars(select(Connection)).one()
         stored = CredentialBox.from_settings(settings).open(conn.credentials or b"")

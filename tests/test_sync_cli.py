@@ -88,7 +88,7 @@ def test_connect_caldav_stores_encrypted_credentials(cli_env: Database, fake_cal
                              "https://dav.example/", "--username", "jane", "--password-stdin",
                              stdin="right\n")
     assert code == 0, err
-    assert "https://dav.example/cal/work/" in out
+    assert "(connection con_" in out and "  cal_" in out and "Holidays (read-only)" in out
     assert fake_caldav.seen[0].credentials == {"username": "jane", "password": "right"}
     with cli_env.session() as s:
         conn = s.scalars(select(Connection)).one()
@@ -144,25 +144,28 @@ def test_calendars_list_and_set(cli_env: Database, fake_caldav: Any,
     code, out, err = calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")
     assert code == 0, err
     listed = json.loads(out)
-    assert listed == [
-        {"id": "https://dav.example/cal/work/", "name": "Work", "role": "ignored",
-         "read_only": False},
-        {"id": "https://dav.example/cal/holidays/", "name": "Holidays", "role": "ignored",
-         "read_only": True},
+    assert [{k: v for k, v in c.items() if k != "id"} for c in listed] == [
+        {"name": "Work", "role": "ignored", "read_only": False},
+        {"name": "Holidays", "role": "ignored", "read_only": True},
     ]
+    assert all(c["id"].startswith("cal_") for c in listed)
     code, _, err = calsync(monkeypatch, capsys, "calendars", "set", "u1", "--primary",
-                           "https://dav.example/cal/holidays/")
+                           listed[1]["id"])
     assert code != 0 and "read-only" in err
     code, _, err = calsync(monkeypatch, capsys, "calendars", "set", "u1", "--primary", "nope")
     assert code != 0 and "no calendar 'nope'" in err
+    # the remote id and the exact name are accepted too
     code, _, err = calsync(monkeypatch, capsys, "calendars", "set", "u1", "--primary",
                            "https://dav.example/cal/work/", "--conflict", "Holidays")
     assert code == 0, err
     _, out, _ = calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")
     assert [(c["name"], c["role"]) for c in json.loads(out)] == [("Work", "primary"),
                                                                   ("Holidays", "conflict")]
-    # setting again moves the roles; the rest becomes ignored
-    calsync(monkeypatch, capsys, "calendars", "set", "u1", "--conflict", "Holidays")
+    # --conflict alone keeps the primary; dropping it takes --no-primary
+    calsync(monkeypatch, capsys, "calendars", "set", "u1", "--conflict", listed[1]["id"])
+    _, out, _ = calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")
+    assert [c["role"] for c in json.loads(out)] == ["primary", "conflict"]
+    calsync(monkeypatch, capsys, "calendars", "set", "u1", "--no-primary")
     _, out, _ = calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")
     assert [c["role"] for c in json.loads(out)] == ["ignored", "conflict"]
 

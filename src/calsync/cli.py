@@ -71,13 +71,24 @@ class AppContext:
     def __init__(self, config_path: str | None) -> None:
         AppContext.latest = self
         self.config_path = config_path
+        self._configured: Settings | None = None
         self._settings: Settings | None = None
         self._db: Database | None = None
 
     @property
+    def configured_settings(self) -> Settings:
+        """The settings as configured (the secret key may be unset)."""
+        if self._configured is None:
+            self._configured = load_settings(self.config_path)
+        return self._configured
+
+    @property
     def settings(self) -> Settings:
+        """The configured settings with a secret key to use (no built-in one exists)."""
         if self._settings is None:
-            self._settings = load_settings(self.config_path)
+            from calsync.secrets import resolve_secret_key
+
+            self._settings = resolve_secret_key(self.configured_settings)
         return self._settings
 
     @property
@@ -282,7 +293,7 @@ def token_list(app: AppContext, as_json: bool) -> None:
     """List API tokens: id, name, role, user, prefix, created, last used, revoked."""
     from calsync.api.auth import list_api_tokens
 
-    with app.migrated_db().session() as s:
+    with app.migrated_db().read_session() as s:
         rows = list_api_tokens(s)
     lines = [f"{r['id']}  {r['name']}  {r['role']}"
              f"{'  user ' + r['user_id'] if r['user_id'] else ''}  {r['prefix']}…  "
@@ -317,7 +328,10 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
     import uvicorn
 
     from calsync.api.app import create_app
+    from calsync.secrets import require_configured_secret
 
+    host = host or app.configured_settings.server.host
+    require_configured_secret(app.configured_settings, host)
     settings = app.settings
     db = app.migrated_db()
     scheduler = None
@@ -327,7 +341,7 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
         scheduler = build_scheduler(settings, db, blocking=False)
         scheduler.start()
     try:
-        uvicorn.run(create_app(settings, db), host=host or settings.server.host,
+        uvicorn.run(create_app(settings, db), host=host,
                     port=port or settings.server.port, log_level="info", access_log=False)
     finally:
         if scheduler is not None:

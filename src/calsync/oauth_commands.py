@@ -20,7 +20,7 @@ from calsync.db.models import User
 from calsync.db.session import Database
 from calsync.errors import NotFound, UserError
 from calsync.loopback_signin import browser_sign_in
-from calsync.sync.commands import print_connected
+from calsync.sync.commands import connection_summary, print_connected
 from calsync.sync.connections import save_connection
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
@@ -58,10 +58,7 @@ def connect_oauth(settings: Settings, db: Database, provider: str, user_id: str,
     ctx, calendars = factory.verify(ctx)
     conn_id, created = save_oauth_connection(settings, db, user_id, ctx, calendars, now,
                                              actor="cli:connect")
-    return {"connection_id": conn_id, "provider": provider, "account": ctx.account,
-            "created": created,
-            "calendars": [{"id": c.id, "name": c.name, "read_only": c.read_only}
-                          for c in calendars if c.supports_events]}
+    return connection_summary(db, conn_id, created, calendars)
 
 
 def _command(provider: str) -> click.Command:

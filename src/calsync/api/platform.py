@@ -130,7 +130,7 @@ def get_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> d
 def get_tokens(request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     """Every API token with id, name, role, user, prefix and dates (never the token)."""
     who.require("admin")
-    with request.app.state.db.session() as s:
+    with request.app.state.db.read_session() as s:
         return {"tokens": list_api_tokens(s)}
 
 

@@ -1,5 +1,8 @@
 """The sync CLI: ``connect``, ``calendars``, ``connections``, ``sync`` and ``secrets rotate``.
 
+Connections and calendars are named by their public ids (``con_…``, ``cal_…``), which
+every command prints and takes; internal row numbers are never shown.
+
 ``cli.py`` calls :func:`register` with the root group.
 
 Adding a ``connect`` subcommand (Outlook, Google, any provider): either call
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -26,10 +30,10 @@ from calsync.audit import audit
 from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, OAuthState, User
 from calsync.db.session import Database
-from calsync.errors import NotFound, UserError
+from calsync.errors import CalsyncError, NotFound, UserError
 from calsync.secrets import CredentialBox
 from calsync.sync.connections import save_connection
-from calsync.sync.connector import ConnectContext, load_connector_factory
+from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
 
 def _now() -> dt.datetime:
@@ -45,7 +49,7 @@ def _emit(obj: Any, as_json: bool, text: str) -> None:
 
 
 def _user(db: Database, user_id: str) -> None:
-    with db.session() as s:
+    with db.read_session() as s:
         user = s.get(User, user_id)
         if user is None or user.deleted_at is not None:
             raise NotFound(f"user {user_id!r} not found")
@@ -66,24 +70,39 @@ def _read_secret(flag: bool, option: str, what: str) -> str:
 def connect_account(settings: Settings, db: Database, user_id: str, ctx: ConnectContext,
                     now: dt.datetime, actor: str = "cli:connect") -> dict[str, Any]:
     """Verify ``ctx`` with its provider's factory (a wrong password or URL raises UserError)
-    and store the connection. Returns a summary for printing."""
+    and store the connection. Returns a summary for printing (:func:`connection_summary`)."""
     _user(db, user_id)
     factory = load_connector_factory(ctx.provider)
     ctx, calendars = factory.verify(ctx)
     conn_id, created = save_connection(settings, db, user_id, ctx, calendars, now, actor)
-    return {"connection_id": conn_id, "provider": ctx.provider, "account": ctx.account,
-            "created": created,
-            "calendars": [{"id": c.id, "name": c.name, "read_only": c.read_only}
-                          for c in calendars if c.supports_events]}
+    return connection_summary(db, conn_id, created, calendars)
+
+
+def connection_summary(db: Database, conn_id: int, created: bool,
+                       calendars: list[RemoteCalendar]) -> dict[str, Any]:
+    """What ``connect`` reports: the connection's public id (``con_…``) and the public ids
+    (``cal_…``) of the calendars just discovered, in the provider's order. ``connection_id``
+    is the internal number, for callers in this process; it is not printed."""
+    with db.read_session() as s:
+        conn = s.get(Connection, conn_id)
+        if conn is None:
+            raise NotFound(f"connection {conn_id} vanished while it was being saved")
+        rows = {c.remote_id: c for c in s.scalars(
+            select(Calendar).where(Calendar.connection_id == conn_id))}
+        listed = [rows[c.id] for c in calendars if c.supports_events and c.id in rows]
+        return {"id": conn.public_id, "connection_id": conn.id, "provider": conn.provider,
+                "account": conn.account, "created": created,
+                "calendars": [{"id": c.public_id, "remote_id": c.remote_id, "name": c.name,
+                               "read_only": c.read_only} for c in listed]}
 
 
 def print_connected(summary: dict[str, Any], user: str, as_json: bool) -> None:
     if as_json:
-        _emit(summary, True, "")
+        _emit({k: v for k, v in summary.items() if k != "connection_id"}, True, "")
         return
     verb = "connected" if summary["created"] else "reconnected"
     click.echo(f"{summary['provider']} account {summary['account']} {verb} for {user} "
-               f"(connection {summary['connection_id']}); calendars:")
+               f"(connection {summary['id']}); calendars:")
     for cal in summary["calendars"]:
         ro = " (read-only)" if cal["read_only"] else ""
         click.echo(f"  {cal['id']}  {cal['name']}{ro}")
@@ -163,7 +182,7 @@ def connect_memory(ctx: click.Context, user: str, server: str, account: str | No
 
 @click.group("calendars")
 def calendars_group() -> None:
-    """Remote calendars of a user's connections: list, set roles, confirm-empty."""
+    """Remote calendars of a user's connections: list, set roles, refresh, confirm-empty."""
 
 
 def _user_calendars(s: Any, user_id: str) -> list[tuple[Calendar, Connection]]:
@@ -177,10 +196,11 @@ def _user_calendars(s: Any, user_id: str) -> list[tuple[Calendar, Connection]]:
 
 
 def _resolve(rows: list[tuple[Calendar, Connection]], ref: str, user_id: str) -> Calendar:
-    """A calendar by remote id, local number or exact name."""
-    for match in (lambda c: c.remote_id == ref, lambda c: str(c.id) == ref,
-                  lambda c: c.name == ref):
-        found = [c for c, _ in rows if match(c)]
+    """A calendar by public id (``cal_…``), remote id or exact name."""
+    keys: list[Callable[[Calendar], str]] = [lambda c: c.public_id, lambda c: c.remote_id,
+                                             lambda c: c.name]
+    for key in keys:
+        found = [c for c, _ in rows if key(c) == ref]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
@@ -190,19 +210,23 @@ def _resolve(rows: list[tuple[Calendar, Connection]], ref: str, user_id: str) ->
                    f"see `calsync calendars list {user_id}`")
 
 
+def _calendar_line(c: Calendar, conn: Connection) -> str:
+    status = c.status + (": " + c.last_error if c.last_error else "")
+    return (f"{c.public_id}  {c.name!r}  {c.role}{' read-only' if c.read_only else ''}"
+            f"  [{conn.public_id} {conn.provider} {conn.account}; {status}]")
+
+
 @calendars_group.command("list")
 @click.argument("user")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def calendars_list(ctx: click.Context, user: str, as_json: bool) -> None:
     """Show USER's remote calendars with their ids and roles."""
-    with _app(ctx).migrated_db().session() as s:
+    with _app(ctx).migrated_db().read_session() as s:
         rows = _user_calendars(s, user)
-        data = [{"id": c.remote_id, "name": c.name, "role": c.role, "read_only": c.read_only}
+        data = [{"id": c.public_id, "name": c.name, "role": c.role, "read_only": c.read_only}
                 for c, _ in rows]
-        lines = [f"{c.remote_id}  {c.name!r}  {c.role}{' read-only' if c.read_only else ''}"
-                 f"  [{conn.provider} {conn.account}; {c.status}"
-                 f"{': ' + c.last_error if c.last_error else ''}]" for c, conn in rows]
+        lines = [_calendar_line(c, conn) for c, conn in rows]
     _emit(data, as_json, "\n".join(lines) if lines else f"{user} has no connected calendars")
 
 
@@ -210,33 +234,167 @@ def calendars_list(ctx: click.Context, user: str, as_json: bool) -> None:
 @click.argument("user")
 @click.option("--primary", default=None, metavar="CAL",
               help="Where USER's jobs, time off and blocks are written (and read).")
+@click.option("--no-primary", is_flag=True,
+              help="Write USER's schedule to no calendar (the primary becomes ignored).")
 @click.option("--conflict", multiple=True, metavar="CAL",
-              help="Read-only busy source (repeatable).")
+              help="Read-only busy source (repeatable); replaces the conflict calendars.")
+@click.option("--no-conflict", is_flag=True, help="Check no calendars for conflicts.")
 @click.pass_context
-def calendars_set(ctx: click.Context, user: str, primary: str | None,
-                  conflict: tuple[str, ...]) -> None:
-    """Choose USER's primary calendar and conflict calendars; all others are ignored."""
+def calendars_set(ctx: click.Context, user: str, primary: str | None, no_primary: bool,
+                  conflict: tuple[str, ...], no_conflict: bool) -> None:
+    """Choose USER's primary calendar and conflict calendars (ids from `calendars list`).
+
+    Each option changes only its own role: --conflict alone keeps the primary, --primary
+    alone keeps the conflict calendars; --no-primary and --no-conflict drop them."""
+    if primary is not None and no_primary:
+        raise UserError("give --primary CAL or --no-primary, not both")
+    if conflict and no_conflict:
+        raise UserError("give --conflict CAL or --no-conflict, not both")
+    if primary is None and not no_primary and not conflict and not no_conflict:
+        raise UserError("nothing to change: give --primary CAL, --conflict CAL, "
+                        "--no-primary or --no-conflict")
     now = _now()
     with _app(ctx).migrated_db().session() as s:
         rows = _user_calendars(s, user)
-        prim = _resolve(rows, primary, user) if primary else None
+        current = next((c for c, _ in rows if c.role == "primary"), None)
         confl = [_resolve(rows, ref, user) for ref in conflict]
+        if no_primary:
+            prim = None
+        elif primary is not None:
+            prim = _resolve(rows, primary, user)
+        else:
+            prim = current
+            if prim is not None and any(c.id == prim.id for c in confl):
+                raise UserError(f"calendar {prim.public_id} ({prim.name!r}) is the primary; "
+                                f"to check it for conflicts instead, also give --no-primary "
+                                f"or another --primary")
         if prim is not None and prim.read_only:
             raise UserError(f"calendar {prim.name!r} is read-only and cannot be primary; "
                             f"use it with --conflict")
         if prim is not None and any(c.id == prim.id for c in confl):
             raise UserError(f"calendar {prim.name!r} cannot be both primary and conflict")
+        conflict_ids = ({c.id for c in confl} if conflict or no_conflict else
+                        {c.id for c, _ in rows if c.role == "conflict"})
         for cal, conn in rows:
             role = "primary" if prim is not None and cal.id == prim.id else \
-                "conflict" if any(c.id == cal.id for c in confl) else "ignored"
+                "conflict" if cal.id in conflict_ids else "ignored"
             if role != cal.role:
                 cal.role = role
                 conn.next_sync_at = now
         audit(s, "cli", "calendars.set", "user", user,
-              {"primary": prim.remote_id if prim else None,
-               "conflict": [c.remote_id for c in confl]}, at=now)
-        summary = [f"{c.remote_id}  {c.name!r}  {c.role}" for c, _ in rows]
+              {"primary": prim.public_id if prim else None,
+               "conflict": sorted(c.public_id for c, _ in rows if c.role == "conflict")},
+              at=now)
+        summary = [f"{c.public_id}  {c.name!r}  {c.role}" for c, _ in rows]
+        if prim is None:
+            summary.append(f"{user} has no primary calendar: their jobs, time off and blocks "
+                           f"are written to no calendar")
     click.echo("\n".join(summary))
+
+
+GONE_ADVICE = ("the calendar no longer exists on the server; choose another with "
+               "`calsync calendars set` (it stays listed until it is no longer used)")
+
+
+@calendars_group.command("refresh")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def calendars_refresh(ctx: click.Context, user: str, as_json: bool) -> None:
+    """Discover USER's calendars again through the stored credentials: new ones appear as
+    ignored, vanished ones are reported (and dropped when no role used them)."""
+    from calsync.sync.runner import build_connector
+
+    app = _app(ctx)
+    db = app.migrated_db()
+    _user(db, user)
+    # Read, then ask the servers, then write: no database lock is held across the network.
+    with db.read_session() as s:
+        conns = list(s.scalars(select(Connection).where(Connection.user_id == user)
+                               .order_by(Connection.id)))
+        if not conns:
+            raise NotFound(f"user {user} has no connections; link one with `calsync connect`")
+        targets = [(conn.id, conn.public_id, f"{conn.provider} {conn.account}",
+                    build_connector(app.settings, conn)) for conn in conns]
+    listings: dict[int, list[RemoteCalendar]] = {}
+    report: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for conn_id, public_id, label, connector in targets:
+        try:
+            listings[conn_id] = connector.list_calendars()
+        except CalsyncError as exc:
+            failures.append(f"connection {public_id} ({label}): {exc.message}")
+            report.append({"connection": public_id, "error": exc.message,
+                           "added": [], "removed": [], "gone": []})
+    now = _now()
+    with db.session() as s:
+        for conn_id, listed in listings.items():
+            conn = s.get(Connection, conn_id)
+            if conn is not None:
+                report.append(_merge_calendars(s, conn, listed, now))
+        audit(s, "cli", "calendars.refresh", "user", user,
+              {"connections": [{k: v for k, v in r.items() if k != "error"} for r in report]},
+              at=now)
+    order = {public_id: i for i, (_c, public_id, _l, _k) in enumerate(targets)}
+    report.sort(key=lambda r: order.get(r["connection"], len(order)))
+    if as_json:
+        _emit(report, True, "")
+    else:
+        for r in report:
+            if r.get("error"):
+                continue
+            click.echo(f"connection {r['connection']}: {len(r['added'])} new, "
+                       f"{len(r['removed'])} removed, {len(r['gone'])} gone")
+            for c in r["added"]:
+                click.echo(f"  new      {c['id']}  {c['name']!r}"
+                           f"{' read-only' if c['read_only'] else ''} (ignored)")
+            for c in r["removed"]:
+                click.echo(f"  removed  {c['id']}  {c['name']!r}")
+            for c in r["gone"]:
+                click.echo(f"  gone     {c['id']}  {c['name']!r} was {c['role']}: "
+                           f"{GONE_ADVICE}")
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise UserError(f"could not list the calendars of {failures[0]}{more}")
+
+
+def _merge_calendars(s: Any, conn: Connection, listed: list[RemoteCalendar],
+                     now: dt.datetime) -> dict[str, Any]:
+    """Fold a fresh listing into the stored calendars of ``conn``. A vanished calendar that
+    no role used is deleted; one that was primary or conflict is kept, marked ``gone``, so
+    the user sees it and chooses another."""
+    rows = {c.remote_id: c for c in s.scalars(
+        select(Calendar).where(Calendar.connection_id == conn.id))}
+    seen = {c.id for c in listed if c.supports_events}
+    added, removed, gone = [], [], []
+    for remote in listed:
+        if not remote.supports_events:
+            continue
+        row = rows.get(remote.id)
+        if row is None:
+            row = Calendar(connection_id=conn.id, remote_id=remote.id, name=remote.name,
+                           read_only=remote.read_only, role="ignored")
+            s.add(row)
+            s.flush()
+            added.append({"id": row.public_id, "name": row.name, "read_only": row.read_only})
+            continue
+        row.name, row.read_only = remote.name, remote.read_only
+        if remote.read_only and row.role == "primary":
+            row.role = "conflict"
+            conn.next_sync_at = now
+        if row.status == "gone":  # back again (it was only out of reach)
+            row.status, row.last_error = "ok", None
+            conn.next_sync_at = now
+    for remote_id, row in rows.items():
+        if remote_id in seen:
+            continue
+        if row.role == "ignored":
+            removed.append({"id": row.public_id, "name": row.name})
+            s.delete(row)
+        else:
+            gone.append({"id": row.public_id, "name": row.name, "role": row.role})
+            row.status, row.last_error = "gone", GONE_ADVICE
+    return {"connection": conn.public_id, "added": added, "removed": removed, "gone": gone}
 
 
 @calendars_group.command("confirm-empty")
@@ -255,7 +413,7 @@ def calendars_confirm_empty(ctx: click.Context, user: str, cal: str) -> None:
             row.status = "ok"
         conn = next(c for k, c in rows if k.id == row.id)
         conn.next_sync_at = now
-        audit(s, "cli", "calendar.confirm_empty", "calendar", str(row.id),
+        audit(s, "cli", "calendar.confirm_empty", "calendar", row.public_id,
               {"user": user, "calendar": row.remote_id}, at=now)
         name = row.name
     click.echo(f"calendar {name!r} confirmed empty; it syncs again at the next run")
@@ -273,8 +431,9 @@ def connections_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
-    """Each connection with provider, status, last sync and last error."""
-    with _app(ctx).migrated_db().session() as s:
+    """Each connection with provider, status, last sync and last error, and each of its
+    calendars that is not ok (in error, guarded, or gone) with what to do."""
+    with _app(ctx).migrated_db().read_session() as s:
         q = select(Connection).order_by(Connection.user_id, Connection.id)
         if user_id is not None:
             if s.get(User, user_id) is None:
@@ -282,21 +441,27 @@ def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> 
             q = q.where(Connection.user_id == user_id)
         data = []
         for conn in s.scalars(q):
-            cals = s.scalars(select(Calendar).where(Calendar.connection_id == conn.id)).all()
+            cals = s.scalars(select(Calendar).where(Calendar.connection_id == conn.id)
+                             .order_by(Calendar.id)).all()
             data.append({
-                "id": conn.id, "user": conn.user_id, "provider": conn.provider,
+                "id": conn.public_id, "user": conn.user_id, "provider": conn.provider,
                 "account": conn.account, "status": conn.status,
                 "last_sync_at": conn.last_sync_at.isoformat() if conn.last_sync_at else None,
                 "last_success_at": (conn.last_success_at.isoformat()
                                     if conn.last_success_at else None),
                 "last_error": conn.last_error,
-                "calendars": [{"id": c.remote_id, "name": c.name, "role": c.role,
+                "calendars": [{"id": c.public_id, "name": c.name, "role": c.role,
                                "status": c.status, "last_error": c.last_error}
-                              for c in cals if c.role != "ignored"],
+                              for c in cals if c.role != "ignored" or c.status != "ok"],
             })
-    lines = [f"{d['id']}  {d['user']}  {d['provider']}  {d['account']}  {d['status']}  "
-             f"last sync {d['last_sync_at'] or 'never'}"
-             f"{'  error: ' + d['last_error'] if d['last_error'] else ''}" for d in data]
+    lines = []
+    for d in data:
+        lines.append(f"{d['id']}  {d['user']}  {d['provider']}  {d['account']}  {d['status']}  "
+                     f"last sync {d['last_sync_at'] or 'never'}"
+                     f"{'  error: ' + d['last_error'] if d['last_error'] else ''}")
+        lines += [f"  calendar {c['id']}  {c['name']!r}  {c['status']}"
+                  f"{': ' + c['last_error'] if c['last_error'] else ''}"
+                  for c in d["calendars"] if c["status"] != "ok"]
     _emit(data, as_json, "\n".join(lines) if lines else "no connections")
 
 
