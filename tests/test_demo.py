@@ -151,3 +151,42 @@ def test_feed_command_user_error_is_one_line_and_nonzero(db, tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "calsync: user 'nobody' not found"
     assert "Traceback" not in proc.stderr
+
+
+# Starts of the demo on awkward days: the field test's Monday (the crew job fell on Dec 4),
+# every other weekday, weekends, and the weeks of the US, EU and Australian DST changes.
+DEMO_STARTS = [dt.datetime(2026, 11, 23, 19, 0, tzinfo=UTC)] + [
+    dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC) + dt.timedelta(days=n) for n in range(6)] + [
+    dt.datetime(2027, 3, 10, 15, 0, tzinfo=UTC), dt.datetime(2027, 3, 25, 6, 0, tzinfo=UTC),
+    dt.datetime(2027, 4, 1, 23, 0, tzinfo=UTC), dt.datetime(2027, 10, 1, 3, 0, tzinfo=UTC),
+    dt.datetime(2027, 10, 28, 14, 0, tzinfo=UTC), dt.datetime(2027, 7, 1, 0, 0, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize("now", DEMO_STARTS, ids=lambda n: n.strftime("%Y-%m-%dT%H"))
+def test_demo_never_double_books_its_technicians(sqlite_db, now: dt.datetime) -> None:
+    """Every demo job, checked with the availability code against the rest of the demo
+    data, has no conflict for any assignee and lies inside their working hours."""
+    from calsync.availability.busy import UserBusyInput, busy_blocks
+    from calsync.availability.store import load_busy_inputs
+    from calsync.schedule.store import import_document
+
+    doc = demo_document(now)
+    report = import_document(sqlite_db, doc, actor="demo", now=now)
+    assert report.ok, report.errors
+    crew = [j for j in doc["jobs"] if len(j["assignees"]) > 1]
+    assert crew and all(j["status"] == "scheduled" for j in crew)  # the crew job is kept
+    problems = []
+    with sqlite_db.read_session() as s:
+        for job in doc["jobs"]:
+            start = dt.datetime.fromisoformat(job["start"])
+            end = dt.datetime.fromisoformat(job["end"])
+            inputs = load_busy_inputs(s, job["assignees"], start, end)
+            for uid, data in inputs.items():
+                others = UserBusyInput(data.profile,
+                                       [i for i in data.items if i.id != job["id"]],
+                                       data.externals, data.calendars)
+                for block in busy_blocks(others, start, end):
+                    what = block.schedule.id if block.schedule else block.kind
+                    problems.append(f"{job['id']} ({job['start']}): {uid} busy with {what} "
+                                    f"{block.start:%a %H:%M}-{block.end:%H:%M} UTC")
+    assert problems == []

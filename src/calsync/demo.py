@@ -48,6 +48,12 @@ def _at(day: dt.date, hhmm: str, tzid: str) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(h, m), zone(tzid))
 
 
+def _next_weekday(day: dt.date) -> dt.date:
+    while day.weekday() >= 5:
+        day += dt.timedelta(days=1)
+    return day
+
+
 def next_dst_change(tzid: str, now: dt.datetime, days: int = 366) -> dt.datetime | None:
     """The first instant after ``now`` at which ``tzid``'s UTC offset changes (to the hour)."""
     tz = zone(tzid)
@@ -69,6 +75,22 @@ def demo_document(now: dt.datetime) -> dict[str, Any]:
     jobs: list[dict[str, Any]] = []
     time_off: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
+
+    # A crew job with three assignees in three zones, at the one time all of them work:
+    # 08:00-10:00 in Chicago is 09:00-11:00 in New York and 15:00-17:00 in Berlin (14:00-
+    # 16:00 in the weeks when only one side has changed its clocks). Their own jobs that
+    # day leave that time free, so the demo of a no-double-booking product books nobody
+    # twice.
+    chicago = "America/Chicago"
+    crew_day = _next_weekday(now.astimezone(zone(chicago)).date() + dt.timedelta(days=3))
+    crew_start, crew_end = _at(crew_day, "08:00", chicago), _at(crew_day, "10:00", chicago)
+    crew = ["demo-maria", "demo-dev", "demo-jonas"]
+    jobs.append({"id": "demo-crew-splice", "title": "Fiber splice",
+                 "job_type": "Fiber splice", "account": "City of Springfield",
+                 "location": "Splice case SC-17, Elm St & 3rd Ave",
+                 "notes": "Three-person crew, bucket truck; traffic control booked 07:30.",
+                 "start": _iso(crew_start), "end": _iso(crew_end), "timezone": chicago,
+                 "assignees": crew, "status": "scheduled"})
     for n, (uid, _name, _email, tzid) in enumerate(TECHNICIANS):
         today = now.astimezone(zone(tzid)).date()
         for d in range(7):
@@ -76,11 +98,14 @@ def demo_document(now: dt.datetime) -> dict[str, Any]:
             if day.weekday() >= 5:
                 continue
             for slot, (start, end) in enumerate((("09:00", "11:00"), ("13:30", "15:30"))):
+                job_start, job_end = _at(day, start, tzid), _at(day, end, tzid)
+                if uid in crew and job_start < crew_end and crew_start < job_end:
+                    continue  # that technician is on the crew job then
                 job_type, account, location, notes = JOB_KINDS[(n + d + slot) % len(JOB_KINDS)]
                 jobs.append({"id": f"{uid}-{day.isoformat()}-{slot}", "title": f"{job_type} visit",
                              "job_type": job_type, "account": account, "location": location,
-                             "notes": notes, "start": _iso(_at(day, start, tzid)),
-                             "end": _iso(_at(day, end, tzid)), "assignees": [uid],
+                             "notes": notes, "start": _iso(job_start),
+                             "end": _iso(job_end), "assignees": [uid],
                              "timezone": tzid, "status": "scheduled"})
         # A training block on the third day, time off two weeks out.
         day = today + dt.timedelta(days=2)
@@ -92,16 +117,7 @@ def demo_document(now: dt.datetime) -> dict[str, Any]:
                          "end": (off + dt.timedelta(days=3)).isoformat(), "all_day": True,
                          "reason": "Vacation"})
 
-    # A crew job with three assignees, in Chicago time, and a cancelled one.
-    chicago = "America/Chicago"
-    crew_day = now.astimezone(zone(chicago)).date() + dt.timedelta(days=3)
-    jobs.append({"id": "demo-crew-splice", "title": "Fiber splice",
-                 "job_type": "Fiber splice", "account": "City of Springfield",
-                 "location": "Splice case SC-17, Elm St & 3rd Ave",
-                 "notes": "Three-person crew, bucket truck; traffic control booked 08:30.",
-                 "start": _iso(_at(crew_day, "10:00", chicago)),
-                 "end": _iso(_at(crew_day, "14:00", chicago)), "timezone": chicago,
-                 "assignees": ["demo-maria", "demo-dev", "demo-jonas"], "status": "scheduled"})
+    # A cancelled job (it drops out of feeds and blocks nobody).
     jobs.append({"id": "demo-cancelled", "title": "Repair", "job_type": "Repair",
                  "account": "Acme Corp", "start": _iso(_at(crew_day, "16:00", chicago)),
                  "end": _iso(_at(crew_day, "17:00", chicago)), "timezone": chicago,
