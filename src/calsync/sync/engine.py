@@ -27,8 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dateutil.relativedelta import relativedelta
@@ -120,6 +122,25 @@ def decode_token(stored: str | None) -> str | None:
     return token
 
 
+def describe_failure(exc: BaseException) -> str:
+    """Error text safe to store, log and show: a database error is named by its kind and
+    the first line of the driver's message only (SQLAlchemy's own text carries the
+    statement's parameters, i.e. event titles, locations and organizers, and PostgreSQL's
+    DETAIL line the failing row); calsync's own errors keep their message (they name
+    calendars and remote ids); anything else is named by its type and origin only."""
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        first = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() \
+            else ""
+        return f"database error ({type(exc).__name__}{': ' + first if first else ''})"
+    if isinstance(exc, CalsyncError):
+        return f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" \
+        if frames else ""
+    return f"internal error {type(exc).__name__}{where}"
+
+
 @dataclass
 class CalendarResult:
     calendar_id: int
@@ -150,6 +171,7 @@ class _CalendarInfo:
     user_id: str
     user_tz: str
     conflict_policy: str
+    window_start: dt.datetime | None
 
 
 def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarInfo:
@@ -162,11 +184,32 @@ def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarI
         policy = (conn.settings or {}).get("conflict_policy") or settings.sync.conflict_policy
         return _CalendarInfo(cal.id, cal.remote_id, cal.name, cal.role, cal.read_only,
                              cal.sync_token, cal.known_items, cal.empty_confirmed, cal.status,
-                             conn.id, conn.user_id, user.timezone if user else "UTC", policy)
+                             conn.id, conn.user_id, user.timezone if user else "UTC", policy,
+                             cal.window_start)
 
 
-def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call) -> ChangeSet:
-    token = decode_token(info.token)
+REEXPAND_STEP = dt.timedelta(days=1)  # stored series are re-expanded once the window slid this
+
+
+def _needs_full_listing(connector: Connector, info: _CalendarInfo, window: Window,
+                        settings: Settings) -> bool:
+    """A full listing even with a token: the calendar was never expanded for a known window
+    (stored before windows were tracked), or the connector expands on the provider side and
+    its token is bound to a window that has slid ``sync.window_resync_days``."""
+    if info.token is None:
+        return False
+    if info.window_start is None:
+        return True
+    if hasattr(connector, "expand"):
+        return False
+    return window.start - info.window_start > dt.timedelta(days=settings.sync.window_resync_days)
+
+
+def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call,
+          force_full: bool = False) -> ChangeSet:
+    token = None if force_full else decode_token(info.token)
+    if force_full:
+        log.info("calendar %s (%s): the sync window moved, full listing", info.id, info.name)
     if token is not None:
         try:
             cs: ChangeSet = call(connector.changes, info.remote_id, token, window)
@@ -494,6 +537,8 @@ class _Executor:
             tz = zone(self.info.user_tz)
             s_d = start if not isinstance(start, dt.datetime) else start.date()
             e_d = end if not isinstance(end, dt.datetime) else end.date()
+            if e_d <= s_d:  # RFC 5545 3.6.1: an all-day event without a later end is one day
+                e_d = s_d + dt.timedelta(days=1)
             start = dt.datetime.combine(s_d, dt.time(), tz)
             end = dt.datetime.combine(e_d, dt.time(), tz)
         elif start.tzinfo is None or end.tzinfo is None:
@@ -524,6 +569,7 @@ class _Executor:
         row.organizer, row.attendees = ev.organizer, list(ev.attendees)
         row.busy_status, row.status, row.response = ev.busy, ev.status, ev.response
         row.private_at_source, row.all_day = ev.private, ev.all_day
+        row.source = ev.source
         row.updated_at = self.now
         s.flush()
         s.add_all([ExternalBusy(event_id=row.id, user_id=self.info.user_id,
@@ -564,9 +610,38 @@ class _Executor:
                                 assert isinstance(action, (ImportExternal, RefreshExternal))
                                 self.store_external(s, action.remote, rows.get(rid))
                     except (CalsyncError, SQLAlchemyError) as exc:
-                        errors.append(f"{type(action).__name__} {rid}: {exc}")
+                        why = describe_failure(exc)
+                        errors.append(f"storing external event {rid} failed: {why}")
                         log.warning("calendar %s (%s): storing external event %s failed: %s",
-                                    self.info.id, self.info.name, rid, exc)
+                                    self.info.id, self.info.name, rid, why)
+
+    def reexpand(self, errors: list[str], chunk: int = 250) -> None:
+        """Recompute the stored events' occurrences for the current window from their
+        sources, without a request (``connector.expand``): a series whose object never
+        changes again still blocks the days that enter the window as it slides."""
+        expand: Callable[[str, Window], list[Occurrence]] = \
+            self.connector.expand  # type: ignore[attr-defined]  # optional method
+        with self.db.read_session() as s:
+            ids = list(s.scalars(select(ExternalEvent.id).where(
+                ExternalEvent.calendar_id == self.info.id, ExternalEvent.source.is_not(None))))
+        for i in range(0, len(ids), chunk):
+            with self.db.session() as s:
+                for row in s.scalars(select(ExternalEvent)
+                                     .where(ExternalEvent.id.in_(ids[i:i + chunk]))):
+                    assert row.source is not None
+                    try:
+                        occurrences = expand(row.source, self.window)
+                    except CalsyncError as exc:
+                        errors.append(f"re-expanding external event {row.remote_id} failed: "
+                                      f"{describe_failure(exc)}")
+                        continue
+                    s.execute(delete(ExternalBusy).where(ExternalBusy.event_id == row.id))
+                    s.add_all([ExternalBusy(event_id=row.id, user_id=row.user_id,
+                                            start_at=o.start.astimezone(UTC),
+                                            end_at=o.end.astimezone(UTC))
+                               for o in occurrences])
+        if ids:
+            self.result.add("reexpanded", len(ids))
 
     def apply(self, action: Action) -> None:
         match action:
@@ -612,7 +687,8 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
         result.status = "guarded"
         return result
     window = sync_window(settings, now)
-    cs = _pull(connector, info, window, call)
+    cs = _pull(connector, info, window, call, _needs_full_listing(connector, info, window,
+                                                                   settings))
     result.full, result.requests = cs.full, cs.requests
     _quarantine(db, info, cs, now)
     if cs.quarantined:
@@ -654,10 +730,17 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     executor.apply_externals([a for a in actions
                               if isinstance(a, (ImportExternal, RefreshExternal, DropExternal))],
                              errors)
+    expands = hasattr(connector, "expand")
+    slid = info.window_start is None or window.start - info.window_start >= REEXPAND_STEP
+    if expands and slid and not cs.full:
+        executor.reexpand(errors)
 
     with db.session() as s:
         cal = s.get(Calendar, info.id)
         assert cal is not None
+        if cs.full or (expands and slid):
+            cal.window_start = window.start
+        cal.retry_at = None
         known = (s.scalar(select(func.count()).select_from(Link)
                           .where(Link.calendar_id == info.id)) or 0) \
             + (s.scalar(select(func.count()).select_from(ExternalEvent)

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dateutil.rrule import rrulestr
 
-from calsync.errors import AlreadyExists, NotFound, PreconditionFailed, SyncTokenInvalid, UserError
+from calsync.errors import (
+    AlreadyExists,
+    NotFound,
+    PreconditionFailed,
+    SyncError,
+    SyncTokenInvalid,
+    UserError,
+)
 from calsync.sync.connector import (
     ChangeSet,
     ConnectContext,
@@ -33,6 +41,7 @@ from calsync.sync.connector import (
     RemoteEvent,
     Window,
 )
+from calsync.sync.retry import RetryPolicy
 
 UTC = dt.timezone.utc
 Override = tuple[dt.datetime | dt.date, dt.datetime | dt.date, dt.datetime | dt.date, str | None]
@@ -101,6 +110,36 @@ def expand(obj: MemoryObject, window: Window, limit: int = 1000) -> list[Occurre
             spans.append(moved.pop(inst, (inst, inst + length)))
         spans.extend(moved.values())
     return [Occurrence(s, e) for s, e in sorted(spans) if s < window.end and e > window.start]
+
+
+def _when(value: dt.datetime | dt.date) -> list[str]:
+    return ["t" if isinstance(value, dt.datetime) else "d", value.isoformat()]
+
+
+def _unwhen(doc: list[str]) -> dt.datetime | dt.date:
+    kind, text = doc
+    return dt.datetime.fromisoformat(text) if kind == "t" else dt.date.fromisoformat(text)
+
+
+def object_source(obj: MemoryObject) -> str:
+    """What :func:`expand_source` needs to expand ``obj`` again (the recurrence data)."""
+    return json.dumps({"v": 1, "start": _when(obj.start), "end": _when(obj.end),
+                       "rrule": obj.rrule, "exdates": [_when(x) for x in obj.exdates],
+                       "overrides": [[_when(r), _when(a), _when(b)]
+                                     for r, a, b, _ in obj.overrides]})
+
+
+def expand_source(source: str, window: Window, limit: int = 1000) -> list[Occurrence]:
+    try:
+        doc = json.loads(source)
+        obj = MemoryObject(remote_id="", uid="", summary="", start=_unwhen(doc["start"]),
+                           end=_unwhen(doc["end"]), rrule=doc["rrule"],
+                           exdates=tuple(_unwhen(x) for x in doc["exdates"]),
+                           overrides=tuple((_unwhen(r), _unwhen(a), _unwhen(b), None)
+                                           for r, a, b in doc["overrides"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SyncError(f"unreadable memory event source ({type(exc).__name__})") from exc
+    return expand(obj, window, limit)
 
 
 class MemoryServer:
@@ -224,24 +263,35 @@ class MemoryServer:
             busy=obj.busy,  # type: ignore[arg-type]
             status=obj.status,  # type: ignore[arg-type]
             private=obj.private, recurring=bool(obj.rrule),
-            occurrences=expand(obj, window, limit), last_modified=obj.last_modified)
+            occurrences=expand(obj, window, limit), last_modified=obj.last_modified,
+            source=None if obj.key else object_source(obj))
 
 
 class MemoryConnector:
-    """A :class:`~calsync.sync.connector.Connector` over a :class:`MemoryServer`."""
+    """A :class:`~calsync.sync.connector.Connector` over a :class:`MemoryServer`. Every
+    request goes through ``retry`` (failures injected with ``fail_next`` are retried
+    there, as a network connector retries at its HTTP edge)."""
 
-    def __init__(self, server: MemoryServer, max_occurrences: int = 1000) -> None:
+    def __init__(self, server: MemoryServer, max_occurrences: int = 1000,
+                 retry: RetryPolicy | None = None) -> None:
         self.server = server
         self.max_occurrences = max_occurrences
+        self.retry = retry or RetryPolicy()
         self.closed = False
 
+    def _request(self, method: str) -> None:
+        self.retry.call(lambda: self.server.request(method))
+
+    def expand(self, source: str, window: Window) -> list[Occurrence]:
+        return expand_source(source, window, self.max_occurrences)
+
     def list_calendars(self) -> list[RemoteCalendar]:
-        self.server.request("list_calendars")
+        self._request("list_calendars")
         return [RemoteCalendar(c.id, c.name, c.read_only) for c in self.server.calendars.values()]
 
     def changes(self, calendar_id: str, token: str | None, window: Window) -> ChangeSet:
         s = self.server
-        s.request("changes")
+        self._request("changes")
         with s._lock:
             cal = s.cal(calendar_id)
             new_token = f"{cal.epoch}:{cal.seq}"
@@ -269,7 +319,7 @@ class MemoryConnector:
         return {rid for seq, rid in cal.log if seq > since}
 
     def get(self, calendar_id: str, remote_id: str, window: Window) -> RemoteEvent | None:
-        self.server.request("get")
+        self._request("get")
         obj = self.server.cal(calendar_id).objects.get(remote_id)
         return None if obj is None else self.server.event(obj, window, self.max_occurrences)
 
@@ -292,7 +342,7 @@ class MemoryConnector:
         return self.server.event(obj, _everything(), self.max_occurrences)
 
     def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
-        self.server.request("create")
+        self._request("create")
         with self.server._lock:
             cal = self._writable(calendar_id)
             rid = f"{event.key}.ics"  # deterministic: the "If-None-Match: *" of this provider
@@ -302,7 +352,7 @@ class MemoryConnector:
 
     def update(self, calendar_id: str, remote_id: str, event: OutgoingEvent,
                etag: str | None) -> RemoteEvent:
-        self.server.request("update")
+        self._request("update")
         with self.server._lock:
             cal = self._writable(calendar_id)
             current = cal.objects.get(remote_id)
@@ -313,7 +363,7 @@ class MemoryConnector:
             return self._store(calendar_id, remote_id, event)
 
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
-        self.server.request("delete")
+        self._request("delete")
         with self.server._lock:
             cal = self._writable(calendar_id)
             current = cal.objects.get(remote_id)
@@ -361,7 +411,10 @@ class MemoryFactory:
 
     def connect(self, ctx: ConnectContext) -> MemoryConnector:
         limit = getattr(getattr(ctx.settings, "sync", None), "max_occurrences", 1000)
-        return MemoryConnector(self._server(ctx), limit)
+        retry = RetryPolicy.from_settings(ctx.settings, sleep=ctx.options.get("sleep"),
+                                          rng=ctx.options.get("rng")) \
+            if getattr(ctx.settings, "sync", None) is not None else None
+        return MemoryConnector(self._server(ctx), limit, retry)
 
     def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
         server = self._server(ctx)

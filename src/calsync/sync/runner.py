@@ -1,18 +1,22 @@
-"""Running syncs: leases, retries, health. What the worker and the CLI call.
+"""Running syncs: leases, health, rescheduling. What the worker and the CLI call.
 
 - :func:`run_due_syncs` (the worker calls it every tick): claims due connections one at a
   time with a row lease (``Connection.lease_owner``/``lease_until``; ``SELECT ... FOR UPDATE
   SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), syncs each, releases it with
-  the next due time. A crashed worker's lease expires after ``sync.lease_seconds``.
+  the next due time. A lease names its holder as ``host:pid:nonce``: a crashed worker's lease
+  expires after ``sync.lease_seconds``, and one whose process is known dead (same host, pid
+  gone) is taken over at once.
 - :func:`sync_connection`: one connection now (claims its lease unless told not to).
 - :func:`sync_calendar_now`: one calendar now (push notifications).
 
-Retries (:class:`Retrier`): ``Throttled`` waits ``retry_after`` when the provider gave one,
-else exponential backoff with jitter, as does ``ProviderUnavailable``/timeouts, up to
-``sync.max_retries``; a ``retry_after`` longer than :data:`MAX_INLINE_WAIT` is not slept
-through: the connection is rescheduled for then. ``NeedsReauth`` is never retried: the
-connection goes to ``needs_reauth`` and is skipped until reconnected. A failing connection
-never stops the others. The sleep function and random source are injectable for tests.
+Retries happen once, at the connectors' HTTP edge (:class:`calsync.sync.retry.RetryPolicy`);
+the runner calls connectors directly. Each calendar fails on its own: a calendar that is gone
+(``CalendarGone``), throttled past the retry cap (``Throttled``: not synced again before
+``Calendar.retry_at``) or failing in any other way is marked with what to do, and the
+connection's other calendars go on. ``NeedsReauth`` stops the connection: it goes to
+``needs_reauth`` and is skipped until reconnected. A failing connection never stops the
+others. Error text that is stored or logged names calendars and remote ids, never an event's
+details (:func:`calsync.sync.engine.describe_failure`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import object_session
@@ -35,62 +39,50 @@ from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
 from calsync.errors import (
+    CalendarGone,
     CalendarSuddenlyEmpty,
     CalsyncError,
     NeedsReauth,
     NotFound,
     ProviderError,
-    ProviderUnavailable,
     Throttled,
 )
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, Connector, load_connector_factory
-from calsync.sync.engine import CalendarResult, connection_calendars, sync_calendar
+from calsync.sync.engine import (
+    CalendarResult,
+    connection_calendars,
+    describe_failure,
+    sync_calendar,
+)
 
 log = logging.getLogger("calsync.sync")
-T = TypeVar("T")
-MAX_INLINE_WAIT = 120.0  # seconds a worker sleeps through a Retry-After at most
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 60.0
-
-_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+HOST = socket.gethostname()
+_WORKER_ID = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def default_worker_id() -> str:
     return _WORKER_ID
 
 
-class Retrier:
-    """``retrier(fn, *args)``: call with retries on Throttled/ProviderUnavailable/timeouts."""
-
-    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> None:
-        self.max_retries = max_retries
-        self.sleep = sleep
-        self.rng = rng or random.Random()
-        self.waits: list[float] = []
-
-    def backoff(self, attempt: int) -> float:
-        return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * self.rng.uniform(0.5, 1.0))
-
-    def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        attempt = 0
-        while True:
-            try:
-                return fn(*args)
-            except Throttled as exc:
-                wait = exc.retry_after if exc.retry_after is not None else self.backoff(attempt)
-                if attempt >= self.max_retries or wait > MAX_INLINE_WAIT:
-                    raise
-            except (ProviderUnavailable, TimeoutError) as exc:
-                if attempt >= self.max_retries:
-                    if isinstance(exc, TimeoutError):
-                        raise ProviderUnavailable(f"timed out: {exc}") from exc
-                    raise
-                wait = self.backoff(attempt)
-            self.waits.append(wait)
-            self.sleep(wait)
-            attempt += 1
+def holder_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` (``host:pid:nonce``) is a process of this host that is gone."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # this process: alive (a lease of another Database in it, say)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass
@@ -125,28 +117,42 @@ def _lease_free(now: dt.datetime) -> Any:
     return or_(Connection.lease_until.is_(None), Connection.lease_until <= now)
 
 
+def _lease_taken_over(conn: Connection, owner: str, now: dt.datetime) -> bool:
+    """Whether ``owner`` may take ``conn``: free, expired, ours, or its holder is dead."""
+    if conn.lease_owner in (None, owner) or conn.lease_until is None or conn.lease_until <= now:
+        return True
+    if holder_is_dead(conn.lease_owner):
+        log.warning("connection %s: taking over the lease of %s, a worker that is gone",
+                    conn.id, conn.lease_owner)
+        return True
+    return False
+
+
 def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int) -> int | None:
-    """Lease the most overdue connection; None when nothing is due and free."""
+    """Lease the most overdue connection; None when nothing is due and free. Connections
+    leased by a dead process of this host count as free."""
     with db.locked_session() as s:
         q = (select(Connection)
              .where(or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
-                    _lease_free(now), Connection.status != "needs_reauth")
+                    or_(_lease_free(now), Connection.lease_owner.like(f"{HOST}:%")),
+                    Connection.status != "needs_reauth")
              .order_by(Connection.next_sync_at.is_not(None), Connection.next_sync_at,
                        Connection.id)
-             .limit(1))
+             .limit(50))
         if db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
-        conn = s.scalar(q)
-        if conn is None:
-            return None
-        conn.lease_owner = owner
-        conn.lease_until = now + dt.timedelta(seconds=lease_seconds)
-        return conn.id
+        for conn in s.scalars(q):
+            if _lease_taken_over(conn, owner, now):
+                conn.lease_owner = owner
+                conn.lease_until = now + dt.timedelta(seconds=lease_seconds)
+                return conn.id
+        return None
 
 
 def claim_connection(db: Database, connection_id: int, owner: str, now: dt.datetime,
                      lease_seconds: int) -> bool:
-    """Lease one connection; False when another worker holds a live lease on it."""
+    """Lease one connection; False when another live worker holds it (see
+    :func:`lease_holder` for who and until when)."""
     with db.locked_session() as s:
         q = select(Connection).where(Connection.id == connection_id)
         if db.dialect == "postgresql":
@@ -156,12 +162,19 @@ def claim_connection(db: Database, connection_id: int, owner: str, now: dt.datet
             if s.scalar(select(Connection.id).where(Connection.id == connection_id)) is None:
                 raise NotFound(f"connection {connection_id} not found")
             return False  # row-locked by a worker claiming it right now
-        if conn.lease_owner not in (None, owner) and conn.lease_until is not None \
-                and conn.lease_until > now:
+        if not _lease_taken_over(conn, owner, now):
             return False
         conn.lease_owner = owner
         conn.lease_until = now + dt.timedelta(seconds=lease_seconds)
         return True
+
+
+def lease_holder(db: Database, connection_id: int) -> tuple[str | None, dt.datetime | None]:
+    """Who holds the connection's lease, and until when."""
+    with db.read_session() as s:
+        row = s.execute(select(Connection.lease_owner, Connection.lease_until)
+                        .where(Connection.id == connection_id)).first()
+    return (row.lease_owner, row.lease_until) if row is not None else (None, None)
 
 
 def release_connection(db: Database, connection_id: int, owner: str) -> None:
@@ -189,18 +202,24 @@ def connect_context(settings: Settings, conn: Connection) -> ConnectContext:
                           credentials=creds, settings=settings, options=options)
 
 
-def build_connector(settings: Settings, conn: Connection) -> Connector:
-    return load_connector_factory(conn.provider).connect(connect_context(settings, conn))
+def build_connector(settings: Settings, conn: Connection,
+                    options: dict[str, Any] | None = None) -> Connector:
+    """The connector of a stored connection. ``options`` (e.g. ``sleep``/``rng`` for the
+    retry layer, in tests) are added to the context's options."""
+    ctx = connect_context(settings, conn)
+    ctx.options.update(options or {})
+    return load_connector_factory(conn.provider).connect(ctx)
 
 
 # --- syncing ------------------------------------------------------------------------------
 
-def _mark_calendars(db: Database, ids: Iterable[int], msg: str, now: dt.datetime) -> None:
+def _mark_calendar(db: Database, calendar_id: int, status: str, msg: str, now: dt.datetime,
+                   retry_at: dt.datetime | None = None) -> None:
     with db.session() as s:
-        for cid in ids:
-            cal = s.get(Calendar, cid)
-            if cal is not None and cal.status != "guarded":
-                cal.status, cal.last_error, cal.last_sync_at = "error", msg, now
+        cal = s.get(Calendar, calendar_id)
+        if cal is not None and cal.status != "guarded":
+            cal.status, cal.last_error, cal.last_sync_at = status, msg, now
+            cal.retry_at = retry_at
 
 
 def renew_lease(db: Database, connection_id: int, owner: str, until: dt.datetime) -> None:
@@ -211,22 +230,46 @@ def renew_lease(db: Database, connection_id: int, owner: str, until: dt.datetime
                   .values(lease_until=until))
 
 
+def _gone_message(db: Database, calendar_id: int, exc: CalendarGone) -> str:
+    with db.read_session() as s:
+        cal = s.get(Calendar, calendar_id)
+        name = cal.name if cal is not None else str(calendar_id)
+        user = cal.connection.user_id if cal is not None else "USER"
+        public = cal.public_id if cal is not None else str(calendar_id)
+    return (f"calendar {name!r} ({public}) no longer exists on the server ({exc}); choose "
+            f"another with `calsync calendars set {user} --primary CAL --conflict CAL …` "
+            f"(see `calsync calendars refresh {user}`), or stop using it")
+
+
+def _throttled_calendars(db: Database, calendar_ids: list[int], now: dt.datetime) -> set[int]:
+    """Calendars throttled past the retry cap whose retry time has not come yet."""
+    with db.read_session() as s:
+        return set(s.scalars(select(Calendar.id).where(Calendar.id.in_(calendar_ids),
+                                                       Calendar.retry_at > now)))
+
+
 def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
                     connector: Connector, calendar_ids: list[int], now: dt.datetime,
-                    retrier: Retrier, result: ConnectionResult,
-                    owner: str | None = None) -> dt.datetime | None:
-    """Sync the calendars; returns a later next-sync time when a provider asked for one.
+                    result: ConnectionResult, owner: str | None = None) -> dt.datetime | None:
+    """Sync the calendars, each failing on its own. Returns the earliest ``retry_at`` when
+    every calendar that ran was throttled (the connection is due again then, not sooner).
     Between calendars the lease is renewed by the wall-clock time spent so far."""
     problems: list[str] = []
-    later: dt.datetime | None = None
+    retry_times: list[dt.datetime] = []
+    ran = 0
     started = time.monotonic()
+    waiting = _throttled_calendars(db, calendar_ids, now)
     for i, cid in enumerate(calendar_ids):
+        if cid in waiting:
+            result.calendars.append(CalendarResult(cid, "", "", status="throttled"))
+            continue
         if owner is not None and i > 0:
             elapsed = dt.timedelta(seconds=time.monotonic() - started)
             renew_lease(db, result.connection_id, owner,
                         now + elapsed + dt.timedelta(seconds=settings.sync.lease_seconds))
+        ran += 1
         try:
-            cal_result = sync_calendar(db, settings, cid, connector, now, retrier)
+            cal_result = sync_calendar(db, settings, cid, connector, now)
         except CalendarSuddenlyEmpty as exc:
             result.calendars.append(CalendarResult(cid, "", "", status="guarded",
                                                    error=str(exc)))
@@ -235,20 +278,34 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
         except NeedsReauth as exc:
             msg = (f"{conn_info['provider']} account {conn_info['account']!r} needs to be "
                    f"reconnected: {exc}")
-            _mark_calendars(db, [cid], msg, now)
+            _mark_calendar(db, cid, "error", msg, now)
             result.status, result.error = "needs_reauth", msg
-            return later
+            return None
+        except CalendarGone as exc:
+            msg = _gone_message(db, cid, exc)
+            _mark_calendar(db, cid, "gone", msg, now)
+            result.calendars.append(CalendarResult(cid, "", "", status="gone", error=msg))
+            problems.append(msg)
+            continue
+        except Throttled as exc:
+            retry_at = now + dt.timedelta(seconds=exc.retry_after or
+                                          settings.sync.interval_seconds)
+            msg = f"Throttled: {exc}; next try at {retry_at.isoformat()}"
+            _mark_calendar(db, cid, "error", msg, now, retry_at=retry_at)
+            result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
+            problems.append(msg)
+            retry_times.append(retry_at)
+            continue
         except ProviderError as exc:
             msg = f"{type(exc).__name__}: {exc}"
-            _mark_calendars(db, calendar_ids[i:], msg, now)
-            result.status, result.error = "error", msg
-            if isinstance(exc, Throttled) and exc.retry_after:
-                later = now + dt.timedelta(seconds=exc.retry_after)
-            return later
+            _mark_calendar(db, cid, "error", msg, now)
+            result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
+            problems.append(msg)
+            continue
         except Exception as exc:  # noqa: BLE001 - one calendar's failure is recorded, not fatal
-            log.exception("connection %s calendar %s failed", result.connection_id, cid)
-            msg = f"{type(exc).__name__}: {exc}"
-            _mark_calendars(db, [cid], msg, now)
+            msg = describe_failure(exc)
+            log.error("connection %s calendar %s failed: %s", result.connection_id, cid, msg)
+            _mark_calendar(db, cid, "error", msg, now)
             result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
             problems.append(msg)
             continue
@@ -257,7 +314,9 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
             problems.append(f"calendar {cal_result.name!r}: {cal_result.error}")
     if problems:
         result.status, result.error = "error", "; ".join(problems)[:2000]
-    return later
+    if ran and len(retry_times) == ran:
+        return min(retry_times)
+    return None
 
 
 def sync_connection(settings: Settings, db: Database, connection_id: int, now: dt.datetime,
@@ -267,19 +326,26 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                     claim: bool = True, rng: random.Random | None = None) -> ConnectionResult:
     """Sync one connection's primary and conflict calendars (or ``calendar_ids``) now.
 
-    Returns a :class:`ConnectionResult` (status ``busy`` when another worker holds the lease).
-    Records health on the connection (status ok/error/needs_reauth, last_error, last_sync_at,
-    last_success_at, next_sync_at) and on each calendar. Never raises for provider trouble.
+    Returns a :class:`ConnectionResult` (status ``busy`` when another worker holds the
+    lease; ``error`` then says which worker and until when). Records health on the
+    connection (status ok/error/needs_reauth, last_error, last_sync_at, last_success_at,
+    next_sync_at) and on each calendar. Never raises for provider trouble. ``sleep`` and
+    ``rng`` go to the connector's retry layer when the connector is built here.
     """
     owner = worker_id or default_worker_id()
     result = ConnectionResult(connection_id)
     if claim and not claim_connection(db, connection_id, owner, now,
                                       settings.sync.lease_seconds):
+        holder, until = lease_holder(db, connection_id)
         result.status = "busy"
+        result.error = (f"worker {holder or 'unknown'} is syncing it"
+                        + (f" (lease until {until.isoformat()})" if until else ""))
         return result
-    retrier = Retrier(settings.sync.max_retries, sleep, rng)
     own_connector = connector is None
     later: dt.datetime | None = None
+    options: dict[str, Any] = {"sleep": sleep}
+    if rng is not None:
+        options["rng"] = rng
     try:
         with db.session() as s:
             conn = s.get(Connection, connection_id)
@@ -289,20 +355,20 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
             conn_info = {"provider": conn.provider, "account": conn.account}
             try:
                 if connector is None:
-                    connector = build_connector(settings, conn)
+                    connector = build_connector(settings, conn, options)
             except NeedsReauth as exc:
                 result.status, result.error = "needs_reauth", str(exc)
             except CalsyncError as exc:
                 result.status, result.error = "error", str(exc)
             except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the run
-                log.exception("building the %s connector of connection %s failed",
-                              conn.provider, connection_id)
-                result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+                result.status, result.error = "error", describe_failure(exc)
+                log.error("building the %s connector of connection %s failed: %s",
+                          conn.provider, connection_id, result.error)
         ids = calendar_ids if calendar_ids is not None else connection_calendars(db,
                                                                                  connection_id)
         if connector is not None:
-            later = _sync_calendars(settings, db, conn_info, connector, ids, now, retrier,
-                                    result, owner)
+            later = _sync_calendars(settings, db, conn_info, connector, ids, now, result,
+                                    owner)
             fresh: dict[str, Any] | None = None
             try:
                 fresh = connector.credentials()
@@ -316,7 +382,7 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                     conn = s.get(Connection, connection_id)
                     if conn is not None:
                         conn.credentials = CredentialBox.from_settings(settings).seal(fresh)
-        result.waits = list(retrier.waits)
+        result.waits = list(getattr(getattr(connector, "retry", None), "waits", []))
         with db.session() as s:
             conn = s.get(Connection, connection_id)
             if conn is not None:
@@ -365,12 +431,13 @@ def run_due_syncs(settings: Settings, db: Database, now: dt.datetime, *,
             results.append(sync_connection(settings, db, cid, now, connector, sleep=sleep,
                                            worker_id=owner, claim=False))
         except Exception as exc:  # noqa: BLE001 - keep going with the other connections
-            log.exception("sync of connection %s failed", cid)
-            results.append(ConnectionResult(cid, status="error", error=f"{exc}"))
+            msg = describe_failure(exc)
+            log.error("sync of connection %s failed: %s", cid, msg)
+            results.append(ConnectionResult(cid, status="error", error=msg))
             with db.session() as s:
                 conn = s.get(Connection, cid)
                 if conn is not None:
-                    conn.status, conn.last_error, conn.last_sync_at = "error", str(exc), now
+                    conn.status, conn.last_error, conn.last_sync_at = "error", msg, now
                     conn.next_sync_at = now + dt.timedelta(
                         seconds=settings.sync.interval_seconds)
         finally:
