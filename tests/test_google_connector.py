@@ -317,11 +317,12 @@ def test_rate_limits_are_retried_with_backoff(em: GoogleEmulator, status: int,
     # equal jitter with random() = 0.5: 0.75 * 1, 2 seconds
     assert sleeps == [0.75, 1.5]
     assert em.counts["api"] == 3
-    em.fail_next(status, reason, count=3)
+    em.fail_next(status, reason, count=5)
     with pytest.raises(Throttled) as err:
         c.list_calendars()
-    # out of inline retries: the engine is told to wait what would have come next
-    assert sleeps[2:] == [0.75, 1.5] and err.value.retry_after == 3.0
+    # sync.max_retries (4) retries, then the runner is told to wait what would come next
+    assert sleeps[2:] == [0.75, 1.5, 3.0, 6.0] and err.value.retry_after == 12.0
+    assert em.counts["api"] == 3 + 5
 
 
 def test_retry_after_is_honoured_then_throttled_when_retries_run_out(em: GoogleEmulator) -> None:
@@ -331,8 +332,8 @@ def test_retry_after_is_honoured_then_throttled_when_retries_run_out(em: GoogleE
     with pytest.raises(Throttled) as err:
         c.changes(CAL, None, WINDOW)
     assert err.value.retry_after == 7.0
-    assert sleeps == [7.0] * 2  # two inline retries, then the engine decides
-    assert em.counts["api"] == 3
+    assert sleeps == [7.0] * 4  # sync.max_retries, then the runner reschedules
+    assert em.counts["api"] == 5
 
 
 def test_inline_retries_follow_the_context_option(em: GoogleEmulator) -> None:
@@ -432,4 +433,4 @@ def test_unreachable_google_is_provider_unavailable_after_retries() -> None:
     # the emulator is gone: connection refused on every attempt
     with pytest.raises(ProviderUnavailable, match="retries later"):
         c.list_calendars()
-    assert sleeps == [0.75, 1.5]
+    assert sleeps == [0.75, 1.5, 3.0, 6.0]

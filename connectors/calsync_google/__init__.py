@@ -7,8 +7,9 @@ calls by name: ``device_flow`` (CLI sign-in), ``authorization_url``/``exchange_c
 (watch channels).
 
 ``ctx.http`` may be an ``httplib2.Http`` (or a callable making one) to inject the
-transport; ``ctx.options`` may carry ``sleep`` (backoff and device-flow polling) and
-``random`` (jitter) for tests. Stored credentials: ``{"token", "refresh_token", "expiry",
+transport; ``ctx.options`` may carry ``sleep`` (retry waits and device-flow polling),
+``random`` (a ``() -> float`` for the retry jitter) and ``max_retries`` (else
+``sync.max_retries``) for tests. Stored credentials: ``{"token", "refresh_token", "expiry",
 "scopes", "version"}``.
 """
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from calsync.errors import NeedsReauth, UserError
 from calsync.sync.connector import ConnectContext, RemoteCalendar
+from calsync.sync.retry import RetryPolicy
 from calsync_google import oauth
 from calsync_google.client import RequestRunner, make_credentials, make_http
 from calsync_google.connector import GoogleConnector
@@ -32,10 +34,27 @@ from calsync_google.push import parse_notification
 if TYPE_CHECKING:
     from calsync.push import PushResult
 
-# Retries of one request inside the connector (a throttled page does not restart a whole
-# listing). The engine retries the failed operation again on top (sync.max_retries), so
-# this stays small to keep the product of both bounded.
-INLINE_RETRIES = 2
+
+
+class _InjectedRandom(random.Random):
+    """A Random whose ``random()`` is the injected ``() -> float`` (tests fix the jitter)."""
+
+    def __init__(self, draw: Callable[[], float]) -> None:
+        super().__init__()
+        self._draw = draw
+
+    def random(self) -> float:
+        return self._draw()
+
+
+def retry_policy(ctx: ConnectContext) -> RetryPolicy:
+    """The one retry layer of this connection's requests (see calsync.sync.retry)."""
+    draw = ctx.options.get("random")
+    policy = RetryPolicy.from_settings(ctx.settings, rng=_InjectedRandom(draw) if draw else None)
+    policy.sleep = ctx.options.get("sleep", time.sleep)  # an empty recorder list is falsy
+    if "max_retries" in ctx.options:
+        policy.max_retries = int(ctx.options["max_retries"])
+    return policy
 
 __all__ = ["GoogleConnector", "GoogleFactory", "event_id_for_key"]
 
@@ -51,10 +70,7 @@ class GoogleFactory:
                               "reconnect with `calsync connect google USER`")
         settings = ctx.settings
         http = make_http(settings, ctx.http)
-        retries = ctx.options.get("max_retries", min(INLINE_RETRIES, settings.sync.max_retries))
-        runner = RequestRunner(ctx.account, max_retries=retries,
-                               sleep=ctx.options.get("sleep", time.sleep),
-                               rand=ctx.options.get("random", random.random))
+        runner = RequestRunner(ctx.account, retry_policy(ctx))
         creds = make_credentials(settings, ctx.credentials)
         return GoogleConnector(settings, ctx.account, creds, http, runner)
 

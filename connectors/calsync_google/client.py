@@ -9,12 +9,14 @@ Requests go through ``google_auth_httplib2.AuthorizedHttp`` over an injected
 ``401`` after refreshing (at most twice). The resources themselves are built once per
 endpoint (:func:`calendar_api`).
 
-:class:`RequestRunner` maps vendor errors at this edge:
-- ``429`` and ``403`` with reason ``rateLimitExceeded``/``userRateLimitExceeded`` ->
-  retried (``Retry-After`` when present, else exponential backoff with jitter; the sleep
-  and the random source are injected), then :class:`Throttled` whose ``retry_after`` is
-  the wait due next (so the engine's own retry keeps backing off);
-- ``5xx`` and transport failures -> retried the same way, then ``ProviderUnavailable``;
+:class:`RequestRunner` maps vendor errors at this edge and runs each request through one
+:class:`calsync.sync.retry.RetryPolicy` (the only retry layer: at most ``sync.max_retries``
+retries and ``sync.retry_max_seconds`` of waiting in all; sleep and jitter injected):
+- ``429``, ``403`` with reason ``rateLimitExceeded``/``userRateLimitExceeded`` and a ``503``
+  carrying ``Retry-After`` -> :class:`Throttled` (``Retry-After`` honoured, else exponential
+  backoff with jitter); past the caps, or at once when ``Retry-After`` alone exceeds the
+  total cap, it is raised with ``retry_after`` set so the runner reschedules the calendar;
+- other ``5xx`` and transport failures -> backoff, then ``ProviderUnavailable``;
 - ``401`` (after the refresh) and ``invalid_grant`` on refresh -> ``NeedsReauth``, at once,
   and every later call fails fast without touching the network;
 - ``409`` -> ``AlreadyExists``, ``412`` -> ``PreconditionFailed``, ``410 fullSyncRequired``
@@ -26,10 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import random
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import google_auth_httplib2
@@ -50,14 +49,13 @@ from calsync.errors import (
     SyncTokenInvalid,
     Throttled,
 )
+from calsync.sync.retry import RetryPolicy
 
 log = logging.getLogger("calsync.connectors.google")
 
 SCOPE = "https://www.googleapis.com/auth/calendar"
 RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
 REAUTH_HINT = "reconnect with `calsync connect google USER`"
-BASE_DELAY = 1.0
-MAX_DELAY = 60.0
 
 
 def api_endpoint(api_root: str) -> str:
@@ -163,15 +161,11 @@ def retry_after(exc: HttpError) -> float | None:
 
 
 class RequestRunner:
-    """Executes googleapiclient requests with retries and error mapping."""
+    """Executes googleapiclient requests through the retry policy, mapping errors."""
 
-    def __init__(self, account: str, max_retries: int = 4,
-                 sleep: Callable[[float], None] = time.sleep,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, account: str, retry: RetryPolicy) -> None:
         self.account = account
-        self.max_retries = max_retries
-        self.sleep = sleep
-        self.rand = rand
+        self.retry = retry
         self.requests = 0
         self.dead: NeedsReauth | None = None
         self.http: Any = None  # the connector's AuthorizedHttp (see bind)
@@ -179,57 +173,40 @@ class RequestRunner:
     def bind(self, http: Any) -> None:
         self.http = http
 
-    def backoff(self, attempt: int, hinted: float | None) -> float:
-        if hinted is not None:
-            return min(hinted, MAX_DELAY * 5)
-        base = min(MAX_DELAY, BASE_DELAY * (2 ** attempt))
-        return float(base / 2 + self.rand() * base / 2)  # "equal jitter"
-
     def run(self, request: Any, what: str, calendar_id: str | None = None,
             headers: dict[str, str] | None = None) -> Any:
-        if self.dead is not None:
-            raise self.dead
         where = f"Google account {self.account}" + (f", calendar {calendar_id}"
                                                     if calendar_id else "")
-        attempt = 0
-        while True:
-            if headers:
-                request.headers.update(headers)
-            self.requests += 1
-            try:
-                return request.execute(http=self.http, num_retries=0)
-            except HttpError as exc:
-                status = exc.resp.status
-                reason = error_reason(exc)
-                if status == 429 or (status == 403 and reason in RATE_REASONS):
-                    hinted = retry_after(exc)
-                    if attempt < self.max_retries:
-                        delay = self.backoff(attempt, hinted)
-                        log.info("%s: %s throttled (%s), retrying in %.1fs", where, what,
-                                 reason or status, delay)
-                        self.sleep(delay)
-                        attempt += 1
-                        continue
-                    raise Throttled(f"{where}: {what} throttled by Google ({reason or status}); "
-                                    "calsync retries later",
-                                    retry_after=self.backoff(attempt, hinted)) from exc
-                if status >= 500:
-                    if attempt < self.max_retries:
-                        self.sleep(self.backoff(attempt, retry_after(exc)))
-                        attempt += 1
-                        continue
-                    raise ProviderUnavailable(f"{where}: {what} failed: Google answered "
-                                              f"{status}; calsync retries later") from exc
-                raise self._map(exc, status, reason, what, where) from exc
-            except RefreshError as exc:
-                raise self._refresh_failed(exc, where) from exc
-            except (TransportError, httplib2.HttpLib2Error, OSError) as exc:
-                if attempt < self.max_retries:
-                    self.sleep(self.backoff(attempt, None))
-                    attempt += 1
-                    continue
-                raise ProviderUnavailable(f"{where}: {what} failed: {type(exc).__name__}; "
-                                          "calsync retries later") from exc
+        return self.retry.call(lambda: self._attempt(request, what, where, headers))
+
+    def _attempt(self, request: Any, what: str, where: str,
+                 headers: dict[str, str] | None) -> Any:
+        """One HTTP request; raises calsync's typed errors."""
+        if self.dead is not None:
+            raise self.dead
+        if headers:
+            request.headers.update(headers)
+        self.requests += 1
+        try:
+            return request.execute(http=self.http, num_retries=0)
+        except HttpError as exc:
+            status = exc.resp.status
+            reason = error_reason(exc)
+            hinted = retry_after(exc)
+            if status == 429 or (status == 403 and reason in RATE_REASONS) or \
+                    (status == 503 and hinted is not None):
+                log.info("%s: %s throttled (%s)", where, what, reason or status)
+                raise Throttled(f"{where}: {what} throttled by Google ({reason or status}); "
+                                "calsync retries later", retry_after=hinted) from exc
+            if status >= 500:
+                raise ProviderUnavailable(f"{where}: {what} failed: Google answered "
+                                          f"{status}; calsync retries later") from exc
+            raise self._map(exc, status, reason, what, where) from exc
+        except RefreshError as exc:
+            raise self._refresh_failed(exc, where) from exc
+        except (TransportError, httplib2.HttpLib2Error, OSError) as exc:
+            raise ProviderUnavailable(f"{where}: {what} failed: {type(exc).__name__}; "
+                                      "calsync retries later") from exc
 
     def _refresh_failed(self, exc: RefreshError, where: str) -> CalsyncError:
         text = str(exc)

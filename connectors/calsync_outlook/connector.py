@@ -11,15 +11,17 @@ from urllib.parse import quote, urlencode
 
 from calsync.errors import (
     AlreadyExists,
+    CalendarGone,
     CalsyncError,
     NotFound,
     PreconditionFailed,
     ProviderError,
     SyncTokenInvalid,
+    Throttled,
 )
 from calsync.sync.connector import ChangeSet, OutgoingEvent, RemoteCalendar, RemoteEvent, Window
 from calsync_outlook.auth import TokenSource
-from calsync_outlook.graph import MAX_BATCH, GraphClient, GraphResponse
+from calsync_outlook.graph import MAX_BATCH, RETRY_STATUSES, GraphClient, GraphResponse, retry_after
 from calsync_outlook.mapping import (
     EXPAND_KEY,
     SELECT_PREFER,
@@ -60,6 +62,8 @@ class OutlookConnector:
         where = f" in calendar {calendar_id!r}" if calendar_id else ""
         msg = f"Outlook {what}{where} ({self.account}): HTTP {resp.status} " \
               f"{resp.error_code()}: {resp.error_message()}"
+        if resp.status in RETRY_STATUSES:  # a $batch item still throttled at the retry cap
+            return Throttled(msg, retry_after=retry_after(resp.headers))
         if resp.status == 404:
             return NotFound(msg)
         if resp.status == 412:
@@ -100,6 +104,12 @@ class OutlookConnector:
             if resp.status == 410 or resp.error_code().lower() in RESYNC_CODES:
                 raise SyncTokenInvalid(f"Outlook delta token for calendar {calendar_id!r} "
                                        f"expired ({resp.error_code() or 'HTTP 410'})")
+            if resp.status == 404:
+                raise CalendarGone(
+                    f"Outlook calendar {calendar_id!r} of {self.account} no longer exists "
+                    f"(HTTP 404 {resp.error_code() or 'ErrorItemNotFound'}): choose another "
+                    "calendar for this role or remove it from the connection",
+                    calendar_id=calendar_id)
             if resp.status != 200:
                 raise self._fail(resp, "reading changes", calendar_id)
             for item in resp.body.get("value", []):

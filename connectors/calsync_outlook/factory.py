@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -36,9 +37,11 @@ class OutlookFactory:
     providers = ("outlook",)
 
     def __init__(self, http: OutlookHttp | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
         self.http = http
-        self.sleep = sleep
+        self.sleep = sleep  # the retry policy's waits (tests inject a recorder)
+        self.rng = rng  # the retry policy's jitter
 
     def _transports(self, ctx: ConnectContext) -> tuple[Any, httpx.Client, list[Any]]:
         http = ctx.http or self.http
@@ -61,7 +64,8 @@ class OutlookFactory:
                 obj.close()
             raise
         graph = GraphClient(ctx.settings, graph_http, tokens, ctx.account or
-                            str(ctx.credentials.get("username") or ""), sleep=self.sleep)
+                            str(ctx.credentials.get("username") or ""), sleep=self.sleep,
+                            rng=self.rng)
         return OutlookConnector(graph, tokens, ctx.account, owned)
 
     def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:

@@ -4,11 +4,16 @@
   concurrent requests per app per mailbox); semaphores are shared by all connectors of the
   same mailbox in this process.
 - 401: one forced token refresh, then NeedsReauth.
-- 429/503: wait ``Retry-After`` (else exponential backoff with jitter) and retry up to
-  ``sync.max_retries`` times, then Throttled(retry_after). Other 5xx and transport errors:
-  backoff, then ProviderUnavailable.
+- Retries: each request is one :class:`calsync.sync.retry.RetryPolicy` call (the only retry
+  layer; nothing above retries again). 429/503 are ``Throttled(Retry-After)``, other 5xx and
+  transport errors ``ProviderUnavailable``; the policy retries at most ``sync.max_retries``
+  times and waits at most ``sync.retry_max_seconds`` in all, and a ``Retry-After`` beyond
+  that cap is raised at once as ``Throttled(retry_after)`` so the runner reschedules the
+  calendar instead of a worker sleeping on it.
 - ``batch()``: JSON batching, at most 20 requests per POST; throttled items (429/503) are
-  retried alone after their Retry-After, the others are answered at once.
+  retried alone after their Retry-After under the same caps (attempts and total wait); items
+  still throttled at the cap are answered with their 429/503 for the caller to map to
+  ``Throttled``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from urllib.parse import urlparse
 import httpx
 
 from calsync.errors import NeedsReauth, ProviderUnavailable, Throttled
+from calsync.sync.retry import RetryPolicy
 from calsync_outlook.auth import TokenSource, reauth_message
 
 MAX_BATCH = 20
@@ -71,15 +77,16 @@ def retry_after(headers: dict[str, str]) -> float | None:
 
 class GraphClient:
     def __init__(self, settings: Any, http: httpx.Client, tokens: TokenSource, mailbox: str,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
         self.base = settings.outlook.graph_url.rstrip("/")
         self._base_path = urlparse(self.base).path.rstrip("/")
         self.http = http
         self.tokens = tokens
         self.mailbox = mailbox
-        self.max_retries = settings.sync.max_retries
+        self.retry = RetryPolicy.from_settings(settings, sleep=sleep, rng=rng)
+        self.retry.sleep = sleep  # from_settings drops a falsy recorder (an empty list)
         self.timeout = settings.sync.request_timeout_seconds
-        self.sleep = sleep
         self.semaphore = mailbox_semaphore(mailbox or "?", settings.outlook.max_concurrency)
         self.requests = 0  # HTTP requests sent (for the no-op budget and the benchmark)
         self._count_lock = threading.Lock()
@@ -87,9 +94,6 @@ class GraphClient:
     def url(self, path: str) -> str:
         return path if path.startswith("https://") or path.startswith("http://") \
             else self.base + path
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2))
 
     def _send(self, method: str, url: str, token: str, json_body: Any,
               headers: dict[str, str]) -> GraphResponse:
@@ -101,7 +105,7 @@ class GraphClient:
                                          headers={"Authorization": f"Bearer {token}",
                                                   "Accept": "application/json", **headers})
             except httpx.HTTPError as exc:
-                raise ProviderUnavailable(f"Microsoft Graph unreachable: "
+                raise ProviderUnavailable(f"Microsoft Graph unreachable ({self.mailbox}): "
                                           f"{type(exc).__name__}") from exc
         body: Any = None
         if resp.content:
@@ -114,41 +118,43 @@ class GraphClient:
     def request(self, method: str, path: str, json_body: Any = None,
                 headers: dict[str, str] | None = None,
                 ok: tuple[int, ...] = (200, 201, 204)) -> GraphResponse:
-        """Send with retries. Returns responses with a status in ``ok`` or any 4xx other
-        than 401/429 (the caller maps those); raises on the rest."""
+        """Send through the retry policy. Returns responses with a status in ``ok`` or any
+        4xx other than 401/429 (the caller maps those); raises on the rest."""
         url = self.url(path)
-        headers = headers or {}
-        token = self.tokens.token()
-        refreshed = False
-        attempt = 0
-        while True:
-            resp = self._send(method, url, token, json_body, headers)
+        extra = headers or {}
+        token = [self.tokens.token()]
+        refreshed = [False]
+
+        def attempt() -> GraphResponse:
+            resp = self._send(method, url, token[0], json_body, extra)
             if resp.status == 401:
-                if refreshed:
+                if refreshed[0]:
                     raise NeedsReauth(reauth_message(self.mailbox),
                                       error=resp.error_code() or "401")
-                token = self.tokens.token(force_refresh=True, stale=token)
-                refreshed = True
-                continue
+                token[0] = self.tokens.token(force_refresh=True, stale=token[0])
+                refreshed[0] = True
+                return attempt()
             if resp.status in ok or (400 <= resp.status < 500 and resp.status != 429):
                 return resp
-            wait = retry_after(resp.headers) if resp.status in RETRY_STATUSES else None
-            if attempt >= self.max_retries:
-                if resp.status in RETRY_STATUSES:
-                    raise Throttled(f"Microsoft Graph throttled {method} (HTTP {resp.status})",
-                                    retry_after=wait)
-                raise ProviderUnavailable(f"Microsoft Graph error HTTP {resp.status} "
-                                          f"{resp.error_code()}")
-            self.sleep(wait if wait is not None else self._backoff(attempt))
-            attempt += 1
+            if resp.status in RETRY_STATUSES:
+                raise Throttled(f"Microsoft Graph throttled {method} for {self.mailbox} "
+                                f"(HTTP {resp.status}); calsync retries later",
+                                retry_after=retry_after(resp.headers))
+            raise ProviderUnavailable(f"Microsoft Graph error HTTP {resp.status} "
+                                      f"{resp.error_code()} for {self.mailbox}; calsync "
+                                      "retries later")
+
+        return self.retry.call(attempt)
 
     def batch(self, items: list[dict[str, Any]]) -> list[GraphResponse]:
         """Run requests ``{"method", "url", "headers"?, "body"?}`` (url relative to the
         version root, e.g. ``/me/events``) in $batch POSTs of at most 20; returns one
-        response per item, in order. Throttled items are retried after Retry-After."""
+        response per item, in order. Throttled items are retried after their Retry-After
+        within the policy's caps; those still throttled keep their 429/503 answer."""
         results: list[GraphResponse | None] = [None] * len(items)
         pending = list(range(len(items)))
         attempt = 0
+        spent = 0.0
         while pending:
             throttled: list[int] = []
             waits: list[float] = []
@@ -175,13 +181,16 @@ class GraphClient:
                             pass
                     if item.status in RETRY_STATUSES:
                         throttled.append(i)
-                        wait = retry_after(item.headers)
-                        waits.append(wait if wait is not None else self._backoff(attempt))
+                        waits.append(self.retry.backoff(attempt, retry_after(item.headers)))
                     results[i] = item
-            if throttled and attempt >= self.max_retries:
+            if not throttled:
                 break
-            if throttled:
-                self.sleep(max(waits))
-                attempt += 1
+            wait = max(waits)
+            if attempt >= self.retry.max_retries or spent + wait > self.retry.max_total_seconds:
+                break  # the caller maps the 429/503 answers to Throttled(retry_after)
+            self.retry.waits.append(wait)
+            self.retry.sleep(wait)
+            spent += wait
+            attempt += 1
             pending = sorted(throttled)
         return [r if r is not None else GraphResponse(599, {}, None) for r in results]
