@@ -20,10 +20,13 @@ $(NODE_STAMP): tests/js/package.json
 
 install: $(STAMP)
 
+# make run PORT=9000: serve on another port; the printed links follow it unless
+# [server] base_url (or CALSYNC_BASE_URL) says where the server is reached.
+PORT ?= 8080
 run: $(STAMP)
 	$(BIN)/calsync db upgrade
-	$(BIN)/calsync demo --if-empty
-	$(BIN)/calsync serve --host 127.0.0.1 --port 8080
+	$(BIN)/calsync demo --if-empty --port $(PORT)
+	$(BIN)/calsync serve --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider

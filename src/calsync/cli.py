@@ -54,6 +54,24 @@ def database_error_reason(exc: BaseException, url: str) -> str:
     return reason
 
 
+def follow_port(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``settings`` for a server on ``port``: when no base URL was configured (it is still
+    the built-in default), printed links follow the port (and a loopback host) too."""
+    from dataclasses import replace
+
+    from calsync.config import ServerSettings
+
+    if port is None:
+        return settings
+    server = replace(settings.server, port=port)
+    if settings.server.base_url == ServerSettings().base_url:
+        link_host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if ":" in link_host:
+            link_host = f"[{link_host}]"
+        server = replace(server, base_url=f"http://{link_host}:{port}")
+    return replace(settings, server=server)
+
+
 class DatabaseUnavailable(UserError):
     """The configured database cannot be opened."""
 
@@ -194,12 +212,16 @@ def import_cmd(app: AppContext, file: Any, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--if-empty", is_flag=True, help="Load only when there are no users yet.")
+@click.option("--port", type=int, default=None,
+              help="The port `calsync serve` will use; with no base_url configured, the "
+                   "printed links point there.")
 @pass_app
-def demo(app: AppContext, if_empty: bool) -> None:
+def demo(app: AppContext, if_empty: bool, port: int | None) -> None:
     """Load the demo data set and print the demo users' feed links."""
     from calsync.demo import load_demo
 
-    for line in load_demo(app.settings, app.migrated_db(), if_empty=if_empty):
+    settings = follow_port(app.settings, None, port)
+    for line in load_demo(settings, app.migrated_db(), if_empty=if_empty):
         click.echo(line)
 
 
@@ -332,7 +354,7 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
 
     host = host or app.configured_settings.server.host
     require_configured_secret(app.configured_settings, host)
-    settings = app.settings
+    settings = follow_port(app.settings, host, port)
     db = app.migrated_db()
     scheduler = None
     if not no_worker:
