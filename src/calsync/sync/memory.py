@@ -25,6 +25,7 @@ from dateutil.rrule import rrulestr
 
 from calsync.errors import (
     AlreadyExists,
+    CalendarGone,
     NotFound,
     PreconditionFailed,
     SyncError,
@@ -167,7 +168,12 @@ class MemoryServer:
         try:
             return self.calendars[calendar_id]
         except KeyError:
-            raise NotFound(f"memory calendar {calendar_id!r} does not exist") from None
+            raise CalendarGone(f"memory calendar {calendar_id!r} does not exist") from None
+
+    def remove_calendar(self, calendar_id: str) -> None:
+        """The user deletes a whole calendar: its requests answer "gone" from now on."""
+        with self._lock:
+            self.calendars.pop(calendar_id, None)
 
     def _touch(self, cal: MemoryCalendar, obj: MemoryObject, now: dt.datetime | None) -> None:
         obj.etag = f'"e{next(self._etags)}"'
