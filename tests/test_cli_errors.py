@@ -9,10 +9,12 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.caldav_servers import DavServer, radicale_server  # noqa: F401 - fixture
 from tests.conftest import PG_ADMIN_URL, SECRET, need
 
 CALSYNC = Path(sys.executable).with_name("calsync")
@@ -130,3 +132,23 @@ def test_third_party_info_logs_are_off_unless_verbose(tmp_path: Path) -> None:
     verbose = calsync(tmp_path, f"sqlite:///{tmp_path / 'other.db'}", "-v", "db", "upgrade")
     assert verbose.returncode == 0
     assert "alembic" in verbose.stderr  # the same set-up lines, shown when asked for
+
+
+def test_sync_against_radicale_logs_no_http_requests_unless_verbose(
+        tmp_path: Path, radicale_server: DavServer) -> None:  # noqa: F811
+    url = _migrated(tmp_path)
+    doc = {"users": [{"id": "u1", "name": "Jane", "timezone": "America/Chicago"}]}
+    (tmp_path / "users.json").write_text(json.dumps(doc))
+    assert calsync(tmp_path, url, "import", "users.json").returncode == 0
+    work = radicale_server.make_calendar(f"Work {uuid.uuid4().hex[:6]}")
+    proc = calsync(tmp_path, url, "connect", "caldav", "u1", "--url", work, "--username",
+                   radicale_server.username, "--password-stdin", stdin=b"secret\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no "HTTP Request: PROPFIND ..." lines
+    assert calsync(tmp_path, url, "calendars", "set", "u1", "--primary", work).returncode == 0
+    quiet = calsync(tmp_path, url, "sync")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "HTTP Request" not in quiet.stderr and "httpx" not in quiet.stderr
+    verbose = calsync(tmp_path, url, "-v", "sync")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "HTTP Request: REPORT" in verbose.stderr
