@@ -284,7 +284,8 @@ def mock_connector(handler: object, verifying: bool = False) -> CaldavConnector:
     transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
     ctx = ConnectContext(provider="caldav", url="https://dav.example.com/", account="a",
                          credentials={"username": "a", "password": "hunter2"},
-                         settings=Settings(), http=transport)
+                         settings=Settings(), http=transport,
+                         options={"sleep": lambda _seconds: None})  # retries: no waiting
     conn = load_connector_factory("caldav").connect(ctx)
     assert isinstance(conn, CaldavConnector)
     conn.session.verifying = verifying

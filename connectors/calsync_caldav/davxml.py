@@ -1,11 +1,20 @@
-"""WebDAV/CalDAV XML: request bodies and a multistatus reader. Pure: no I/O."""
+"""WebDAV/CalDAV XML: request bodies and a multistatus reader. Pure: no I/O.
+
+Answers come from any server a user names, so they are parsed with ``defusedxml``:
+entity declarations (billion laughs), external entities and DTD fetches are refused,
+and such an answer reads as "not XML".
+"""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
 
 DAV = "DAV:"
 CALDAV = "urn:ietf:params:xml:ns:caldav"
@@ -39,12 +48,14 @@ def propfind(*props: str) -> bytes:
     return f"{_HEAD}<d:propfind {_NS}><d:prop>{inner}</d:prop></d:propfind>".encode()
 
 
-def sync_collection(token: str | None) -> bytes:
-    """RFC 6578 sync-collection asking for etags and the objects themselves, so a pull is
-    one request; servers that leave calendar-data out get a calendar-multiget after it."""
+def sync_collection(token: str | None, with_data: bool = True) -> bytes:
+    """RFC 6578 sync-collection asking for etags and (``with_data``) the objects themselves,
+    so a pull is one request; servers that leave calendar-data out get a
+    calendar-multiget after it."""
     tok = f"<d:sync-token>{escape(token)}</d:sync-token>" if token else "<d:sync-token/>"
+    data = "<c:calendar-data/>" if with_data else ""
     return (f"{_HEAD}<d:sync-collection {_NS}>{tok}<d:sync-level>1</d:sync-level>"
-            f"<d:prop><d:getetag/><c:calendar-data/></d:prop></d:sync-collection>").encode()
+            f"<d:prop><d:getetag/>{data}</d:prop></d:sync-collection>").encode()
 
 
 def etag_query() -> bytes:
@@ -108,12 +119,21 @@ def _status_code(text: str | None) -> int | None:
     return None
 
 
-def parse_multistatus(body: bytes) -> Multistatus:
-    """Read a 207 body. Raises ValueError when it is not a multistatus."""
+def parse_xml(body: bytes) -> ET.Element:
+    """The root element of an untrusted answer. Raises ValueError when it is not XML or
+    declares entities or a DTD that fetches anything."""
     try:
-        root = ET.fromstring(body)
+        return cast(ET.Element, SafeET.fromstring(body))
+    except defusedxml.DefusedXmlException as exc:
+        raise ValueError(f"refused XML ({type(exc).__name__}: entity declarations and "
+                         f"external references are not accepted)") from exc
     except ET.ParseError as exc:
         raise ValueError(f"not XML: {exc}") from exc
+
+
+def parse_multistatus(body: bytes) -> Multistatus:
+    """Read a 207 body. Raises ValueError when it is not a multistatus."""
+    root = parse_xml(body)
     if root.tag != q(DAV, "multistatus"):
         raise ValueError(f"expected DAV:multistatus, got {root.tag}")
     out: list[DavResponse] = []
@@ -138,8 +158,8 @@ def parse_multistatus(body: bytes) -> Multistatus:
 def error_conditions(body: bytes) -> set[str]:
     """Local names of the conditions in a DAV:error body (e.g. ``valid-sync-token``)."""
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
+        root = parse_xml(body)
+    except ValueError:
         text = body.decode("utf-8", "replace")
         return {"valid-sync-token"} if "valid-sync-token" in text else set()
     return {child.tag.rsplit("}", 1)[-1] for child in root}

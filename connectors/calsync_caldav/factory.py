@@ -4,7 +4,8 @@ password, discovered from ``https://caldav.icloud.com/``).
 
 ``ConnectContext.options`` understood: ``timezone`` (IANA zone for floating times;
 default UTC), ``emails`` (the account owner's addresses, to find their PARTSTAT),
-``sync_collection`` (False forces the ctag/etag fallback), ``home_url`` (skip discovery).
+``sync_collection`` (False forces the ctag/etag fallback), ``home_url`` (skip discovery),
+``sleep`` (the retry layer's wait, injectable as for Google; default ``time.sleep``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from calsync.errors import UserError
 from calsync.sync.connector import ConnectContext, RemoteCalendar
+from calsync.sync.retry import RetryPolicy
 from calsync_caldav.connector import CaldavConnector
 from calsync_caldav.parse import ParseOptions, zone_or_utc
 from calsync_caldav.transport import DavSession
@@ -21,6 +23,14 @@ from calsync_caldav.transport import DavSession
 
 def _setting(settings: Any, section: str, key: str, default: Any) -> Any:
     return getattr(getattr(settings, section, None), key, default)
+
+
+def retry_policy(ctx: ConnectContext) -> RetryPolicy:
+    """The one retry layer of this connection's requests (caps from ``[sync]``)."""
+    sleep = ctx.options.get("sleep")
+    if getattr(ctx.settings, "sync", None) is None:
+        return RetryPolicy(sleep=sleep) if sleep else RetryPolicy()
+    return RetryPolicy.from_settings(ctx.settings, sleep=sleep)
 
 
 class CaldavFactory:
@@ -43,6 +53,7 @@ class CaldavFactory:
             timeout=float(_setting(ctx.settings, "sync", "request_timeout_seconds", 30.0)),
             verify_tls=bool(_setting(ctx.settings, "caldav", "verify_tls", True)),
             label=f"{ctx.provider} connection {ctx.account or username}",
+            retry=retry_policy(ctx),
         )
         emails = {str(e).lower() for e in ctx.options.get("emails", ())}
         for candidate in (ctx.account, username):

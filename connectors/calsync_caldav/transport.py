@@ -1,5 +1,11 @@
-"""HTTP for CalDAV: one httpx client with Basic auth, a request counter, and the mapping
-of HTTP failures to calsync's error tree (the connector's edge).
+"""HTTP for CalDAV: one httpx client with Basic auth, a request counter, the mapping of
+HTTP failures to calsync's error tree, and the one retry layer (the connector's edge).
+
+Every request goes through :class:`calsync.sync.retry.RetryPolicy`: 429/503/5xx and
+network failures are retried here and nowhere above; a ``Retry-After`` beyond the policy's
+total cap is raised at once as ``Throttled(retry_after)`` for the runner to reschedule.
+Answers are read streaming and refused past :data:`MAX_RESPONSE_BYTES` (any URL a user
+types is untrusted), before they are ever held whole.
 
 Passwords go only into the Authorization header; they are never logged or put into
 error messages.
@@ -8,6 +14,7 @@ error messages.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import time
 from typing import Any
@@ -23,9 +30,15 @@ from calsync.errors import (
     Throttled,
     UserError,
 )
+from calsync.sync.retry import RetryPolicy
 
 log = logging.getLogger("calsync.connectors.caldav")
 XML = "application/xml; charset=utf-8"
+# A calendar of years of events is a few MB; an answer past this is refused unread.
+MAX_RESPONSE_BYTES = 50 * 1024 * 1024
+_REDIRECTS = (301, 302, 303, 307, 308)
+# Framing of the body as sent; the body kept is already decoded and complete.
+_FRAMING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -48,10 +61,14 @@ class DavSession:
     failures into UserError (connect time) instead of NeedsReauth/ProviderUnavailable."""
 
     def __init__(self, username: str, password: str, *, http: Any = None,
-                 timeout: float = 30.0, verify_tls: bool = True, label: str = "") -> None:
+                 timeout: float = 30.0, verify_tls: bool = True, label: str = "",
+                 retry: RetryPolicy | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.label = label  # which connection, for messages
         self.requests = 0
         self.verifying = False
+        self.retry = retry or RetryPolicy()
+        self.max_response_bytes = max_response_bytes
         auth = httpx.BasicAuth(username, password) if username or password else None
         if isinstance(http, httpx.Client):
             self._client = http
@@ -73,31 +90,76 @@ class DavSession:
     def request(self, method: str, url: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, depth: str | None = None,
                 what: str = "") -> httpx.Response:
-        """Send one request (following up to 5 redirects by hand, each counted).
-        Network failures and throttling raise; any HTTP status is returned."""
+        """Send one request (following up to 5 redirects by hand, each counted), each hop
+        retried by the policy. Network failures, throttling and 5xx that outlast the
+        retries raise; any other HTTP status is returned with its body read."""
         hdrs = dict(headers or {})
         if body is not None and "Content-Type" not in hdrs:
             hdrs["Content-Type"] = XML
         if depth is not None:
             hdrs["Depth"] = depth
         for _ in range(6):
-            self.requests += 1
-            try:
-                resp = self._client.request(method, url, content=body, headers=hdrs,
-                                            auth=self._auth)
-            except httpx.TimeoutException as exc:
-                raise self._unreachable(url, f"timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise self._unreachable(url, f"{type(exc).__name__}: {exc}") from exc
-            if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
+            resp = self.retry.call(functools.partial(self._attempt, method, url, body, hdrs,
+                                                     what))
+            if resp.status_code in _REDIRECTS and "location" in resp.headers:
                 url = str(resp.url.join(resp.headers["location"]))
                 if resp.status_code == 303:
                     method, body = "GET", None
                 continue
-            log.debug("%s %s -> %s", method, url, resp.status_code)
-            self._raise_for_throttling(resp, url, what)
             return resp
         raise ProviderError(f"{self.label}: too many redirects at {url}", url=url)
+
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                 what: str) -> httpx.Response:
+        """One HTTP exchange: the answer with its body read (capped), or a typed error."""
+        self.requests += 1
+        request = self._client.build_request(method, url, content=body, headers=headers)
+        try:
+            streamed = self._client.send(request, auth=self._auth, stream=True)
+        except httpx.TimeoutException as exc:
+            raise self._unreachable(url, f"timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise self._unreachable(url, f"{type(exc).__name__}: {exc}") from exc
+        try:
+            content = self._read_capped(streamed, url, what)
+        except httpx.TimeoutException as exc:
+            raise self._unreachable(url, f"timed out reading the answer "
+                                         f"({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise self._unreachable(url, f"answer cut off ({type(exc).__name__})") from exc
+        finally:
+            streamed.close()
+        resp = httpx.Response(streamed.status_code, content=content, request=request,
+                              headers=[(k, v) for k, v in streamed.headers.multi_items()
+                                       if k.lower() not in _FRAMING_HEADERS],
+                              extensions=streamed.extensions)
+        log.debug("%s %s -> %s", method, url, resp.status_code)
+        if resp.status_code not in _REDIRECTS:
+            self._raise_for_throttling(resp, url, what)
+        return resp
+
+    def _read_capped(self, resp: httpx.Response, url: str, what: str) -> bytes:
+        """The decoded body, refused once it passes the cap (never held whole)."""
+        limit = self.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit \
+                and "content-encoding" not in resp.headers:
+            raise self._too_large(url, what, f"it announces {int(declared):,} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(url, what, f"it passed {limit:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, url: str, what: str, why: str) -> CalsyncError:
+        message = (f"the answer of {url} to {what or 'a request'} is too large ({why}; the "
+                   f"limit is {self.max_response_bytes // (1024 * 1024)} MB); not read")
+        if self.verifying:
+            return UserError(message + "; check the URL", url=url)
+        return ProviderError(f"{self.label}: {message}", url=url)
 
     def _unreachable(self, url: str, why: str) -> CalsyncError:
         host = urlsplit(url).netloc
