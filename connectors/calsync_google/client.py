@@ -232,7 +232,7 @@ class RequestRunner:
         if status == 412:
             return PreconditionFailed(f"{where}: {what}: the event changed meanwhile (etag)")
         if status in (404, 410):
-            return NotFound(f"{where}: {what}: not found")
+            return NotFound(f"{where}: {what}: not found", status=status)
         if status == 403:
             return ProviderError(f"{where}: {what}: Google refused access ({reason}); check "
                                  "that the account may write to this calendar")

@@ -5,7 +5,10 @@
   instances); a full listing uses ``timeMin``/``timeMax``/``showDeleted``, an incremental
   one the stored ``syncToken``; pages are followed with ``pageToken`` and the last page's
   ``nextSyncToken`` kept. ``status: cancelled`` items are deletions (of an event or of one
-  instance). Stored tokens carry a version prefix (``g1:``).
+  instance). Stored tokens carry a version prefix (``g1:``). A token stays bound to the
+  ``timeMin``/``timeMax`` of the listing that started it, so the window passed to each full
+  listing is used as given (the engine re-baselines once the window has slid); a calendar
+  that answers 404 raises ``CalendarGone``.
 - ``create``: client-chosen id (deterministic from the item key) plus
   ``extendedProperties.private.calsyncKey``; ``409`` -> AlreadyExists, except that an
   event calsync had deleted (cancelled, id still reserved by Google) is restored.
@@ -22,7 +25,7 @@ from typing import Any
 
 from google.oauth2.credentials import Credentials
 
-from calsync.errors import AlreadyExists, NotFound, SyncTokenInvalid, UserError
+from calsync.errors import AlreadyExists, CalendarGone, NotFound, SyncTokenInvalid, UserError
 from calsync.sync.connector import (
     ChangeSet,
     OutgoingEvent,
@@ -116,8 +119,20 @@ class GoogleConnector:
         before = self.runner.requests
         page_token = None
         while True:
-            resp = self.runner.run(self.api.events.list(pageToken=page_token, **params),
-                                   "list events", calendar_id)
+            try:
+                resp = self.runner.run(self.api.events.list(pageToken=page_token, **params),
+                                       "list events", calendar_id)
+            except NotFound as exc:
+                # events.list answers 404 notFound when the calendar itself is gone; a 410
+                # there means the sync token expired, whatever its reason says
+                if exc.context.get("status") == 410:
+                    raise SyncTokenInvalid(f"Google calendar {calendar_id}: the sync token "
+                                           "expired; full resync") from exc
+                raise CalendarGone(
+                    f"Google calendar {calendar_id!r} of {self.account} no longer exists or "
+                    "is no longer shared with it (HTTP 404 notFound): choose another "
+                    "calendar for this role or remove it from the connection",
+                    calendar_id=calendar_id) from exc
             tz = self._tz(calendar_id, resp.get("timeZone"))
             for item in resp.get("items", []):
                 if item.get("status") == "cancelled":

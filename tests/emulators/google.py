@@ -27,7 +27,10 @@ Calendar API v3 (developers.google.com/calendar/api/v3/reference), under ``/cale
   ``recurringEventId``/``originalStartTime``, modified and cancelled exceptions),
   ``privateExtendedProperty``, ``maxResults``/``pageToken``/``nextPageToken``,
   ``syncToken``/``nextSyncToken`` ("Synchronize resources efficiently": incremental
-  results include deleted events as ``status: cancelled``; the parameters that may not
+  results include deleted events as ``status: cancelled``; a token from a listing with
+  ``timeMin``/``timeMax`` stays bound to that range: incremental results hold only what
+  lies inside it, plus changes to events the client had seen inside it (moved out, or
+  deleted); the parameters that may not
   be combined with a sync token give 400; an expired token gives ``410`` with reason
   ``fullSyncRequired``; a page may be short or empty and still carry ``nextPageToken``);
 - ``events.get``/``insert``/``update``/``patch``/``delete`` with ETags and ``If-Match``
@@ -35,6 +38,9 @@ Calendar API v3 (developers.google.com/calendar/api/v3/reference), under ``/cale
   ``409 duplicate`` when the id exists, also after deletion; updating a cancelled event
   restores it), ``extendedProperties``; deleting an already deleted event gives ``410``,
   an unknown one ``404``;
+- ``calendars.delete`` of a secondary calendar (and :meth:`remove_calendar`): every later
+  request naming it, an ``events.list`` with a sync token included, answers ``404
+  notFound`` (``410`` stays reserved for an expired sync token);
 - ``events.watch`` and ``channels.stop`` ("Push notifications"): a ``sync`` message when
   the channel opens, then ``exists`` on every change, with the headers
   ``X-Goog-Channel-ID``, ``X-Goog-Channel-Token``, ``X-Goog-Resource-ID``,
@@ -249,6 +255,28 @@ class GoogleEmulator:
         with self.lock:
             for _ in range(count):
                 self.failures.append(Failure(status, reason, retry_after))
+
+    def remove_calendar(self, calendar_id: str) -> None:
+        """Delete a secondary calendar and its events, as its owner would in Google Calendar
+        (test helper; the same as ``calendars.delete``)."""
+        with self.lock:
+            self._delete_calendar(calendar_id)
+
+    def _delete_calendar(self, calendar_id: str) -> None:
+        self.calendars.pop(calendar_id, None)
+        for listed in self.accounts.values():
+            if calendar_id in listed:
+                listed.remove(calendar_id)
+        # its sync and page tokens stay in the tables, but every request naming the
+        # calendar now answers 404 notFound (a gone calendar, not an expired token)
+
+    def put_busy(self, calendar_id: str, start: dt.datetime, end: dt.datetime,
+                 summary: str = "Busy") -> dict[str, Any]:
+        """An external timed event at the instants given (test helper, e.g. for a date that
+        only a later sync window reaches)."""
+        return self.put_event(calendar_id, {
+            "summary": summary, "start": {"dateTime": start.isoformat()},
+            "end": {"dateTime": end.isoformat()}})
 
     def approve_device(self, user_code: str, email: str) -> None:
         with self.lock:
@@ -655,6 +683,14 @@ class GoogleEmulator:
                 raise ApiError(404, "notFound", "Not Found")
             cal = self._calendar(email, parts[1])
             role = cal.roles[email]
+            if len(parts) == 2 and method == "DELETE":
+                if role != "owner":
+                    raise ApiError(403, "forbidden", "Forbidden")
+                if cal.id == email:
+                    raise ApiError(400, "cannotDeletePrimaryCalendar",
+                                   "The primary calendar cannot be deleted.")
+                self._delete_calendar(cal.id)
+                return self._json(204, None)
             if len(parts) == 2 and method == "GET":
                 return self._json(200, {"kind": "calendar#calendar", "id": cal.id,
                                         "summary": cal.summary, "timeZone": cal.timezone,
@@ -799,11 +835,22 @@ class GoogleEmulator:
                 raise ApiError(410, "fullSyncRequired",
                                "Sync token is no longer valid, a full sync is required.")
             window, single = token["window"], token["single"]
+            known = set(token["known"])
             changed = [ev for ev in cal.events.values() if ev["_seq"] > token["seq"]]
             items = []
             for ev in sorted(changed, key=lambda e: e["_seq"]):
-                items.extend(self._expand(cal, ev, window, True) if single
-                             else [self._public(ev)])
+                for inst in (self._expand(cal, ev, window, True) if single
+                             else [self._public(ev)]):
+                    # the token stays bound to the first request's timeMin/timeMax: what
+                    # lies outside it is reported only when the client had seen it inside
+                    inside = self._overlaps(cal, inst, window) or \
+                        (not single and bool(ev.get("recurrence")))
+                    if inside or inst["id"] in known:
+                        items.append(inst)
+                    if inside and inst.get("status") != "cancelled":
+                        known.add(inst["id"])
+                    else:
+                        known.discard(inst["id"])
         else:
             try:
                 lo = _parse_time(one["timeMin"]) if "timeMin" in one else None
@@ -830,11 +877,13 @@ class GoogleEmulator:
                 elif self._overlaps(cal, ev, window):
                     if ev["status"] != "cancelled" or show_deleted:
                         items.append(self._public(ev))
+            known = {i["id"] for i in items if i.get("status") != "cancelled"}
         sync_token = None
         if "privateExtendedProperty" not in q:
             sync_token = "CP" + secrets.token_urlsafe(16)
             self.sync_tokens[sync_token] = {"calendar": cal.id, "seq": self.last_seq,
-                                            "window": window, "single": single}
+                                            "window": window, "single": single,
+                                            "known": frozenset(known)}
         max_results = min(int(one.get("maxResults", 250)), 2500)
         state = {"calendar": cal.id, "items": items, "offset": 0, "max": max_results,
                  "sync_token": sync_token, "page": 0, "tz": cal.timezone}

@@ -36,6 +36,11 @@ Graph
   empty: :attr:`page_pattern`), the last page carrying ``@odata.deltaLink`` ($deltatoken);
   deletions as ``{"id", "@removed": {"reason": "deleted"}}``; replays of already-sent items
   (:attr:`replay_delta`); an expired/unknown delta token -> 410 ``syncStateNotFound``.
+  A delta link stays bound to the ``startDateTime``/``endDateTime`` of the request that
+  started it: later rounds report only instances inside that range (an event created
+  outside it is not reported; a new full request with a new range is needed).
+- ``DELETE /me/calendars/{id}`` (and :meth:`remove_calendar`): the calendar and its events
+  go; its delta links, event lists and creates answer 404 ``ErrorItemNotFound``.
   ``Prefer: outlook.timezone="UTC"`` converts ``start``/``end`` of timed events to UTC.
 - Recurring series (``recurrence`` pattern daily/weekly, range endDate/numbered/noEnd) are
   expanded to ``occurrence`` instances; exceptions (modified or cancelled occurrences).
@@ -341,6 +346,32 @@ class GraphEmulator:
             "owner": {"address": email, "name": email}}
         return cal_id
 
+    def remove_calendar(self, email: str, calendar_id: str) -> None:
+        """Delete a calendar and its events, as the user would in Outlook (test helper);
+        the same as ``DELETE /me/calendars/{id}``."""
+        with self.lock:
+            self._delete_calendar(self.mailboxes[email], calendar_id)
+
+    def _delete_calendar(self, box: Mailbox, calendar_id: str) -> bool:
+        if box.calendars.pop(calendar_id, None) is None:
+            return False
+        for ev_id in [i for i, e in box.events.items() if e["_calendar"] == calendar_id]:
+            del box.events[ev_id]
+        # delta and skip links of the calendar die with it: later requests answer 404
+        return True
+
+    def put_busy(self, email: str, calendar_id: str, start: dt.datetime, end: dt.datetime,
+                 subject: str = "Busy", time_zone: str = "UTC") -> dict[str, Any]:
+        """An external timed event at the instants given (test helper, e.g. for a date that
+        only a later sync window reaches)."""
+        zone = _zone(time_zone)
+        return self.put_event(email, calendar_id, {
+            "subject": subject,
+            "start": {"dateTime": _fmt(start.astimezone(zone).replace(tzinfo=None)),
+                      "timeZone": time_zone},
+            "end": {"dateTime": _fmt(end.astimezone(zone).replace(tzinfo=None)),
+                    "timeZone": time_zone}})
+
     def calendar_id(self, email: str, name: str = "Calendar") -> str:
         for cal in self.mailboxes[email].calendars.values():
             if cal["name"] == name:
@@ -635,13 +666,20 @@ class GraphEmulator:
         m = re.fullmatch(r"/subscriptions/([^/]+)", path)
         if m:
             return self._subscription(box, method, m.group(1), data or {})
+        m = re.fullmatch(r"/me/calendars/([^/]+)", path)
+        if m and method == "DELETE":
+            if not self._delete_calendar(box, m.group(1)):
+                return _graph_error(404, "ErrorItemNotFound",
+                                    "The specified object was not found in the store.")
+            return 204, {}, b""
         m = re.fullmatch(r"/me/calendars/([^/]+)/calendarView/delta", path)
         if m and method == "GET":
             return self._delta(box, m.group(1), query, headers, utc)
         m = re.fullmatch(r"/me/calendars/([^/]+)/events", path)
         if m:
             if m.group(1) not in box.calendars:
-                return _graph_error(404, "ErrorItemNotFound", "calendar not found")
+                return _graph_error(404, "ErrorItemNotFound",
+                                "The specified object was not found in the store.")
             if method == "POST":
                 return self._create(box, m.group(1), data or {}, utc)
             if method == "GET":
@@ -902,7 +940,8 @@ class GraphEmulator:
     def _delta(self, box: Mailbox, cal_id: str, query: dict[str, str],
                headers: dict[str, str], utc: bool) -> tuple[int, dict[str, str], Any]:
         if cal_id not in box.calendars:
-            return _graph_error(404, "ErrorItemNotFound", "calendar not found")
+            return _graph_error(404, "ErrorItemNotFound",
+                                "The specified object was not found in the store.")
         prefer = headers.get("prefer", "")
         m = re.search(r"odata\.maxpagesize=(\d+)", prefer)
         page_size = int(m.group(1)) if m else self.page_size
