@@ -138,6 +138,8 @@ def test_openapi_lists_the_contract_endpoints(app_client) -> None:
         "/api/availability/check": {"post"},
         "/api/availability/search": {"post"},
         "/api/bookings": {"post"},
+        "/api/tokens": {"get"},
+        "/api/tokens/{token_id}": {"delete"},
         "/healthz": {"get"},
         "/metrics": {"get"},
     }.items():
