@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from calsync.errors import ConfigError
 
-DEFAULT_SECRET = "dev-insecure-change-me"
+# Secrets that were published (the example config of earlier versions): never accepted.
+PUBLIC_SECRETS = frozenset({"dev-insecure-change-me"})
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,21 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     base_url: str = "http://127.0.0.1:8080"
+    # Request bodies beyond these are refused with 413 while they arrive (api/limits.py).
+    max_body_bytes: int = 1_048_576
+    max_webhook_body_bytes: int = 65_536
 
 
 @dataclass(frozen=True)
 class SecuritySettings:
-    secret_key: str = DEFAULT_SECRET
+    # No built-in value: see calsync.secrets.resolve_secret_key for what happens without one.
+    secret_key: str = ""
     # Older secrets still accepted to decrypt stored credentials (key rotation).
     previous_secret_keys: tuple[str, ...] = ()
+    # Optional: sign feed links / encrypt credentials with their own secret instead of
+    # secret_key, so that each can be rotated without touching the other.
+    feed_key: str = ""
+    credential_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,8 @@ class Settings:
 _ENV_OVERRIDES = {
     "CALSYNC_DATABASE_URL": ("database", "url"),
     "CALSYNC_SECRET_KEY": ("security", "secret_key"),
+    "CALSYNC_FEED_KEY": ("security", "feed_key"),
+    "CALSYNC_CREDENTIAL_KEY": ("security", "credential_key"),
     "CALSYNC_BASE_URL": ("server", "base_url"),
 }
 
@@ -172,8 +183,18 @@ def _validate(s: Settings) -> None:
     base = urlparse(s.server.base_url)
     if base.scheme not in ("http", "https") or not base.netloc:
         raise ConfigError("server.base_url", s.server.base_url, "an http(s):// URL")
-    if len(s.security.secret_key) < 16:
-        raise ConfigError("security.secret_key", "<hidden>", "at least 16 characters")
+    for key in ("secret_key", "feed_key", "credential_key"):
+        value = getattr(s.security, key)
+        if value in PUBLIC_SECRETS:
+            raise ConfigError(f"security.{key}", "<hidden>",
+                              "a secret of your own, not the published example value")
+        if value and len(value) < 16:
+            raise ConfigError(f"security.{key}", "<hidden>", "at least 16 characters")
+    for i, value in enumerate(s.security.previous_secret_keys):
+        if not value:
+            raise ConfigError(f"security.previous_secret_keys[{i}]", "", "a non-empty secret")
+    positive("server.max_body_bytes", s.server.max_body_bytes)
+    positive("server.max_webhook_body_bytes", s.server.max_webhook_body_bytes)
     non_negative("feeds.history_months", s.feeds.history_months)
     positive("feeds.future_months", s.feeds.future_months)
     positive("feeds.refresh_interval_minutes", s.feeds.refresh_interval_minutes)

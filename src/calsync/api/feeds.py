@@ -29,6 +29,7 @@ from calsync.feeds.service import (
     current_feed,
     current_validators,
 )
+from calsync.secrets import feed_link_keys
 
 router = APIRouter()
 log = logging.getLogger("calsync.api.feeds")
@@ -156,7 +157,7 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
         user = s.get(User, user_id)
         if user is not None:
             s.expunge(user)
-    if not check_feed_token(app_state.settings.security.secret_key, user, token):
+    if not check_feed_token(feed_link_keys(app_state.settings), user, token):
         log.info("feed 404 for %r", redacted_feed_path(user_id[:64], token))
         return JSONResponse(_NOT_FOUND, status_code=404)
     assert user is not None
