@@ -268,8 +268,10 @@ def test_sync_skips_a_connection_another_worker_holds(cli_env: Database,
         cid = s.scalars(select(Connection.id)).one()
     assert claim_connection(cli_env, cid, "other-worker", dt.datetime.now(UTC), 600)
     code, out, err = calsync(monkeypatch, capsys, "sync")
-    assert code == 0, err
+    assert code != 0  # nothing could be synced
     assert "another worker is syncing it" in out
+    assert "worker other-worker is syncing it (lease until " in out
+    assert "nothing synced" in err and "other-worker" in err
     with cli_env.session() as s:
         conn = s.get(Connection, cid)
         assert conn is not None and conn.lease_owner == "other-worker"

@@ -472,8 +472,8 @@ def _summary_line(r: Any) -> str:
     extra = ", ".join(f"{n} {k}" for k, n in sorted(t.items())
                       if n and k not in ("created", "updated", "deleted", "imported"))
     if r.status == "busy":
-        return (f"connection {r.connection_id}: another worker is syncing it right now; "
-                f"skipped")
+        return (f"connection {r.connection_id}: skipped, another worker is syncing it right "
+                f"now: {r.error}")
     line = (f"connection {r.connection_id} ({r.provider}, {r.user_id}): {r.status}: "
             f"{t['created']} created, {t['updated']} updated, {t['deleted']} deleted, "
             f"{t['imported']} imported" + (f", {extra}" if extra else ""))
@@ -511,6 +511,11 @@ def sync_cmd(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
         if not results:
             click.echo("no connections to sync")
     failed = [r for r in results if r.status not in ("ok", "busy")]
+    if results and all(r.status == "busy" for r in results):
+        r = results[0]
+        more = f" (and {len(results) - 1} more)" if len(results) > 1 else ""
+        raise UserError(f"nothing synced: connection {r.connection_id} is leased, "
+                        f"{r.error}{more}; try again after the lease ends")
     if failed:
         r = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
