@@ -1,4 +1,5 @@
-"""The FastAPI application: routers, JSON errors, no stack traces for bad input."""
+"""The FastAPI application: routers, JSON errors, no stack traces for bad input, request
+bodies capped (api/limits.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from calsync.api.limits import ERROR_CODE as PAYLOAD_TOO_LARGE
+from calsync.api.limits import BodySizeLimit
 from calsync.config import Settings
 from calsync.db.session import Database
 from calsync.errors import CalsyncError, ValidationError
@@ -21,6 +24,9 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
                   description="Calendar sync and scheduling integration worker.")
     app.state.settings = settings
     app.state.db = db
+    # Outside the routers: every route's body is capped while it arrives.
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.server.max_body_bytes,
+                       max_webhook_body_bytes=settings.server.max_webhook_body_bytes)
 
     @app.exception_handler(CalsyncError)
     async def _calsync_error(_req: Request, exc: CalsyncError) -> JSONResponse:
@@ -41,7 +47,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: PAYLOAD_TOO_LARGE}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -7,6 +7,8 @@ and remote id, and its secret (Graph ``clientState``, Google channel token) chec
 ``secret_hash`` in constant time. Valid notices schedule an immediate sync of their
 calendar (``calsync.sync.runner.sync_calendar_now``) in a background task, so the answer
 (202) goes out at once; when no notice is valid the answer is 403 and nothing is synced.
+The endpoint is unauthenticated, so its body is capped lower than the API's
+(``[server] max_webhook_body_bytes``, enforced as it arrives by calsync.api.limits).
 """
 
 from __future__ import annotations
