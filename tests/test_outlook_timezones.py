@@ -163,3 +163,17 @@ def test_every_zone_a_user_can_pick_is_sent_in_a_name_graph_accepts() -> None:
             assert supported_zone(sent), (name, sent)
     # CLDR has no Windows zone for Troll station (UTC+0/+2): written as UTC instants
     assert unnamed == ["Antarctica/Troll"]
+
+
+def test_answers_follow_the_prefer_header_and_default_to_utc(
+        em: GraphEmulator, connector: OutlookConnector) -> None:
+    cal = em.calendar_id(USER)
+    created = connector.create(cal, item("Asia/Manila"))
+    path = f"/me/calendars/{cal}/events/{created.remote_id}"
+    plain = connector.graph.request("GET", path).body
+    assert plain["start"] == {"dateTime": "2026-11-24T15:00:00.0000000", "timeZone": "UTC"}
+    assert plain["originalStartTimeZone"] == "Singapore Standard Time"
+    tokyo = connector.graph.request(
+        "GET", path, headers={"Prefer": 'outlook.timezone="Tokyo Standard Time"'}).body
+    assert tokyo["start"] == {"dateTime": "2026-11-25T00:00:00.0000000",
+                              "timeZone": "Tokyo Standard Time"}

@@ -41,13 +41,14 @@ Graph
   outside it is not reported; a new full request with a new range is needed).
 - ``DELETE /me/calendars/{id}`` (and :meth:`remove_calendar`): the calendar and its events
   go; its delta links, event lists and creates answer 404 ``ErrorItemNotFound``.
-  ``Prefer: outlook.timezone="UTC"`` converts ``start``/``end`` of timed events to UTC.
+  ``Prefer: outlook.timezone="…"`` gives ``start``/``end`` of timed events in that zone
+  (UTC without the header, as Graph does); ``originalStartTimeZone`` keeps the zone they
+  were written in.
 - Recurring series (``recurrence`` pattern daily/weekly, range endDate/numbered/noEnd) are
   expanded to ``occurrence`` instances; exceptions (modified or cancelled occurrences).
 - ``showAs``, ``sensitivity``, ``isCancelled``, ``responseStatus``, ``isAllDay``, ``type``.
 - ``dateTimeTimeZone.timeZone``: any Windows zone name or one of the documented "additional
-  time zones" (IANA names); others -> 400 ``TimeZoneNotSupportedException``. Without
-  ``Prefer: outlook.timezone`` times come back in the zone they were written in.
+  time zones" (IANA names); others -> 400 ``TimeZoneNotSupportedException``.
 - ``POST /$batch`` (JSON batching): at most 20 requests, each answered by id (order not
   kept), per-item 429 with ``Retry-After`` (:meth:`throttle_batch_items`).
 - Throttling: :meth:`throttle` (429/503 with ``Retry-After``), :meth:`fail`; more than 4
@@ -655,7 +656,10 @@ class GraphEmulator:
         box = self.mailboxes[email]
         self.requests.append((method, path))
         data: Any = json.loads(body) if body else None
-        utc = 'outlook.timezone="utc"' in headers.get("prefer", "").lower()
+        # Prefer: outlook.timezone="…" names the zone of start/end in answers; without it
+        # Graph answers in UTC
+        m = re.search(r'outlook\.timezone="([^"]+)"', headers.get("prefer", ""))
+        view_zone = m.group(1) if m and supported_zone(m.group(1)) else "UTC"
         if path == "/me" and method == "GET":
             return 200, {}, {"id": box.oid, "mail": email, "userPrincipalName": email,
                              "displayName": box.display_name}
@@ -674,19 +678,20 @@ class GraphEmulator:
             return 204, {}, b""
         m = re.fullmatch(r"/me/calendars/([^/]+)/calendarView/delta", path)
         if m and method == "GET":
-            return self._delta(box, m.group(1), query, headers, utc)
+            return self._delta(box, m.group(1), query, headers, view_zone)
         m = re.fullmatch(r"/me/calendars/([^/]+)/events", path)
         if m:
             if m.group(1) not in box.calendars:
                 return _graph_error(404, "ErrorItemNotFound",
                                 "The specified object was not found in the store.")
             if method == "POST":
-                return self._create(box, m.group(1), data or {}, utc)
+                return self._create(box, m.group(1), data or {}, view_zone)
             if method == "GET":
-                return self._list(box, m.group(1), query, utc)
+                return self._list(box, m.group(1), query, view_zone)
         m = re.fullmatch(r"/me(?:/calendars/([^/]+))?/events/([^/]+)", path)
         if m:
-            return self._item(box, m.group(1), m.group(2), method, query, headers, data, utc)
+            return self._item(box, m.group(1), m.group(2), method, query, headers, data,
+                              view_zone)
         return _graph_error(400, "BadRequest", f"unsupported {method} {path}")
 
     def _batch(self, email: str, body: bytes) -> tuple[int, dict[str, str], Any]:
@@ -754,7 +759,7 @@ class GraphEmulator:
         ev["lastModifiedDateTime"] = self.clock().isoformat().replace("+00:00", "Z")
         self._notify(box, ev, change)
 
-    def _public(self, ev: dict[str, Any], utc: bool, expand: str | None = None,
+    def _public(self, ev: dict[str, Any], view_zone: str, expand: str | None = None,
                 box: Mailbox | None = None) -> dict[str, Any]:
         out = {k: copy.deepcopy(v) for k, v in ev.items()
                if not k.startswith("_") and k != "singleValueExtendedProperties"}
@@ -762,11 +767,12 @@ class GraphEmulator:
         out["calendarId"] = ev.get("_calendar")
         out["originalStartTimeZone"] = ev["start"]["timeZone"]
         out["originalEndTimeZone"] = ev["end"]["timeZone"]
-        if utc and not ev.get("isAllDay"):
+        if not ev.get("isAllDay"):  # all-day events keep their dates
             for side in ("start", "end"):
                 local = _parse_local(ev[side]["dateTime"]).replace(
                     tzinfo=_zone(ev[side]["timeZone"]))
-                out[side] = {"dateTime": _fmt(local.astimezone(UTC)), "timeZone": "UTC"}
+                shown = local.astimezone(_zone(view_zone)).replace(tzinfo=None)
+                out[side] = {"dateTime": _fmt(shown), "timeZone": view_zone}
         if expand:
             m = re.search(r"id eq '((?:[^']|'')*)'", expand)
             wanted = m.group(1).replace("''", "'").lower() if m else None
@@ -789,7 +795,7 @@ class GraphEmulator:
         return None
 
     def _create(self, box: Mailbox, cal_id: str, data: dict[str, Any],
-                utc: bool) -> tuple[int, dict[str, str], Any]:
+                view_zone: str) -> tuple[int, dict[str, str], Any]:
         if not box.calendars[cal_id]["canEdit"]:
             return _graph_error(403, "ErrorAccessDenied", "Access is denied.")
         for field_ in ("start", "end"):
@@ -802,12 +808,12 @@ class GraphEmulator:
         if txn:
             for ev in box.events.values():
                 if ev["_calendar"] == cal_id and ev.get("transactionId") == txn:
-                    return 201, {}, self._public(ev, utc)
+                    return 201, {}, self._public(ev, view_zone)
         ev = self._store_new(box, cal_id, copy.deepcopy(data))
-        return 201, {}, self._public(ev, utc)
+        return 201, {}, self._public(ev, view_zone)
 
     def _list(self, box: Mailbox, cal_id: str, query: dict[str, str],
-              utc: bool) -> tuple[int, dict[str, str], Any]:
+              view_zone: str) -> tuple[int, dict[str, str], Any]:
         found = [e for e in box.events.values() if e["_calendar"] == cal_id]
         flt = query.get("$filter")
         if flt:
@@ -820,18 +826,18 @@ class GraphEmulator:
                 p["id"].lower() == pid.lower() and p["value"] == value
                 for p in e.get("singleValueExtendedProperties") or [])]
         top = int(query.get("$top", "10"))
-        return 200, {}, {"value": [self._public(e, utc, query.get("$expand"), box)
+        return 200, {}, {"value": [self._public(e, view_zone, query.get("$expand"), box)
                                    for e in found[:top]]}
 
     def _item(self, box: Mailbox, cal_id: str | None, ev_id: str, method: str,
               query: dict[str, str], headers: dict[str, str], data: Any,
-              utc: bool) -> tuple[int, dict[str, str], Any]:
+              view_zone: str) -> tuple[int, dict[str, str], Any]:
         ev = box.events.get(ev_id)
         if ev is None or (cal_id is not None and ev["_calendar"] != cal_id):
             return _graph_error(404, "ErrorItemNotFound",
                                 "The specified object was not found in the store.")
         if method == "GET":
-            return 200, {}, self._public(ev, utc, query.get("$expand"), box)
+            return 200, {}, self._public(ev, view_zone, query.get("$expand"), box)
         if_match = headers.get("if-match")
         if if_match and if_match not in ("*", f'W/"{ev["changeKey"]}"'):
             return _graph_error(412, "ErrorIrresolvableConflict",
@@ -852,7 +858,7 @@ class GraphEmulator:
                 else:
                     ev[k] = v
             self._touch(box, ev, "updated")
-            return 200, {}, self._public(ev, utc)
+            return 200, {}, self._public(ev, view_zone)
         if method == "DELETE":
             self._bury(box, ev)
             del box.events[ev_id]
@@ -938,7 +944,7 @@ class GraphEmulator:
     # delta -------------------------------------------------------------------------------
 
     def _delta(self, box: Mailbox, cal_id: str, query: dict[str, str],
-               headers: dict[str, str], utc: bool) -> tuple[int, dict[str, str], Any]:
+               headers: dict[str, str], view_zone: str) -> tuple[int, dict[str, str], Any]:
         if cal_id not in box.calendars:
             return _graph_error(404, "ErrorItemNotFound",
                                 "The specified object was not found in the store.")
@@ -950,7 +956,7 @@ class GraphEmulator:
             if state is None:
                 return _graph_error(410, "syncStateNotFound",
                                     "The sync state generation is not found.")
-            return self._page(box, cal_id, state, utc)
+            return self._page(box, cal_id, state, view_zone)
         if "$deltatoken" in query:
             previous = self.delta_tokens.get(query["$deltatoken"])
             if previous is None:
@@ -975,7 +981,7 @@ class GraphEmulator:
         items: list[dict[str, Any]] = []
         for inst_id, (version, inst) in current.items():
             if known.get(inst_id) != version or inst_id in replay:
-                items.append(self._public(inst, utc))
+                items.append(self._public(inst, view_zone))
         for inst_id in known:
             if inst_id not in current:
                 items.append({"@odata.type": "#microsoft.graph.event", "id": inst_id,
@@ -996,10 +1002,10 @@ class GraphEmulator:
         state = {"pages": pages, "start": start, "end": end, "seq": self._seq,
                  "snapshot": {k: v for k, (v, _inst) in current.items()},
                  "sent": [x["id"] for x in items if "@removed" not in x]}
-        return self._page(box, cal_id, state, utc)
+        return self._page(box, cal_id, state, view_zone)
 
     def _page(self, box: Mailbox, cal_id: str, state: dict[str, Any],
-              utc: bool) -> tuple[int, dict[str, str], Any]:
+              view_zone: str) -> tuple[int, dict[str, str], Any]:
         page = state["pages"].pop(0)
         base = f"{self.graph_url}/me/calendars/{quote(cal_id, safe='')}/calendarView/delta"
         doc: dict[str, Any] = {"@odata.context": f"{self.graph_url}/$metadata#Collection(event)",
