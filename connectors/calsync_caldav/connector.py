@@ -11,6 +11,18 @@ with the etags carried in the token. Tokens are versioned strings::
 
 Write: deterministic href ``<calendar-url>/<key>.ics``; PUT with ``If-None-Match: *`` to
 create, ``If-Match`` to update and delete.
+
+Own writes and tokens: some servers (Xandikos) use a hash of the collection's state as
+sync-token and answer with the difference between two states, so an object created and
+deleted after a token is never reported, and a token recurs when a state does. A token
+taken *before* calsync's writes would thus hide a later delete of a copy it wrote. After
+the engine's writes, :meth:`CaldavConnector.token_after_writes` returns a token that covers
+them (one request), so any process pulling from it later sees what happens to those copies.
+
+A full listing has no time-range: every object is listed and parsed (events outside the
+window come back with no occurrences), and each external event carries its iCalendar text
+in ``RemoteEvent.source`` so :meth:`CaldavConnector.expand` can re-expand it as the window
+slides. A collection that answers 404/410 raises ``CalendarGone``.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ import httpx
 
 from calsync.errors import (
     AlreadyExists,
+    CalendarGone,
+    CalsyncError,
     PreconditionFailed,
     ProviderError,
     SyncError,
@@ -37,6 +51,7 @@ from calsync.errors import (
 )
 from calsync.sync.connector import (
     ChangeSet,
+    Occurrence,
     OutgoingEvent,
     Quarantined,
     RemoteCalendar,
@@ -46,7 +61,7 @@ from calsync.sync.connector import (
 from calsync_caldav import davxml
 from calsync_caldav.davxml import CS, DAV, norm_href, q
 from calsync_caldav.discovery import find_home, list_collections
-from calsync_caldav.parse import ParseOptions, parse_resource
+from calsync_caldav.parse import ParseOptions, parse_resource, unreadable_reason
 from calsync_caldav.render import render_event
 from calsync_caldav.transport import DavSession
 
@@ -54,6 +69,9 @@ log = logging.getLogger("calsync.connectors.caldav")
 TOKEN_PREFIX = "caldav1:"
 MULTIGET_BATCH = 200
 _NOT_SUPPORTED = (400, 403, 404, 405, 415, 422, 501)
+_GONE = (404, 410)
+
+
 def encode_ctag_token(ctag: str | None, etags: dict[str, str]) -> str:
     blob = json.dumps({"ctag": ctag, "etags": etags}, separators=(",", ":")).encode()
     return TOKEN_PREFIX + "ctag:" + base64.urlsafe_b64encode(zlib.compress(blob, 6)).decode()
@@ -104,6 +122,11 @@ class WriteLedger:
             for writes in self._calendars.get(calendar_id, {}).values():
                 writes[url] = etag
 
+    def forget(self) -> None:
+        """Drop everything (what a process restart does)."""
+        with self._lock:
+            self._calendars.clear()
+
     def since(self, calendar_id: str, token: str) -> dict[str, str | None]:
         """The writes made after the pull that returned ``token`` ({} when unknown)."""
         with self._lock:
@@ -153,14 +176,29 @@ class CaldavConnector:
     def _report(self, calendar_id: str, body: bytes, depth: str, what: str) -> httpx.Response:
         return self.session.request("REPORT", calendar_id, body=body, depth=depth, what=what)
 
-    def _multistatus(self, resp: httpx.Response, url: str, what: str) -> davxml.Multistatus:
+    def _gone(self, calendar_id: str, status: int, what: str) -> CalendarGone:
+        return CalendarGone(
+            f"{self.session.label}: the calendar at {calendar_id} no longer exists on the "
+            f"server (HTTP {status} to {what}); choose another calendar in its place or "
+            f"remove it from the connection (calsync calendars set)",
+            calendar=calendar_id, url=calendar_id, status=status)
+
+    def _multistatus(self, resp: httpx.Response, calendar_id: str,
+                     what: str) -> davxml.Multistatus:
+        """The multistatus a request on the collection ``calendar_id`` answered."""
+        if resp.status_code in _GONE:
+            raise self._gone(calendar_id, resp.status_code, what)
         if resp.status_code != 207:
-            raise self.session.unexpected(resp, url, what)
+            raise self.session.unexpected(resp, calendar_id, what)
         try:
-            return davxml.parse_multistatus(resp.content)
+            found = davxml.parse_multistatus(resp.content)
         except ValueError as exc:
-            raise ProviderError(f"{self.session.label}: {what} at {url}: unreadable answer "
-                                f"({exc})", url=url) from exc
+            raise ProviderError(f"{self.session.label}: {what} at {calendar_id}: unreadable "
+                                f"answer ({exc})", url=calendar_id) from exc
+        for item in found.responses:  # Xandikos: 207 naming the collection itself as 404
+            if item.status in _GONE and self._is_collection(calendar_id, item.href):
+                raise self._gone(calendar_id, item.status, what)
+        return found
 
     def _is_collection(self, calendar_id: str, href: str) -> bool:
         return norm_href(href).rstrip("/") == norm_href(calendar_id).rstrip("/")
@@ -194,8 +232,7 @@ class CaldavConnector:
         try:
             parsed = parse_resource(data, href, etag, window, self.parse_options)
         except Exception as exc:  # noqa: BLE001 - never let one object stop the calendar
-            out.quarantined.append(Quarantined(href, f"unreadable: {type(exc).__name__}: "
-                                                     f"{exc}", data))
+            out.quarantined.append(Quarantined(href, unreadable_reason(exc, data), data))
             return
         for note in parsed.notes:
             log.info("%s: %s", self.session.label, note)
@@ -350,6 +387,110 @@ class CaldavConnector:
         out.deleted = sorted(set(old_etags) - set(etags) | set(out.deleted))
         return out
 
+    # -- after calsync's writes ----------------------------------------------------------
+    def token_after_writes(self, calendar_id: str, token: str | None) -> str | None:
+        """The token to store once calsync's writes to ``calendar_id`` since the pull that
+        returned ``token`` are done: one that covers them, so a later pull (in any process)
+        reports what then happens to those objects. ``token`` itself when nothing was
+        written (no request), when the server lists changes that are not calsync's own
+        (they must still be pulled), or when asking fails (the next pull re-reads from
+        ``token`` as before)."""
+        if token is None:
+            return None
+        written = self.ledger.since(self._ledger_key(calendar_id), token)
+        if not written:
+            return token
+        try:
+            if token.startswith(TOKEN_PREFIX + "sync:"):
+                settled = self._settle_sync(calendar_id, token, written)
+            elif token.startswith(TOKEN_PREFIX + "ctag:"):
+                settled = self._settle_ctag(calendar_id, token, written)
+            else:
+                return token
+        except CalsyncError as exc:
+            log.info("%s: %s: keeping the token from before calsync's writes (%s)",
+                     self.session.label, calendar_id, exc)
+            return token
+        if settled is None:
+            return token
+        self.ledger.pulled(self._ledger_key(calendar_id), settled)
+        return settled
+
+    def _only_own_writes(self, calendar_id: str, written: dict[str, str | None],
+                         changed: dict[str, str | None], deleted: set[str]) -> bool:
+        """Whether the changes a server lists (href -> etag, removed hrefs) are exactly
+        calsync's writes (url -> etag, None for a delete)."""
+        for href, etag in changed.items():
+            url = self._abs(calendar_id, href)
+            if not etag or url not in written or written[url] != etag:
+                return False
+        for href in deleted:
+            url = self._abs(calendar_id, href)
+            if url not in written or written[url] is not None:
+                return False
+        listed = {self._abs(calendar_id, h) for h in set(changed) | deleted}
+        # a copy written and now not listed was removed by someone in between
+        return all(etag is None or url in listed for url, etag in written.items())
+
+    def _settle_sync(self, calendar_id: str, token: str,
+                     written: dict[str, str | None]) -> str | None:
+        current = token[len(TOKEN_PREFIX + "sync:"):]
+        changed: dict[str, str | None] = {}
+        deleted: set[str] = set()
+        for _ in range(50):
+            resp = self._report(calendar_id, davxml.sync_collection(current, with_data=False),
+                                "1", "sync-collection")
+            if resp.status_code in (403, 409, 412):
+                return None
+            found = self._multistatus(resp, calendar_id, "sync-collection")
+            truncated = False
+            for item in found.responses:
+                if self._is_collection(calendar_id, item.href):
+                    truncated = truncated or item.status == 507
+                    continue
+                href = norm_href(item.href)
+                if item.status in _GONE:
+                    deleted.add(href)
+                    changed.pop(href, None)
+                else:
+                    changed[href] = item.text(q(DAV, "getetag"))
+                    deleted.discard(href)
+            current = found.sync_token or current
+            if not truncated:
+                break
+        if not self._only_own_writes(calendar_id, written, changed, deleted):
+            return None
+        return TOKEN_PREFIX + "sync:" + current
+
+    def _settle_ctag(self, calendar_id: str, token: str,
+                     written: dict[str, str | None]) -> str | None:
+        try:
+            _, old_etags = decode_ctag_token(token)
+        except Exception:  # noqa: BLE001 - a damaged token is re-read in full anyway
+            return None
+        ctag, etags = self._etag_listing(calendar_id)
+        changed: dict[str, str | None] = {h: e for h, e in etags.items()
+                                          if old_etags.get(h) != e or not e}
+        deleted = set(old_etags) - set(etags)
+        if not self._only_own_writes(calendar_id, written, changed, deleted):
+            return None
+        return encode_ctag_token(ctag, etags)
+
+    # -- expansion as the window slides ----------------------------------------------------
+    def expand(self, source: str, window: Window) -> list[Occurrence]:
+        """The occurrences inside ``window`` of an external event whose iCalendar text a
+        pull returned as ``RemoteEvent.source``; no request. The same parsing and bounds as
+        a pull: an object a pull would quarantine raises SyncError with the reason."""
+        try:
+            parsed = parse_resource(source, "", None, window, self.parse_options)
+        except Exception as exc:  # noqa: BLE001 - same as a pull: a reason, not a crash
+            raise SyncError(f"{self.session.label}: stored event cannot be expanded: "
+                            f"{unreadable_reason(exc, source)}") from exc
+        if parsed.quarantined is not None:
+            raise SyncError(f"{self.session.label}: stored event cannot be expanded: "
+                            f"{parsed.quarantined.reason}", reason=parsed.quarantined.reason)
+        return list(parsed.event.occurrences) if parsed.event is not None else []
+
     # -- single objects ----------------------------------------------------------------
     def _get_href(self, calendar_id: str, href: str,
                   window: Window) -> tuple[RemoteEvent | None, Quarantined | None, str | None]:
@@ -393,7 +534,11 @@ class CaldavConnector:
                                       body=davxml.propfind("d:getetag"), depth="0",
                                       what="getetag")
             if pf.status_code == 207:
-                for item in davxml.parse_multistatus(pf.content).responses:
+                try:
+                    found = davxml.parse_multistatus(pf.content).responses
+                except ValueError:
+                    found = []  # no etag: the next pull reads the object again
+                for item in found:
                     etag = item.text(q(DAV, "getetag")) or etag
         self.ledger.wrote(self._ledger_key(calendar_id), self._abs(calendar_id, href), etag)
         span = Window(_utc(event.start) - dt.timedelta(days=1),

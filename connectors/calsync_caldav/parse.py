@@ -6,11 +6,18 @@ occurrences expanded inside the window, plus a problem per unusable event (which
 property, what was wrong) and notes on guesses it made (TZIDs, floating times).
 ``parse_resource`` applies it to one CalDAV resource: an event, a :class:`Quarantined`
 entry, or nothing (VTODO/VJOURNAL-only objects are not events).
+
+Problems and notes end up in logs and in ``calendars.last_error``-like places, so they name
+the component (``VEVENT UID='…'``) and the property that failed, and never carry the
+event's text: values of SUMMARY, DESCRIPTION, LOCATION, ORGANIZER, ATTENDEE and the like
+are cut out of every message, and so is any quoted fragment that is not a date, time or
+rule token (see :func:`safe_message`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -62,6 +69,132 @@ class _Unusable(Exception):
     """An event whose busy time cannot be known."""
 
 
+# Properties whose values are the event's private details (section 7 of the design).
+_PRIVATE_PROPS = ("SUMMARY", "DESCRIPTION", "LOCATION", "COMMENT", "CONTACT", "ORGANIZER",
+                  "ATTENDEE", "RESOURCES", "CATEGORIES", "X-ALT-DESC", "URL", "ATTACH",
+                  "X-APPLE-STRUCTURED-LOCATION", "GEO")
+_PRIVATE_LINE = re.compile(r"^(?:" + "|".join(re.escape(p) for p in _PRIVATE_PROPS)
+                           + r")(?=[;:])(.*)$", re.IGNORECASE | re.MULTILINE)
+_QUOTED = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+# calsync's own label at the start of a message: "VEVENT UID='…' RECURRENCE-ID=…: "
+_LABEL = re.compile(r"^V[A-Z]+(?: UID='[^'\n]*'| without UID)?(?: RECURRENCE-ID=[^:\s]+)?: ")
+# What may stay quoted: a date, time, duration, offset or rule token (no spaces, no lower
+# case), or one identifier-like word (a Python type or attribute name in an error).
+_TOKEN = re.compile(r"^(?:[0-9A-Z:+\-/.,;=_]{0,64}|[A-Za-z_][A-Za-z0-9_]{0,30})$")
+_WITHHELD = "…"
+_MAX_MESSAGE = 240
+
+
+def private_values(text: str) -> list[str]:
+    """The values of the private properties of an iCalendar text (and their pieces:
+    parameter values such as CN, escaped and unescaped), longest first."""
+    unfolded = re.sub(r"\r?\n[ \t]", "", text)
+    found: set[str] = set()
+    for match in _PRIVATE_LINE.finditer(unfolded):
+        rest = match.group(1).strip()
+        for piece in [rest, rest.split(":", 1)[-1], *re.split(r"[;:,=]", rest)]:
+            piece = piece.strip().strip('"')
+            for variant in (piece, piece.replace("\\,", ",").replace("\\;", ";")
+                            .replace("\\n", "\n").replace("\\N", "\n")
+                            .replace("\\\\", "\\")):
+                if len(variant) >= 3:
+                    found.add(variant)
+                    found.update(line for line in variant.splitlines() if len(line) >= 3)
+    return sorted(found, key=len, reverse=True)
+
+
+def safe_message(message: str, private: list[str] | None = None) -> str:
+    """``message`` fit to leave the process: private values cut out, quoted fragments that
+    are not date/time/rule tokens withheld, one line, bounded length."""
+    text = str(message)
+    label_match = _LABEL.match(text)
+    label = label_match.group(0) if label_match else ""
+    text = text[len(label):]
+    if "Content line could not be parsed" in text:
+        text = "a content line could not be parsed (it is not shown)"
+    elif "Found no components" in text:
+        text = "no calendar component could be read"
+    for value in private or ():
+        if value in text:
+            text = text.replace(value, _WITHHELD)
+
+    def withhold(match: re.Match[str]) -> str:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        return match.group(0) if _TOKEN.match(inner) else f"'{_WITHHELD}'"
+
+    text = _QUOTED.sub(withhold, text)
+    text = " ".join(text.split())
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE - 1] + _WITHHELD
+    return label + text
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Unusable) else str(exc)
+
+
+_COMPONENT_LINE = re.compile(r"^(BEGIN|END):([A-Za-z0-9-]+)\s*$", re.IGNORECASE)
+
+
+def _unfolded_lines(text: str) -> list[str]:
+    return [line for line in re.sub(r"\r?\n[ \t]", "", text).splitlines() if line.strip()]
+
+
+def locate_failure(text: str) -> str | None:
+    """For a text icalendar refuses as a whole: ``"<COMPONENT> UID='…': property <NAME>"``
+    of the first content line that fails on its own, or None when no single line does."""
+    lines = _unfolded_lines(text)
+    stack: list[str] = []
+    uids: dict[int, str] = {}  # index of a BEGIN line -> the UID of that component
+    opened: list[int] = []
+    for i, line in enumerate(lines):
+        comp = _COMPONENT_LINE.match(line)
+        if comp:
+            if comp.group(1).upper() == "BEGIN":
+                opened.append(i)
+            elif opened:
+                opened.pop()
+        elif opened and line.upper().startswith("UID:"):
+            uids.setdefault(opened[-1], line[4:].strip())
+    opened = []
+    for i, line in enumerate(lines):
+        comp = _COMPONENT_LINE.match(line)
+        if comp:
+            if comp.group(1).upper() == "BEGIN":
+                stack.append(comp.group(2).upper())
+                opened.append(i)
+            elif stack:
+                stack.pop()
+                opened.pop()
+            continue
+        name = re.split(r"[;:]", line, maxsplit=1)[0].strip().upper() or "?"
+        wrapper = stack[-1] if stack else "VCALENDAR"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                icalendar.Component.from_ical(f"BEGIN:{wrapper}\r\n{line}\r\n"
+                                              f"END:{wrapper}\r\n")
+        except Exception:  # noqa: BLE001 - this is the line that breaks the file
+            label = wrapper
+            for depth in range(len(opened) - 1, -1, -1):  # own UID, else the enclosing one
+                uid = uids.get(opened[depth])
+                if uid:
+                    label = (f"{wrapper} UID={uid!r}" if depth == len(opened) - 1 else
+                             f"{wrapper} in {stack[depth]} UID={uid!r}")
+                    break
+            return f"{label}: property {name}"
+    return None
+
+
+def unreadable_reason(exc: BaseException, text: str | bytes | None = None) -> str:
+    """Why an object could not be read at all, naming the component and property where a
+    single line is to blame, without the object's private text."""
+    raw = decode(text) if text is not None else ""
+    where = locate_failure(raw) if raw else None
+    message = safe_message(_error_text(exc), private_values(raw) if raw else None)
+    return f"{where}: {message}" if where else f"not an iCalendar object: {message}"
+
+
 def decode(raw: str | bytes) -> str:
     """Text of an object: UTF-8 when it is, else Windows-1252 (what old producers wrote)."""
     if isinstance(raw, str):
@@ -110,6 +243,10 @@ def _check_vital(event: Any, label: str) -> None:
             raise _Unusable(f"{label}: property {prop}: {message}")
     if "DTSTART" not in event:
         raise _Unusable(f"{label}: property DTSTART is missing")
+    for name in ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID"):
+        if isinstance(event.get(name), list):
+            raise _Unusable(f"{label}: property {name}: given {len(event[name])} times; "
+                            "RFC 5545 allows it once")
     for name in ("DTSTART", "DTEND", "RECURRENCE-ID"):
         if name in event:
             try:
@@ -312,7 +449,8 @@ def _group_by_uid(events: list[Any]) -> list[tuple[str | None, list[Any]]]:
 
 
 def _build(uid: str | None, group: list[Any], timezones: list[Any], window: Window,
-           options: ParseOptions, remote_id: str, etag: str | None) -> RemoteEvent:
+           options: ParseOptions, remote_id: str, etag: str | None,
+           label: str = "VEVENT") -> RemoteEvent:
     masters = [e for e in group if "RECURRENCE-ID" not in e]
     master = masters[0] if masters else None
     main = master if master is not None else group[0]
@@ -357,9 +495,55 @@ def _build(uid: str | None, group: list[Any], timezones: list[Any], window: Wind
         organizer=_email(organizer) if organizer is not None else None,
         attendees=[_email(a) for a in _attendees(main)],
         recurring=recurring,
-        occurrences=_expand(group, timezones, window, options, master),
+        occurrences=_expand_named(group, timezones, window, options, master, label),
         last_modified=last_modified,
     )
+
+
+def _expand_named(group: list[Any], timezones: list[Any], window: Window,
+                  options: ParseOptions, master: Any | None, label: str) -> list[Occurrence]:
+    try:
+        return _expand(group, timezones, window, options, master)
+    except Exception as exc:  # noqa: BLE001 - a rule the expander cannot walk
+        raise _Unusable(f"{label}: property {_recurrence_props(group)}: cannot be expanded: "
+                        f"{_error_text(exc)}") from exc
+
+
+def _step(label: str, prop: str, fn: Any) -> None:
+    """Run one repair step; a failure inside it is a problem with ``prop``."""
+    try:
+        fn()
+    except _Unusable:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _Unusable(f"{label}: property {prop}: {_error_text(exc)}") from exc
+
+
+def _recurrence_props(group: list[Any]) -> str:
+    """The recurrence properties of an event group (where expansion failures come from)."""
+    names = [p for p in ("RRULE", "RDATE", "EXDATE", "RECURRENCE-ID")
+             if any(p in e for e in group)]
+    return "/".join(names) or "DTSTART"
+
+
+def _recurrence_id_text(event: Any) -> str:
+    try:
+        return str(event.get("RECURRENCE-ID").to_ical().decode())
+    except Exception:  # noqa: BLE001 - a broken RECURRENCE-ID is reported by _check_vital
+        return "(unreadable)"
+
+
+def _fix_zero_length_day(event: Any, label: str, notes: list[str]) -> None:
+    """RFC 5545 3.6.1: an all-day event lasts at least its day. A DTEND equal to a date
+    DTSTART (written by some producers) is read as the day after."""
+    if "DTEND" not in event:
+        return
+    start, end = event["DTSTART"].dt, event["DTEND"].dt
+    if isinstance(start, dt.datetime) or isinstance(end, dt.datetime) or end != start:
+        return
+    event.pop("DTEND")
+    event.add("DTEND", start + dt.timedelta(days=1))
+    notes.append(f"{label}: all-day DTEND equal to DTSTART read as one day")
 
 
 def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
@@ -371,10 +555,11 @@ def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
     """
     result = CalendarParse()
     text = decode(raw)
+    private = private_values(text)
     try:
         components = _components(text)
     except Exception as exc:  # noqa: BLE001 - a file icalendar cannot read at all
-        result.problems.append(f"not an iCalendar object: {exc}")
+        result.problems.append(unreadable_reason(exc, text))
         return result
     events: list[Any] = []
     timezones: list[Any] = []
@@ -385,7 +570,8 @@ def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
             elif comp.name == "VTIMEZONE":
                 timezones.append(comp)
         for prop, message in getattr(top, "errors", []) or []:
-            result.notes.append(f"{top.name}: ignored broken line or property {prop}: {message}")
+            result.notes.append(f"{top.name}: ignored broken line or property "
+                                f"{prop or '(unnamed line)'}: {safe_message(message, private)}")
     seen_tz: set[str] = set()
     for uid, group in _group_by_uid(events):
         label = f"VEVENT UID={uid!r}" if uid else "VEVENT without UID"
@@ -393,21 +579,27 @@ def parse_calendar(raw: str | bytes, window: Window, options: ParseOptions,
             for event in group:
                 sub = label
                 if "RECURRENCE-ID" in event:
-                    sub = f"{label} RECURRENCE-ID={event.get('RECURRENCE-ID').to_ical().decode()}"
+                    sub = f"{label} RECURRENCE-ID={_recurrence_id_text(event)}"
                 _check_vital(event, sub)
                 for prop, message in getattr(event, "errors", []) or []:
-                    result.notes.append(f"{sub}: ignored broken property {prop}: {message}")
+                    result.notes.append(f"{sub}: ignored broken property "
+                                        f"{prop or '(unnamed line)'}: "
+                                        f"{safe_message(message, private)}")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    _fix_tzids(event, sub, result.notes, seen_tz)
-                    _fix_until(event, sub, result.notes)
+                    _step(sub, "DTSTART", lambda e=event, s=sub: _fix_tzids(e, s, result.notes,
+                                                                            seen_tz))
+                    _step(sub, "RRULE", lambda e=event, s=sub: _fix_until(e, s, result.notes))
+                _step(sub, "DTEND", lambda e=event, s=sub: _fix_zero_length_day(e, s,
+                                                                              result.notes))
                 _check_rule_cost(event, sub, window, options.default_tz)
             result.events.append(_build(uid, group, timezones, window, options,
-                                        remote_id, None))
+                                        remote_id, None, label))
         except _Unusable as exc:
-            result.problems.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - expansion of a broken rule etc.
-            result.problems.append(f"{label}: cannot be expanded: {type(exc).__name__}: {exc}")
+            result.problems.append(safe_message(str(exc), private))
+        except Exception as exc:  # noqa: BLE001 - a broken value in a rare spot
+            result.problems.append(safe_message(f"{label}: property {_recurrence_props(group)}: "
+                                                f"cannot be read: {_error_text(exc)}", private))
     floating = [e for e in result.events if isinstance(e.start, dt.datetime)
                 and e.tzid is None]
     if floating:
@@ -445,6 +637,8 @@ def parse_resource(raw: str | bytes, remote_id: str, etag: str | None, window: W
     event.occurrences.sort(key=lambda o: (o.start, o.end))
     event.etag = etag
     event.raw = text
+    # what expand() needs as the window slides; calsync's own copies are never expanded
+    event.source = text if event.calsync_key is None else None
     out.event = event
     return out
 
@@ -457,3 +651,4 @@ def zone_or_utc(name: str | None) -> dt.tzinfo:
         return ZoneInfo(name)
     except Exception:  # noqa: BLE001
         return UTC
+

@@ -55,6 +55,8 @@ class ContractBackend(Protocol):
     - ``counts_requests: bool`` (default False): ``ChangeSet.requests`` is exact, so a no-op
       sync must cost exactly one request per calendar.
     - ``supports_read_only: bool`` (default False) with ``make_read_only_calendar(name)``.
+    - ``new_process()``: forget what the provider's connectors keep in memory between
+      syncs, as a new process would (CalDAV: the ledger of its own writes).
     """
 
     provider: str  # the provider name its factory serves ("memory", "caldav", ...)

@@ -21,6 +21,7 @@ import icalendar
 
 from calsync.config import Settings
 from calsync.sync.connector import ConnectContext
+from calsync_caldav.connector import PROCESS_LEDGER
 from calsync_caldav.davxml import norm_href
 from tests.caldav_servers import DavServer, shared_server
 from tests.contract.backend import DateOrTime, ExternalSpec
@@ -177,6 +178,9 @@ class CaldavServerBackend:
 
     def invalidate_sync_token(self, calendar_id: str) -> None:
         self.transport.broken.add(norm_href(calendar_id))
+
+    def new_process(self) -> None:
+        PROCESS_LEDGER.forget()
 
     def close(self) -> None:
         self.client.close()

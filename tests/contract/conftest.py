@@ -90,6 +90,13 @@ class SyncHarness:
         report = import_document(self.db, doc, now=now or self.now)
         assert report.ok, report.errors
 
+    def restart(self) -> None:
+        """What a new process starts from (``calsync sync`` runs once per command): the
+        backend forgets whatever its connectors keep in memory between syncs."""
+        new_process = getattr(self.backend, "new_process", None)
+        if new_process is not None:
+            new_process()
+
     # -- running ------------------------------------------------------------------------
     def sync(self, now: dt.datetime | None = None,
              connector: Connector | None = None) -> ConnectionResult:
