@@ -197,3 +197,27 @@ def test_refresh_of_a_user_without_connections_says_so(
         capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = calsync(monkeypatch, capsys, "calendars", "refresh", "u1")
     assert code != 0 and "no connections" in err and len(err.strip().splitlines()) == 1
+
+
+def test_refresh_of_an_unreachable_server_is_one_line_and_changes_nothing(
+        cli_env: Database, radicale_server: DavServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from calsync.db.models import Connection
+    from tests.caldav_servers import free_port
+
+    tag, urls = _connected(radicale_server, monkeypatch, capsys)
+    before = _by_name(calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")[1])
+    with cli_env.session() as s:
+        conn = s.scalars(select(Connection)).one()
+        conn.url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+        public_id = conn.public_id
+    config = tmp_path / "no-retries.toml"
+    config.write_text("[sync]\nmax_retries = 0\n")
+    code, out, err = calsync(monkeypatch, capsys, "--config", str(config), "calendars",
+                             "refresh", "u1")
+    assert code != 0
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"calsync: could not list the calendars of connection {public_id} "
+                           f"(caldav {radicale_server.username}): ")
+    after = _by_name(calsync(monkeypatch, capsys, "calendars", "list", "u1", "--json")[1])
+    assert after == before

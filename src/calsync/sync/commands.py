@@ -314,14 +314,23 @@ def calendars_refresh(ctx: click.Context, user: str, as_json: bool) -> None:
                                .order_by(Connection.id)))
         if not conns:
             raise NotFound(f"user {user} has no connections; link one with `calsync connect`")
-        targets = [(conn.id, conn.public_id, f"{conn.provider} {conn.account}",
-                    build_connector(app.settings, conn)) for conn in conns]
+        targets = [(conn.id, conn.public_id, f"{conn.provider} {conn.account}", conn)
+                   for conn in conns]
+        connectors: dict[int, Any] = {}
+        build_errors: dict[int, CalsyncError] = {}
+        for conn in conns:
+            try:
+                connectors[conn.id] = build_connector(app.settings, conn)
+            except CalsyncError as exc:  # e.g. credentials that no longer open
+                build_errors[conn.id] = exc
     listings: dict[int, list[RemoteCalendar]] = {}
     report: list[dict[str, Any]] = []
     failures: list[str] = []
-    for conn_id, public_id, label, connector in targets:
+    for conn_id, public_id, label, _conn in targets:
         try:
-            listings[conn_id] = connector.list_calendars()
+            if conn_id in build_errors:
+                raise build_errors[conn_id]
+            listings[conn_id] = connectors[conn_id].list_calendars()
         except CalsyncError as exc:
             failures.append(f"connection {public_id} ({label}): {exc.message}")
             report.append({"connection": public_id, "error": exc.message,
