@@ -14,5 +14,8 @@ RUN pip install --no-cache-dir '.[postgres]' \
 
 USER calsync
 EXPOSE 8080
-# Secrets come from the environment: CALSYNC_SECRET_KEY, CALSYNC_DATABASE_URL, CALSYNC_BASE_URL.
-CMD ["sh", "-c", "calsync db upgrade && calsync serve --host 0.0.0.0 --port 8080"]
+# Settings come from the environment: CALSYNC_SECRET_KEY (required: there is no built-in
+# secret, and `calsync serve` on 0.0.0.0 refuses to start without one; a mounted
+# CALSYNC_CONFIG file with [security] secret_key works too), CALSYNC_DATABASE_URL,
+# CALSYNC_BASE_URL.
+CMD ["sh", "-c", "calsync db upgrade && exec calsync serve --host 0.0.0.0 --port 8080"]

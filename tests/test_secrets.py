@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -349,3 +350,36 @@ def test_links_handed_out_by_earlier_versions_keep_working(app_client, db, make_
     assert app_client.get(urlsplit(url).path).status_code == 200
     app_client.post("/api/users/u1/feed", headers=headers)  # regenerate retires both
     assert app_client.get(old).status_code == 404
+
+
+def test_credentials_sealed_under_the_old_default_survive_the_upgrade(tmp_path: Path) -> None:
+    """An installation that never set a secret: its credentials were sealed with the
+    published default. After the upgrade it runs on a generated secret; they still open,
+    and `secrets rotate` moves them under the generated key."""
+    assert calsync(tmp_path, "db", "upgrade").returncode == 0
+    db = Database(f"sqlite:///{tmp_path / 'var' / 'calsync.db'}")
+    _user_with_credentials(db, legacy_fernet(PUBLIC_DEFAULT).encrypt(b'{"password": "p"}'))
+    rotated = calsync(tmp_path, "secrets", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    blob = _stored_credentials(db)
+    with pytest.raises(InvalidToken):
+        legacy_fernet(PUBLIC_DEFAULT).decrypt(blob)
+    generated = (tmp_path / "var" / "calsync.db.secret").read_text().strip()
+    assert CredentialBox(generated).open(blob) == {"password": "p"}
+    db.dispose()
+
+
+def test_the_docker_image_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    """The image's own command, run as the container would (calsync on PATH, no secret)."""
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    match = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert match is not None
+    command = json.loads(match.group(1))
+    env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "calsync: refusing to serve on 0.0.0.0 without a configured secret key: set "
+        "[security] secret_key or CALSYNC_SECRET_KEY (a generated key is used only on "
+        "127.0.0.1)")

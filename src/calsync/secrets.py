@@ -15,7 +15,8 @@ configured, and so does serving beyond loopback (:func:`require_configured_secre
 
 Earlier versions used the raw secret: credentials sealed with
 ``SHA-256("calsync-credentials\\0" + secret)`` and feed links HMAC'd with the secret itself.
-Both are still accepted, never produced, so an upgrade loses no credential and no link.
+Both are still accepted, never produced, so an upgrade loses no credential and no link;
+credentials sealed under the published default of those versions still open too.
 API tokens are stored as SHA-256 hashes.
 """
 
@@ -38,7 +39,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from calsync.config import Settings
+from calsync.config import PUBLIC_SECRETS, Settings
 from calsync.errors import CalsyncError, UserError
 
 # HKDF "info" strings: the purpose a derived key serves. Changing one changes that key.
@@ -101,6 +102,10 @@ class CredentialBox:
         for secret in dict.fromkeys((secret_key, *previous)):  # in order, once each
             if secret:
                 keys += [_fernet(secret), _legacy_fernet(secret)]
+        # Installations that never set a secret sealed with the published default: those
+        # credentials were never protected, but an upgrade must not lose them. Opened
+        # only; `calsync secrets rotate` re-seals them under the configured key.
+        keys += [_legacy_fernet(public) for public in sorted(PUBLIC_SECRETS)]
         self._box = MultiFernet(keys)
 
     @classmethod
