@@ -76,6 +76,23 @@ def test_booking_with_an_unknown_field_is_422_naming_it(app_client, make_token) 
     assert r.status_code == 422 and r.json()["detail"]["field"] == "asignees"
 
 
+@pytest.mark.parametrize("path, body, typo", [
+    ("/api/availability/check", {"user_ids": ["u1"], "start": "2026-11-24T09:00:00-06:00",
+                                 "end": "2026-11-24T10:00:00-06:00"}, "user_id"),
+    ("/api/availability/search", {"user_ids": ["u1"], "duration_minutes": 30,
+                                  "start": "2026-11-24T08:00:00-06:00",
+                                  "end": "2026-11-24T17:00:00-06:00"}, "duration"),
+])
+def test_availability_body_with_an_unknown_field_is_422_naming_it(app_client, make_token, path,
+                                                                  body, typo) -> None:
+    admin = _auth(make_token("admin"))
+    app_client.put("/api/users/u1", json=DOC["users"][0], headers=admin)
+    assert app_client.post(path, json=body, headers=admin).status_code == 200
+    r = app_client.post(path, json={**body, typo: "x"}, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid" and r.json()["detail"]["field"] == typo
+
+
 @pytest.mark.parametrize("role, expected", [("admin", 201), ("dispatcher", 403), ("user", 403)])
 def test_only_admin_writes_schedule(app_client, make_token, role, expected) -> None:
     admin = _auth(make_token("admin"))

@@ -63,20 +63,28 @@ def _user_ids(value: Any, record: str, field: str = "user_ids") -> tuple[str, ..
     return ids
 
 
-def _object(raw: Any, record: str) -> dict[str, Any]:
+def _object(raw: Any, record: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValidationError(record, "*", "expected a JSON object")
+    for key in sorted(raw, key=str):  # a typo must not be ignored silently
+        if key not in allowed:
+            raise ValidationError(record, str(key),
+                                  f"unknown field; expected {', '.join(sorted(allowed))}")
     return raw
 
 
+CHECK_FIELDS = frozenset({"user_ids", "start", "end"})
+SEARCH_FIELDS = CHECK_FIELDS | {"duration_minutes"}
+
+
 def parse_check(raw: Any, record: str = "availability check") -> RangeRequest:
-    body = _object(raw, record)
+    body = _object(raw, record, CHECK_FIELDS)
     ids = _user_ids(body.get("user_ids"), record)
     return RangeRequest(ids, *_range(body, record, MAX_CHECK_DAYS))
 
 
 def parse_search(raw: Any, record: str = "availability search") -> RangeRequest:
-    body = _object(raw, record)
+    body = _object(raw, record, SEARCH_FIELDS)
     ids = _user_ids(body.get("user_ids"), record)
     start, end = _range(body, record, MAX_SEARCH_DAYS)
     minutes = body.get("duration_minutes")
