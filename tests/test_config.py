@@ -77,3 +77,22 @@ def test_short_secret_is_rejected_without_echoing_it(tmp_path: Path) -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="existing TOML file"):
         load_settings(tmp_path / "absent.toml", env={})
+
+
+def test_no_secret_by_default_and_separate_keys_from_env(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(env={}).security.secret_key == ""
+    s = load_settings(env={"CALSYNC_FEED_KEY": "f" * 20, "CALSYNC_CREDENTIAL_KEY": "c" * 20})
+    assert s.security.feed_key == "f" * 20 and s.security.credential_key == "c" * 20
+
+
+@pytest.mark.parametrize("key", ["secret_key", "feed_key", "credential_key"])
+def test_short_or_published_keys_are_rejected_by_name(tmp_path: Path, key: str) -> None:
+    cfg = tmp_path / "c.toml"
+    for value in ("tooshort", "dev-insecure-change-me"):
+        cfg.write_text(f'[security]\n{key} = "{value}"\n')
+        with pytest.raises(ConfigError) as info:
+            load_settings(cfg, env={})
+        assert info.value.key == f"security.{key}"
+        assert value not in str(info.value)
