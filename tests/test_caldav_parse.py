@@ -195,3 +195,107 @@ def test_sub_daily_rule_from_long_ago_is_quarantined_not_expanded() -> None:
     ancient, _ = one(cal("UID:d\r\nDTSTART:19000101T090000Z\r\nDTEND:19000101T100000Z\r\n"
                          "RRULE:FREQ=DAILY\r\n"))
     assert len(ancient.occurrences) == 365 and ancient.occurrences[0].start == at(2026, 1, 1, 9)
+
+
+# -- all-day events of zero length (RFC 5545 3.6.1: a date lasts its day) ------------------
+
+def test_all_day_dtend_equal_to_dtstart_lasts_one_day() -> None:
+    event, parsed = one(cal("UID:z\r\nDTSTART;VALUE=DATE:20260301\r\n"
+                            "DTEND;VALUE=DATE:20260301\r\nSUMMARY:Holiday\r\n"))
+    assert event.all_day and event.start == dt.date(2026, 3, 1)
+    assert event.end == dt.date(2026, 3, 2)
+    assert event.occurrences == [Occurrence(at(2026, 3, 1, 6), at(2026, 3, 2, 6))]
+    assert any("DTEND equal to DTSTART read as one day" in n for n in parsed.notes)
+
+
+def test_recurring_zero_length_all_day_event_and_its_override_last_one_day() -> None:
+    event, _ = one(cal("UID:w\r\nDTSTART;VALUE=DATE:20260302\r\nDTEND;VALUE=DATE:20260302\r\n"
+                       "RRULE:FREQ=WEEKLY;COUNT=3\r\n",
+                       "UID:w\r\nRECURRENCE-ID;VALUE=DATE:20260309\r\n"
+                       "DTSTART;VALUE=DATE:20260310\r\nDTEND;VALUE=DATE:20260310\r\n"))
+    assert event.occurrences == [Occurrence(at(2026, 3, 2, 6), at(2026, 3, 3, 6)),
+                                 Occurrence(at(2026, 3, 10, 5), at(2026, 3, 11, 5)),
+                                 Occurrence(at(2026, 3, 16, 5), at(2026, 3, 17, 5))]
+
+
+def test_recurring_all_day_event_without_dtend_lasts_one_day_each() -> None:
+    event, _ = one(cal("UID:n\r\nDTSTART;VALUE=DATE:20260302\r\nRRULE:FREQ=DAILY;COUNT=2\r\n"))
+    assert event.occurrences == [Occurrence(at(2026, 3, 2, 6), at(2026, 3, 3, 6)),
+                                 Occurrence(at(2026, 3, 3, 6), at(2026, 3, 4, 6))]
+
+
+def test_zero_length_timed_event_stays_an_instant() -> None:
+    event, _ = one(cal("UID:i\r\nDTSTART:20260301T100000Z\r\nDTEND:20260301T100000Z\r\n"))
+    assert event.occurrences == [Occurrence(at(2026, 3, 1, 10), at(2026, 3, 1, 10))]
+
+
+# -- quarantine reasons: component and property, never the event's text ----------------
+
+PRIVATE = ("SUMMARY:Divorce lawyer Smith\r\nLOCATION:12 Hidden Lane\\, Springfield\r\n"
+           "DESCRIPTION:Bring the custody papers\\nand the gate code 4321\r\n"
+           "ORGANIZER;CN=Jane Secretperson:mailto:jane.secret@example.org\r\n"
+           "ATTENDEE;CN=Bob Hiddenname:mailto:bob.hidden@example.org\r\n")
+LEAKS = ("Divorce", "Hidden", "custody", "4321", "Secretperson", "jane.secret", "Hiddenname",
+         "bob.hidden", "Springfield")
+
+
+@pytest.mark.parametrize(("body", "prop"), [
+    ("DTSTART:20260301T100000Z\r\nDTSTART:20260302T100000Z\r\n", "DTSTART"),  # a list
+    ("DTSTART:20260301T100000Z\r\nDTEND:20260301T110000Z\r\nDTEND:20260301T120000Z\r\n",
+     "DTEND"),
+    ("DTSTART;VALUE=DATE,DATE-TIME:20260301\r\n", "DTSTART"),  # a parameter list
+    ("DTSTART:20260301T100000Z\r\nRRULE:FREQ=SOMETIMES\r\n", "RRULE"),
+    ("DTSTART:20260301T100000Z\r\nRRULE:FREQ=DAILY,WEEKLY\r\n", "RRULE"),
+    ("DTSTART:20260301T100000Z\r\nRRULE:FREQ=WEEKLY;BYDAY=XX\r\n", "RRULE"),
+    ("DTSTART;TZID=Europe/Berlin,Europe/Paris:20260301T100000\r\n", "DTSTART"),
+    ("DTSTART:Divorce lawyer Smith\r\n", "DTSTART"),  # the summary's words in a date
+    ("DTSTART:20260301T100000Z\r\nRRULE:FREQ=DAILY;COUNT=3\r\n"
+     "EXDATE:custody papers\r\n", "EXDATE"),
+    ("DTSTART:20260301T100000Z\r\nDURATION:the custody hour\r\n", "DURATION"),
+])
+def test_quarantine_reason_names_component_and_property_not_the_text(body: str,
+                                                                      prop: str) -> None:
+    out = parse_resource(cal(f"UID:abc@x\r\n{PRIVATE}{body}"), "/c/bad.ics", '"1"', WINDOW,
+                         OPTS)
+    assert out.event is None and out.quarantined is not None
+    reason = out.quarantined.reason
+    assert reason.startswith(f"VEVENT UID='abc@x': property {prop}"), reason
+    assert not [word for word in LEAKS if word in reason], reason
+    assert "\n" not in reason and len(reason) < 400
+
+
+def test_unknown_tzid_is_read_as_floating_and_the_note_names_it_without_text() -> None:
+    out = parse_resource(cal(f"UID:abc@x\r\n{PRIVATE}DTSTART;TZID=Mars/Olympus:20260301T100000"
+                             "\r\nDTEND;TZID=Mars/Olympus:20260301T110000\r\n"),
+                         "/c/tz.ics", '"1"', WINDOW, OPTS)
+    assert out.event is not None and out.event.occurrences == [
+        Occurrence(at(2026, 3, 1, 16), at(2026, 3, 1, 17))]  # floating: the user's zone
+    assert any("VEVENT UID='abc@x': unknown TZID 'Mars/Olympus'" in n for n in out.notes)
+    assert not [w for n in out.notes for w in LEAKS if w in n]
+
+
+def test_broken_lines_inside_the_text_never_reach_notes() -> None:
+    """A description whose continuation lines lost their fold: icalendar reports each as a
+    line it cannot parse, quoting it; the note says a line was skipped, not what it said."""
+    text = cal(f"UID:abc@x\r\n{PRIVATE}DTSTART:20260301T100000Z\r\n"
+               "DESCRIPTION:first line\r\nthe custody hearing is on Monday\r\n"
+               "Divorce lawyer Smith will call\r\n")
+    out = parse_resource(text, "/c/fold.ics", '"1"', WINDOW, OPTS)
+    assert out.event is not None
+    assert out.notes and not [w for n in out.notes for w in LEAKS if w in n], out.notes
+
+
+def test_a_file_icalendar_refuses_whole_names_the_line_at_fault() -> None:
+    from calsync_caldav.parse import unreadable_reason
+
+    text = cal(f"UID:abc@x\r\n{PRIVATE}DTSTART;VALUE=DATE,DATE-TIME:20260301\r\n")
+    try:
+        import icalendar
+
+        icalendar.Calendar.from_ical(text)
+    except Exception as exc:  # noqa: BLE001 - what icalendar raises for the whole file
+        reason = unreadable_reason(exc, text)
+    else:
+        pytest.fail("icalendar accepted the file")
+    assert reason.startswith("VEVENT UID='abc@x': property DTSTART: "), reason
+    assert not [w for w in LEAKS if w in reason]

@@ -83,11 +83,19 @@ _LABEL = re.compile(r"^V[A-Z]+(?: UID='[^'\n]*'| without UID)?(?: RECURRENCE-ID=
 _TOKEN = re.compile(r"^(?:[0-9A-Z:+\-/.,;=_]{0,64}|[A-Za-z_][A-Za-z0-9_]{0,30})$")
 _WITHHELD = "…"
 _MAX_MESSAGE = 240
+_WORD = re.compile(r"[^\W_]{4,}")
+# Words of calsync's and icalendar's own messages, kept even when the event's text has them.
+_MESSAGE_WORDS = frozenset(
+    "property expected datetime date time format wrong invalid duration given times allows "
+    "once cannot expanded expansion read line lines content parsed shown missing object "
+    "attribute type period frequency weekday abbreviation parameter steps limit sync window "
+    "reach needs before same icalendar calendar component found could from with that this "
+    "there were none unit until count interval rule".split())
 
 
 def private_values(text: str) -> list[str]:
     """The values of the private properties of an iCalendar text (and their pieces:
-    parameter values such as CN, escaped and unescaped), longest first."""
+    parameter values such as CN, escaped and unescaped, and their words), longest first."""
     unfolded = re.sub(r"\r?\n[ \t]", "", text)
     found: set[str] = set()
     for match in _PRIVATE_LINE.finditer(unfolded):
@@ -100,6 +108,8 @@ def private_values(text: str) -> list[str]:
                 if len(variant) >= 3:
                     found.add(variant)
                     found.update(line for line in variant.splitlines() if len(line) >= 3)
+                found.update(w for w in _WORD.findall(variant)
+                             if w.lower() not in _MESSAGE_WORDS)
     return sorted(found, key=len, reverse=True)
 
 
@@ -115,7 +125,11 @@ def safe_message(message: str, private: list[str] | None = None) -> str:
     elif "Found no components" in text:
         text = "no calendar component could be read"
     for value in private or ():
-        if value in text:
+        if value not in text:
+            continue
+        if _WORD.fullmatch(value):  # a single word: whole words only
+            text = re.sub(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])", _WITHHELD, text)
+        else:
             text = text.replace(value, _WITHHELD)
 
     def withhold(match: re.Match[str]) -> str:
