@@ -120,22 +120,40 @@ def test_nothing_written_keeps_the_token_without_a_request(dav_server: DavServer
     conn.close()
 
 
-def test_a_foreign_change_between_pull_and_writes_is_still_pulled(
-        dav_server: DavServer) -> None:
-    """When the server lists something that is not calsync's own write, the token from
-    before the writes is kept: the next pull must still see that change."""
+@pytest.mark.parametrize("use_sync_collection", [True, False], ids=["sync-collection", "ctag"])
+def test_foreign_changes_between_pull_and_writes_are_still_pulled(
+        dav_server: DavServer, use_sync_collection: bool) -> None:
+    """What others change while calsync writes is named in the kept token and read by the
+    next pull, and calsync's own copies stay covered (a later delete of one is seen)."""
     cal = dav_server.make_calendar()
-    conn = connector(dav_server)
+    lunch = put_external(dav_server, cal, "SUMMARY:Lunch\r\nDTSTART:20261202T150000Z\r\n"
+                                          "DTEND:20261202T160000Z\r\n")
+    conn = connector(dav_server, sync_collection=use_sync_collection)
     conn.ledger = WriteLedger()
     pulled = conn.changes(cal, None, WINDOW)
-    conn.create(cal, job("block-b1"))
-    uid = "meanwhile@example.com"
+    copy = conn.create(cal, job("block-b1"))
+    # meanwhile, in the user's calendar app:
     assert dav_server.put(f"{cal}meanwhile.ics", external(
-        uid, "SUMMARY:Meanwhile\r\nDTSTART:20261204T150000Z\r\n"
-             "DTEND:20261204T160000Z\r\n")).status_code in (201, 204)
-    assert conn.token_after_writes(cal, pulled.token) == pulled.token
+        "meanwhile@example.com", "SUMMARY:Meanwhile\r\nDTSTART:20261204T150000Z\r\n"
+                                 "DTEND:20261204T160000Z\r\n")).status_code in (201, 204)
+    assert dav_server.delete(dav_server.base_url.rstrip("/") + lunch).status_code in (200, 204)
+    kept = conn.token_after_writes(cal, pulled.token)
     conn.close()
-    later = fresh_process(dav_server, True)
-    out = later.changes(cal, pulled.token, WINDOW)
+    assert kept is not None and kept != pulled.token
+    assert dav_server.delete(f"{cal}block-b1.ics").status_code in (200, 204)
+
+    later = fresh_process(dav_server, use_sync_collection)
+    out = later.changes(cal, kept, WINDOW)
     later.close()
-    assert "Meanwhile" in {e.summary for e in out.changed}
+    assert [e.summary for e in out.changed] == ["Meanwhile"]
+    assert sorted(out.deleted) == sorted([copy.remote_id, lunch])
+
+
+def test_a_damaged_recheck_token_means_a_full_resync(dav_server: DavServer) -> None:
+    from calsync.errors import SyncTokenInvalid
+
+    cal = dav_server.make_calendar()
+    conn = connector(dav_server)
+    with pytest.raises(SyncTokenInvalid):
+        conn.changes(cal, "caldav1:sync-recheck:not-base64!", WINDOW)
+    conn.close()

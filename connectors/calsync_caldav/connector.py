@@ -7,7 +7,10 @@ fallback: ``getctag`` (one request when nothing changed), then an etag listing c
 with the etags carried in the token. Tokens are versioned strings::
 
     caldav1:sync:<server sync-token>
+    caldav1:sync-recheck:<base64(zlib(json {"token": ..., "recheck": [href, ...]}))>
     caldav1:ctag:<base64(zlib(json {"ctag": ..., "etags": {href: etag}}))>
+
+(``sync-recheck``: a server token plus objects the next pull reads again, see below.)
 
 Write: deterministic href ``<calendar-url>/<key>.ics``; PUT with ``If-None-Match: *`` to
 create, ``If-Match`` to update and delete.
@@ -18,6 +21,8 @@ deleted after a token is never reported, and a token recurs when a state does. A
 taken *before* calsync's writes would thus hide a later delete of a copy it wrote. After
 the engine's writes, :meth:`CaldavConnector.token_after_writes` returns a token that covers
 them (one request), so any process pulling from it later sees what happens to those copies.
+Changes by others that the server lists in between are not lost: the token then names them
+for the next pull to read again (``sync-recheck``; in a ctag token their etags are blanked).
 
 A full listing has no time-range: every object is listed and parsed (events outside the
 window come back with no occurrences), and each external event carries its iCalendar text
@@ -81,6 +86,21 @@ def decode_ctag_token(token: str) -> tuple[str | None, dict[str, str]]:
     raw = token[len(TOKEN_PREFIX + "ctag:"):]
     data = json.loads(zlib.decompress(base64.urlsafe_b64decode(raw.encode())))
     return data.get("ctag"), dict(data.get("etags") or {})
+
+
+RECHECK_PREFIX = TOKEN_PREFIX + "sync-recheck:"
+
+
+def encode_recheck_token(server_token: str, hrefs: set[str]) -> str:
+    blob = json.dumps({"token": server_token, "recheck": sorted(hrefs)},
+                      separators=(",", ":")).encode()
+    return RECHECK_PREFIX + base64.urlsafe_b64encode(zlib.compress(blob, 6)).decode()
+
+
+def decode_recheck_token(token: str) -> tuple[str, list[str]]:
+    raw = token[len(RECHECK_PREFIX):]
+    data = json.loads(zlib.decompress(base64.urlsafe_b64decode(raw.encode())))
+    return str(data["token"]), [str(h) for h in data.get("recheck") or []]
 
 
 class WriteLedger:
@@ -249,6 +269,15 @@ class CaldavConnector:
         elif token.startswith(TOKEN_PREFIX + "sync:"):
             out = self._sync_collection(calendar_id, token[len(TOKEN_PREFIX + "sync:"):],
                                         window)
+        elif token.startswith(RECHECK_PREFIX):
+            try:
+                server_token, recheck = decode_recheck_token(token)
+            except Exception as exc:  # noqa: BLE001 - a damaged token means a full resync
+                raise SyncTokenInvalid(f"{self.session.label}: damaged sync token for "
+                                       f"{calendar_id}; full resync",
+                                       calendar=calendar_id) from exc
+            out = self._sync_collection(calendar_id, server_token, window,
+                                        ledger_token=token, recheck=recheck)
         elif token.startswith(TOKEN_PREFIX + "ctag:"):
             out = self._ctag_changes(calendar_id, token, window)
         else:
@@ -295,7 +324,11 @@ class CaldavConnector:
         else:
             missing.append(href)
 
-    def _sync_collection(self, calendar_id: str, sync_token: str, window: Window) -> ChangeSet:
+    def _sync_collection(self, calendar_id: str, sync_token: str, window: Window, *,
+                         ledger_token: str | None = None,
+                         recheck: list[str] | tuple[str, ...] = ()) -> ChangeSet:
+        """Changes since the server token ``sync_token``, plus the objects in ``recheck``
+        read again (a 404 is a delete). ``ledger_token`` is the token as stored."""
         out = ChangeSet()
         changed: dict[str, davxml.DavResponse] = {}
         deleted: set[str] = set()
@@ -329,7 +362,7 @@ class CaldavConnector:
                 break
         out.token = TOKEN_PREFIX + "sync:" + current
         written = self.ledger.since(self._ledger_key(calendar_id),
-                                    TOKEN_PREFIX + "sync:" + sync_token)
+                                    ledger_token or TOKEN_PREFIX + "sync:" + sync_token)
         missing: list[str] = []
         for href in sorted(changed):
             etag = changed[href].text(q(DAV, "getetag"))
@@ -342,6 +375,10 @@ class CaldavConnector:
             if etag is not None and href not in changed and href not in deleted:
                 # written after the token yet not listed: some servers leave out what was
                 # created and deleted since; ask (404 -> deleted)
+                missing.append(href)
+        for href in recheck:  # changed by others around calsync's last writes: read again
+            href = norm_href(href)
+            if href not in changed and href not in deleted and href not in missing:
                 missing.append(href)
         self._read(calendar_id, missing, window, out)
         out.deleted = sorted(deleted | set(out.deleted))
@@ -391,17 +428,17 @@ class CaldavConnector:
     def token_after_writes(self, calendar_id: str, token: str | None) -> str | None:
         """The token to store once calsync's writes to ``calendar_id`` since the pull that
         returned ``token`` are done: one that covers them, so a later pull (in any process)
-        reports what then happens to those objects. ``token`` itself when nothing was
-        written (no request), when the server lists changes that are not calsync's own
-        (they must still be pulled), or when asking fails (the next pull re-reads from
-        ``token`` as before)."""
+        reports what then happens to those objects (one request; none when nothing was
+        written, then ``token`` itself). Changes by others that the server lists in between
+        are named in the token for the next pull to read again. When asking fails,
+        ``token`` is returned and the next pull reads from it as before."""
         if token is None:
             return None
         written = self.ledger.since(self._ledger_key(calendar_id), token)
         if not written:
             return token
         try:
-            if token.startswith(TOKEN_PREFIX + "sync:"):
+            if token.startswith((TOKEN_PREFIX + "sync:", RECHECK_PREFIX)):
                 settled = self._settle_sync(calendar_id, token, written)
             elif token.startswith(TOKEN_PREFIX + "ctag:"):
                 settled = self._settle_ctag(calendar_id, token, written)
@@ -416,25 +453,31 @@ class CaldavConnector:
         self.ledger.pulled(self._ledger_key(calendar_id), settled)
         return settled
 
-    def _only_own_writes(self, calendar_id: str, written: dict[str, str | None],
-                         changed: dict[str, str | None], deleted: set[str]) -> bool:
-        """Whether the changes a server lists (href -> etag, removed hrefs) are exactly
-        calsync's writes (url -> etag, None for a delete)."""
+    def _not_own_writes(self, calendar_id: str, written: dict[str, str | None],
+                        changed: dict[str, str | None], deleted: set[str]) -> set[str]:
+        """Of the changes a server lists (href -> etag, removed hrefs), the hrefs that are
+        not calsync's writes (url -> etag, None for a delete); also calsync's copies that
+        are no longer listed (someone removed them in between)."""
+        foreign: set[str] = set()
         for href, etag in changed.items():
             url = self._abs(calendar_id, href)
             if not etag or url not in written or written[url] != etag:
-                return False
+                foreign.add(href)
         for href in deleted:
             url = self._abs(calendar_id, href)
             if url not in written or written[url] is not None:
-                return False
+                foreign.add(href)
         listed = {self._abs(calendar_id, h) for h in set(changed) | deleted}
-        # a copy written and now not listed was removed by someone in between
-        return all(etag is None or url in listed for url, etag in written.items())
+        foreign.update(norm_href(url) for url, etag in written.items()
+                       if etag is not None and url not in listed)
+        return foreign
 
     def _settle_sync(self, calendar_id: str, token: str,
                      written: dict[str, str | None]) -> str | None:
-        current = token[len(TOKEN_PREFIX + "sync:"):]
+        if token.startswith(RECHECK_PREFIX):
+            current, pending = decode_recheck_token(token)
+        else:
+            current, pending = token[len(TOKEN_PREFIX + "sync:"):], []
         changed: dict[str, str | None] = {}
         deleted: set[str] = set()
         for _ in range(50):
@@ -458,8 +501,10 @@ class CaldavConnector:
             current = found.sync_token or current
             if not truncated:
                 break
-        if not self._only_own_writes(calendar_id, written, changed, deleted):
-            return None
+        foreign = self._not_own_writes(calendar_id, written, changed, deleted)
+        foreign.update(norm_href(h) for h in pending)  # still unread by any pull
+        if foreign:
+            return encode_recheck_token(current, foreign)
         return TOKEN_PREFIX + "sync:" + current
 
     def _settle_ctag(self, calendar_id: str, token: str,
@@ -472,8 +517,9 @@ class CaldavConnector:
         changed: dict[str, str | None] = {h: e for h, e in etags.items()
                                           if old_etags.get(h) != e or not e}
         deleted = set(old_etags) - set(etags)
-        if not self._only_own_writes(calendar_id, written, changed, deleted):
-            return None
+        foreign = self._not_own_writes(calendar_id, written, changed, deleted)
+        if foreign:  # blank etags are read again; no ctag makes the next pull list etags
+            return encode_ctag_token(None, {**etags, **{h: "" for h in foreign}})
         return encode_ctag_token(ctag, etags)
 
     # -- expansion as the window slides ----------------------------------------------------
