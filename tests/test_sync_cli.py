@@ -272,6 +272,7 @@ def test_sync_skips_a_connection_another_worker_holds(cli_env: Database,
     assert "another worker is syncing it" in out
     assert "worker other-worker is syncing it (lease until " in out
     assert "nothing synced" in err and "other-worker" in err
+    assert "connection con_" in out  # the public id, as connections list shows it
     with cli_env.session() as s:
         conn = s.get(Connection, cid)
         assert conn is not None and conn.lease_owner == "other-worker"

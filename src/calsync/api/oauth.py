@@ -24,12 +24,12 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from starlette.concurrency import run_in_threadpool
 
 from calsync.api.auth import Principal, PrincipalDep
 from calsync.config import Settings
-from calsync.db.models import OAuthState, User
+from calsync.db.models import Connection, OAuthState, User
 from calsync.errors import NotFound, UserError
 from calsync.oauth_commands import OAUTH_PROVIDERS, save_oauth_connection
 from calsync.secrets import CredentialBox, pkce_pair
@@ -146,7 +146,9 @@ def _finish(provider: str, request: Request, state: str, code: str, error: str,
     ctx, calendars = factory.verify(ctx)
     conn_id, created = save_oauth_connection(settings, db, user_id, ctx, calendars, now,
                                              actor=f"web:{provider}")
-    return {"connection_id": conn_id, "user_id": user_id, "provider": provider,
+    with db.read_session() as s:
+        public_id = s.scalar(select(Connection.public_id).where(Connection.id == conn_id))
+    return {"id": public_id, "connection_id": conn_id, "user_id": user_id, "provider": provider,
             "account": ctx.account, "created": created,
             "calendars": [{"id": c.id, "name": c.name, "read_only": c.read_only}
                           for c in calendars if c.supports_events]}

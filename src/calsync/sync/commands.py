@@ -481,9 +481,9 @@ def _summary_line(r: Any) -> str:
     extra = ", ".join(f"{n} {k}" for k, n in sorted(t.items())
                       if n and k not in ("created", "updated", "deleted", "imported"))
     if r.status == "busy":
-        return (f"connection {r.connection_id}: skipped, another worker is syncing it right "
-                f"now: {r.error}")
-    line = (f"connection {r.connection_id} ({r.provider}, {r.user_id}): {r.status}: "
+        return (f"connection {r.public_id or r.connection_id}: skipped, another worker is "
+                f"syncing it right now: {r.error}")
+    line = (f"connection {r.public_id} ({r.provider}, {r.user_id}): {r.status}: "
             f"{t['created']} created, {t['updated']} updated, {t['deleted']} deleted, "
             f"{t['imported']} imported" + (f", {extra}" if extra else ""))
     return line + (f"; {r.error}" if r.error else "")
@@ -523,12 +523,13 @@ def sync_cmd(ctx: click.Context, user_id: str | None, as_json: bool) -> None:
     if results and all(r.status == "busy" for r in results):
         r = results[0]
         more = f" (and {len(results) - 1} more)" if len(results) > 1 else ""
-        raise UserError(f"nothing synced: connection {r.connection_id} is leased, "
+        raise UserError(f"nothing synced: connection {r.public_id or r.connection_id} is "
+                        f"leased, "
                         f"{r.error}{more}; try again after the lease ends")
     if failed:
         r = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise UserError(f"sync of connection {r.connection_id} ({r.provider}) "
+        raise UserError(f"sync of connection {r.public_id} ({r.provider}) "
                         f"{r.status}: {r.error or 'see calsync connections list'}{more}")
 
 

@@ -151,6 +151,7 @@ class CalendarResult:
     requests: int = 0
     error: str | None = None
     status: str = "ok"
+    public_id: str = ""  # cal_…
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -172,6 +173,7 @@ class _CalendarInfo:
     user_tz: str
     conflict_policy: str
     window_start: dt.datetime | None
+    public_id: str
 
 
 def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarInfo:
@@ -185,7 +187,7 @@ def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarI
         return _CalendarInfo(cal.id, cal.remote_id, cal.name, cal.role, cal.read_only,
                              cal.sync_token, cal.known_items, cal.empty_confirmed, cal.status,
                              conn.id, conn.user_id, user.timezone if user else "UTC", policy,
-                             cal.window_start)
+                             cal.window_start, cal.public_id)
 
 
 REEXPAND_STEP = dt.timedelta(days=1)  # stored series are re-expanded once the window slid this
@@ -675,7 +677,7 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     CalendarSuddenlyEmpty (calendar guarded) and ProviderError subclasses; records health on
     the calendar for everything else it survives."""
     info = _load_info(db, settings, calendar_id)
-    result = CalendarResult(info.id, info.name, info.role)
+    result = CalendarResult(info.id, info.name, info.role, public_id=info.public_id)
     if info.role not in ("primary", "conflict"):
         result.status = "skipped"
         return result

@@ -46,7 +46,8 @@ class RetryPolicy:
         sync = settings.sync
         return cls(max_retries=sync.max_retries,
                    max_total_seconds=float(getattr(sync, "retry_max_seconds", 60.0)),
-                   sleep=sleep or time.sleep, rng=rng or random.Random())
+                   sleep=sleep if sleep is not None else time.sleep,
+                   rng=rng if rng is not None else random.Random())
 
     @classmethod
     def no_wait(cls, max_retries: int = 4) -> RetryPolicy:

@@ -88,6 +88,7 @@ def holder_is_dead(owner: str | None) -> bool:
 @dataclass
 class ConnectionResult:
     connection_id: int
+    public_id: str = ""  # con_…, what the CLI prints
     user_id: str = ""
     provider: str = ""
     status: str = "ok"  # ok | error | needs_reauth | busy
@@ -103,10 +104,12 @@ class ConnectionResult:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"connection_id": self.connection_id, "user_id": self.user_id,
+        return {"id": self.public_id, "connection_id": self.connection_id,
+                "user_id": self.user_id,
                 "provider": self.provider, "status": self.status, "error": self.error,
                 **self.totals(),
-                "calendars": [{"calendar_id": c.calendar_id, "name": c.name, "role": c.role,
+                "calendars": [{"id": c.public_id, "calendar_id": c.calendar_id,
+                               "name": c.name, "role": c.role,
                                "status": c.status, "error": c.error, "full": c.full,
                                "requests": c.requests, **c.counts} for c in self.calendars]}
 
@@ -241,6 +244,17 @@ def _gone_message(db: Database, calendar_id: int, exc: CalendarGone) -> str:
             f"(see `calsync calendars refresh {user}`), or stop using it")
 
 
+def _calendar_result(db: Database, calendar_id: int, status: str,
+                     error: str | None = None) -> CalendarResult:
+    """The result of a calendar that did not sync, named as the CLI shows calendars."""
+    with db.read_session() as s:
+        cal = s.get(Calendar, calendar_id)
+        if cal is None:
+            return CalendarResult(calendar_id, "", "", status=status, error=error)
+        return CalendarResult(calendar_id, cal.name, cal.role, status=status, error=error,
+                              public_id=cal.public_id)
+
+
 def _throttled_calendars(db: Database, calendar_ids: list[int], now: dt.datetime) -> set[int]:
     """Calendars throttled past the retry cap whose retry time has not come yet."""
     with db.read_session() as s:
@@ -261,7 +275,7 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
     waiting = _throttled_calendars(db, calendar_ids, now)
     for i, cid in enumerate(calendar_ids):
         if cid in waiting:
-            result.calendars.append(CalendarResult(cid, "", "", status="throttled"))
+            result.calendars.append(_calendar_result(db, cid, "throttled"))
             continue
         if owner is not None and i > 0:
             elapsed = dt.timedelta(seconds=time.monotonic() - started)
@@ -271,8 +285,7 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
         try:
             cal_result = sync_calendar(db, settings, cid, connector, now)
         except CalendarSuddenlyEmpty as exc:
-            result.calendars.append(CalendarResult(cid, "", "", status="guarded",
-                                                   error=str(exc)))
+            result.calendars.append(_calendar_result(db, cid, "guarded", str(exc)))
             problems.append(str(exc))
             continue
         except NeedsReauth as exc:
@@ -284,7 +297,7 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
         except CalendarGone as exc:
             msg = _gone_message(db, cid, exc)
             _mark_calendar(db, cid, "gone", msg, now)
-            result.calendars.append(CalendarResult(cid, "", "", status="gone", error=msg))
+            result.calendars.append(_calendar_result(db, cid, "gone", msg))
             problems.append(msg)
             continue
         except Throttled as exc:
@@ -292,21 +305,21 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
                                           settings.sync.interval_seconds)
             msg = f"Throttled: {exc}; next try at {retry_at.isoformat()}"
             _mark_calendar(db, cid, "error", msg, now, retry_at=retry_at)
-            result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
+            result.calendars.append(_calendar_result(db, cid, "error", msg))
             problems.append(msg)
             retry_times.append(retry_at)
             continue
         except ProviderError as exc:
             msg = f"{type(exc).__name__}: {exc}"
             _mark_calendar(db, cid, "error", msg, now)
-            result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
+            result.calendars.append(_calendar_result(db, cid, "error", msg))
             problems.append(msg)
             continue
         except Exception as exc:  # noqa: BLE001 - one calendar's failure is recorded, not fatal
             msg = describe_failure(exc)
             log.error("connection %s calendar %s failed: %s", result.connection_id, cid, msg)
             _mark_calendar(db, cid, "error", msg, now)
-            result.calendars.append(CalendarResult(cid, "", "", status="error", error=msg))
+            result.calendars.append(_calendar_result(db, cid, "error", msg))
             problems.append(msg)
             continue
         result.calendars.append(cal_result)
@@ -337,6 +350,9 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
     if claim and not claim_connection(db, connection_id, owner, now,
                                       settings.sync.lease_seconds):
         holder, until = lease_holder(db, connection_id)
+        with db.read_session() as s:
+            result.public_id = s.scalar(select(Connection.public_id)
+                                        .where(Connection.id == connection_id)) or ""
         result.status = "busy"
         result.error = (f"worker {holder or 'unknown'} is syncing it"
                         + (f" (lease until {until.isoformat()})" if until else ""))
@@ -352,6 +368,7 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
             if conn is None:
                 raise NotFound(f"connection {connection_id} not found")
             result.user_id, result.provider = conn.user_id, conn.provider
+            result.public_id = conn.public_id
             conn_info = {"provider": conn.provider, "account": conn.account}
             try:
                 if connector is None:
