@@ -35,6 +35,12 @@ blocks the days that enter the window. A connector without it (the provider expa
 its delta link or sync token is bound to the window of the listing that started it) is
 re-baselined with a full listing once the window has slid ``sync.window_resync_days``.
 
+Optional method ``token_after_writes(calendar_id, token) -> str | None``: the token to store
+after the engine's writes of this run, for servers whose token names a state rather than a
+position in a change log (a copy created after ``token`` and deleted before the next pull
+would otherwise never be reported). Makes no request when nothing was written; never raises
+(falls back to ``token``).
+
 A calendar whose collection is gone (404/410) raises ``CalendarGone`` from ``changes``;
 only that calendar stops. Every request goes through one :class:`calsync.sync.retry.
 RetryPolicy` at the connector's HTTP edge; nothing above retries again.

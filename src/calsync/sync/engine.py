@@ -736,6 +736,12 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     slid = info.window_start is None or window.start - info.window_start >= REEXPAND_STEP
     if expands and slid and not cs.full:
         executor.reexpand(errors)
+    # A server whose token is a state (Xandikos) never reports a copy that was created after
+    # the pulled token and deleted since: the connector gives the token to keep after our
+    # writes (optional ``token_after_writes``; it never raises).
+    settled = cs.token
+    if not executor.replan and hasattr(connector, "token_after_writes"):
+        settled = connector.token_after_writes(info.remote_id, cs.token)
 
     with db.session() as s:
         cal = s.get(Calendar, info.id)
@@ -747,7 +753,7 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
                           .where(Link.calendar_id == info.id)) or 0) \
             + (s.scalar(select(func.count()).select_from(ExternalEvent)
                         .where(ExternalEvent.calendar_id == info.id)) or 0)
-        cal.sync_token = None if executor.replan else encode_token(cs.token)
+        cal.sync_token = None if executor.replan else encode_token(settled)
         cal.known_items = known
         if known > 0:
             cal.empty_confirmed = False
