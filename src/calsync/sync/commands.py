@@ -32,7 +32,7 @@ from calsync.db.models import Calendar, Connection, OAuthState, User
 from calsync.db.session import Database
 from calsync.errors import CalsyncError, NotFound, UserError
 from calsync.secrets import CredentialBox
-from calsync.sync.connections import save_connection
+from calsync.sync.connections import GONE_ADVICE, merge_calendars, save_connection
 from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
 
 
@@ -292,10 +292,6 @@ def calendars_set(ctx: click.Context, user: str, primary: str | None, no_primary
     click.echo("\n".join(summary))
 
 
-GONE_ADVICE = ("the calendar no longer exists on the server; choose another with "
-               "`calsync calendars set` (it stays listed until it is no longer used)")
-
-
 @calendars_group.command("refresh")
 @click.argument("user")
 @click.option("--json", "as_json", is_flag=True)
@@ -340,7 +336,7 @@ def calendars_refresh(ctx: click.Context, user: str, as_json: bool) -> None:
         for conn_id, listed in listings.items():
             conn = s.get(Connection, conn_id)
             if conn is not None:
-                report.append(_merge_calendars(s, conn, listed, now))
+                report.append(merge_calendars(s, conn, listed, now))
         audit(s, "cli", "calendars.refresh", "user", user,
               {"connections": [{k: v for k, v in r.items() if k != "error"} for r in report]},
               at=now)
@@ -365,45 +361,6 @@ def calendars_refresh(ctx: click.Context, user: str, as_json: bool) -> None:
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise UserError(f"could not list the calendars of {failures[0]}{more}")
-
-
-def _merge_calendars(s: Any, conn: Connection, listed: list[RemoteCalendar],
-                     now: dt.datetime) -> dict[str, Any]:
-    """Fold a fresh listing into the stored calendars of ``conn``. A vanished calendar that
-    no role used is deleted; one that was primary or conflict is kept, marked ``gone``, so
-    the user sees it and chooses another."""
-    rows = {c.remote_id: c for c in s.scalars(
-        select(Calendar).where(Calendar.connection_id == conn.id))}
-    seen = {c.id for c in listed if c.supports_events}
-    added, removed, gone = [], [], []
-    for remote in listed:
-        if not remote.supports_events:
-            continue
-        row = rows.get(remote.id)
-        if row is None:
-            row = Calendar(connection_id=conn.id, remote_id=remote.id, name=remote.name,
-                           read_only=remote.read_only, role="ignored")
-            s.add(row)
-            s.flush()
-            added.append({"id": row.public_id, "name": row.name, "read_only": row.read_only})
-            continue
-        row.name, row.read_only = remote.name, remote.read_only
-        if remote.read_only and row.role == "primary":
-            row.role = "conflict"
-            conn.next_sync_at = now
-        if row.status == "gone":  # back again (it was only out of reach)
-            row.status, row.last_error = "ok", None
-            conn.next_sync_at = now
-    for remote_id, row in rows.items():
-        if remote_id in seen:
-            continue
-        if row.role == "ignored":
-            removed.append({"id": row.public_id, "name": row.name})
-            s.delete(row)
-        else:
-            gone.append({"id": row.public_id, "name": row.name, "role": row.role})
-            row.status, row.last_error = "gone", GONE_ADVICE
-    return {"connection": conn.public_id, "added": added, "removed": removed, "gone": gone}
 
 
 @calendars_group.command("confirm-empty")
@@ -554,8 +511,9 @@ def secrets_group() -> None:
 @secrets_group.command("rotate")
 @click.pass_context
 def secrets_rotate(ctx: click.Context) -> None:
-    """Re-encrypt every stored credential under the current security.secret_key (old keys
-    must be listed in security.previous_secret_keys)."""
+    """Re-encrypt every stored credential under the current credential key (derived from
+    security.secret_key, or security.credential_key when set; old keys must be listed in
+    security.previous_secret_keys)."""
     app = _app(ctx)
     box = CredentialBox.from_settings(app.settings)
     count = 0
