@@ -54,6 +54,7 @@ from calsync.errors import (
     SyncError,
     SyncTokenInvalid,
 )
+from calsync.ical import ParseOptions, parse_resource, unreadable_reason
 from calsync.sync.connector import (
     ChangeSet,
     Occurrence,
@@ -66,7 +67,6 @@ from calsync.sync.connector import (
 from calsync_caldav import davxml
 from calsync_caldav.davxml import CS, DAV, norm_href, q
 from calsync_caldav.discovery import find_home, list_collections
-from calsync_caldav.parse import ParseOptions, parse_resource, unreadable_reason
 from calsync_caldav.render import render_event
 from calsync_caldav.transport import DavSession
 

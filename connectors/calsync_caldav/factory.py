@@ -14,10 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from calsync.errors import UserError
+from calsync.ical import ParseOptions, zone_or_utc
 from calsync.sync.connector import ConnectContext, RemoteCalendar
 from calsync.sync.retry import RetryPolicy
 from calsync_caldav.connector import CaldavConnector
-from calsync_caldav.parse import ParseOptions, zone_or_utc
 from calsync_caldav.transport import DavSession
 
 

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import icalendar
 
+from calsync.ical import KEY_PROPERTY
 from calsync.sync.connector import OutgoingEvent
-from calsync_caldav.parse import KEY_PROPERTY
 
 PRODID = "-//calsync//calsync CalDAV connector//EN"
 _STATUS = {"confirmed": "CONFIRMED", "tentative": "TENTATIVE", "cancelled": "CANCELLED"}
