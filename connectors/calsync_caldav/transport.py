@@ -23,12 +23,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from calsync.errors import (
+    AuthFailed,
     CalsyncError,
     NeedsReauth,
+    NotCaldav,
     ProviderError,
     ProviderUnavailable,
     Throttled,
-    UserError,
+    Unreachable,
 )
 from calsync.sync.retry import RetryPolicy
 
@@ -58,7 +60,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 class DavSession:
     """Requests against one CalDAV account. ``verifying`` turns auth and network
-    failures into UserError (connect time) instead of NeedsReauth/ProviderUnavailable."""
+    failures into the user errors of connect time (AuthFailed, NotCaldav, Unreachable)
+    instead of NeedsReauth/ProviderUnavailable."""
 
     def __init__(self, username: str, password: str, *, http: Any = None,
                  timeout: float = 30.0, verify_tls: bool = True, label: str = "",
@@ -158,14 +161,15 @@ class DavSession:
         message = (f"the answer of {url} to {what or 'a request'} is too large ({why}; the "
                    f"limit is {self.max_response_bytes // (1024 * 1024)} MB); not read")
         if self.verifying:
-            return UserError(message + "; check the URL", url=url)
+            return NotCaldav(message + "; check the URL", field="url", url=url)
         return ProviderError(f"{self.label}: {message}", url=url)
 
     def _unreachable(self, url: str, why: str) -> CalsyncError:
         host = urlsplit(url).netloc
         if self.verifying:
-            return UserError(f"cannot reach the CalDAV server at {url} ({why}); "
-                             f"check the URL and that {host} is reachable", url=url)
+            return Unreachable(f"cannot reach the CalDAV server at {url} ({why}); "
+                               f"check the URL and that {host} is reachable", field="url",
+                               url=url)
         return ProviderUnavailable(f"{self.label}: CalDAV server {host} unreachable ({why}); "
                                    "will retry", url=url)
 
@@ -185,8 +189,8 @@ class DavSession:
         """The error for a 401 (or 403 at connect time)."""
         detail = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
         if self.verifying:
-            return UserError(f"wrong username or app password for {url}: {detail}", url=url,
-                             status=resp.status_code)
+            return AuthFailed(f"wrong username or app password for {url}: {detail}",
+                              field="password", url=url, status=resp.status_code)
         return NeedsReauth(f"{self.label}: the server refused the stored password ({detail}) "
                            f"at {what or url}; reconnect the account", url=url)
 
@@ -194,9 +198,9 @@ class DavSession:
         if resp.status_code == 401 or (self.verifying and resp.status_code == 403):
             return self.auth_failed(resp, url, what)
         if self.verifying:
-            return UserError(f"{url} did not answer {what or 'the request'} as a CalDAV server "
+            return NotCaldav(f"{url} did not answer {what or 'the request'} as a CalDAV server "
                              f"(HTTP {resp.status_code} {resp.reason_phrase}); check the URL",
-                             url=url, status=resp.status_code)
+                             field="url", url=url, status=resp.status_code)
         return ProviderError(f"{self.label}: {what or 'request'} at {url} failed with HTTP "
                              f"{resp.status_code} {resp.reason_phrase}", url=url,
                              status=resp.status_code)

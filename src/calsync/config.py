@@ -34,6 +34,9 @@ class ServerSettings:
     # Request bodies beyond these are refused with 413 while they arrive (api/limits.py).
     max_body_bytes: int = 1_048_576
     max_webhook_body_bytes: int = 65_536
+    # Origins (scheme://host[:port]) besides base_url's that an OAuth sign-in started through
+    # the API may send the browser back to (``return_to``): e.g. the platform's own site.
+    allowed_return_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,12 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"security.previous_secret_keys[{i}]", "", "a non-empty secret")
     positive("server.max_body_bytes", s.server.max_body_bytes)
     positive("server.max_webhook_body_bytes", s.server.max_webhook_body_bytes)
+    for i, origin in enumerate(s.server.allowed_return_origins):
+        parts = urlparse(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or \
+                parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(f"server.allowed_return_origins[{i}]", origin,
+                              "an origin like https://platform.example.com (no path)")
     non_negative("feeds.history_months", s.feeds.history_months)
     positive("feeds.future_months", s.feeds.future_months)
     positive("feeds.refresh_interval_minutes", s.feeds.refresh_interval_minutes)

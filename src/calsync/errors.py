@@ -7,6 +7,10 @@
     |   +-- NotFound                  the thing named does not exist
     |   +-- AuthError                 missing/invalid credentials (401)
     |   +-- Forbidden                 authenticated but not allowed (403)
+    |   +-- ConnectFailed             credentials checked at connect time did not work (422)
+    |       +-- AuthFailed            the server refused the username/password
+    |       +-- NotCaldav             the URL answers, but not as a CalDAV server
+    |       +-- Unreachable           the server cannot be reached (DNS, refused, timeout, TLS)
     +-- PreconditionFailed            a conditional write lost (etag mismatch)
     |   +-- AlreadyExists             a create met an existing object
     +-- SyncError                     a sync run cannot proceed safely
@@ -89,6 +93,30 @@ class AuthError(UserError):
 class Forbidden(UserError):
     code = "forbidden"
     http_status = 403
+
+
+class ConnectFailed(UserError):
+    """Connecting an account failed while its credentials were checked. ``field`` names the
+    form field the user should look at again (``password``, ``url``, ...)."""
+
+    code = "connect_failed"
+    http_status = 422
+
+    def __init__(self, message: str, field: str = "", **context: Any) -> None:
+        super().__init__(message, field=field, **context)
+        self.field = field
+
+
+class AuthFailed(ConnectFailed):
+    code = "auth_failed"
+
+
+class NotCaldav(ConnectFailed):
+    code = "not_caldav"
+
+
+class Unreachable(ConnectFailed):
+    code = "unreachable"
 
 
 class PreconditionFailed(CalsyncError):

@@ -350,6 +350,8 @@ class OAuthState(Base):
     redirect_uri: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Where the browser goes after the callback (a checked URL), or None for a JSON answer.
+    return_to: Mapped[str | None] = mapped_column(Text)
 
 
 class PushSubscription(Base):

@@ -1,11 +1,14 @@
-"""Storing a verified connection: one place for the CLI (CalDAV, iCloud, OAuth device and
-browser sign-in) and the web OAuth callback."""
+"""Storing a verified connection, and folding a fresh calendar listing into it: one place for
+the CLI (CalDAV, iCloud, OAuth device and browser sign-in, ``calendars refresh``), the web
+OAuth callback and the self-service API (``calsync.selfservice``)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from calsync.audit import audit
 from calsync.config import Settings
@@ -61,3 +64,46 @@ def save_connection(settings: Settings, db: Database, user_id: str, ctx: Connect
               str(conn.id), {"provider": ctx.provider, "account": ctx.account,
                              "user": user_id}, at=now)
         return conn.id, created
+
+
+GONE_ADVICE = ("the calendar no longer exists on the server; choose another with "
+               "`calsync calendars set` (it stays listed until it is no longer used)")
+
+
+def merge_calendars(s: Session, conn: Connection, listed: list[RemoteCalendar],
+                    now: dt.datetime) -> dict[str, Any]:
+    """Fold a fresh listing into the stored calendars of ``conn``. A vanished calendar that
+    no role used is deleted; one that was primary or conflict is kept, marked ``gone``, so
+    the user sees it and chooses another."""
+    rows = {c.remote_id: c for c in s.scalars(
+        select(Calendar).where(Calendar.connection_id == conn.id))}
+    seen = {c.id for c in listed if c.supports_events}
+    added, removed, gone = [], [], []
+    for remote in listed:
+        if not remote.supports_events:
+            continue
+        row = rows.get(remote.id)
+        if row is None:
+            row = Calendar(connection_id=conn.id, remote_id=remote.id, name=remote.name,
+                           read_only=remote.read_only, role="ignored")
+            s.add(row)
+            s.flush()
+            added.append({"id": row.public_id, "name": row.name, "read_only": row.read_only})
+            continue
+        row.name, row.read_only = remote.name, remote.read_only
+        if remote.read_only and row.role == "primary":
+            row.role = "conflict"
+            conn.next_sync_at = now
+        if row.status == "gone":  # back again (it was only out of reach)
+            row.status, row.last_error = "ok", None
+            conn.next_sync_at = now
+    for remote_id, row in rows.items():
+        if remote_id in seen:
+            continue
+        if row.role == "ignored":
+            removed.append({"id": row.public_id, "name": row.name})
+            s.delete(row)
+        else:
+            gone.append({"id": row.public_id, "name": row.name, "role": row.role})
+            row.status, row.last_error = "gone", GONE_ADVICE
+    return {"connection": conn.public_id, "added": added, "removed": removed, "gone": gone}

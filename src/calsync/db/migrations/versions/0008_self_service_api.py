@@ -6,8 +6,8 @@ Create Date: 2026-12-01 09:10:00
 """
 from __future__ import annotations
 
-import sqlalchemy as sa  # noqa: F401 - used once the revision has content
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 
 revision = '0008'
@@ -17,8 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("oauth_states") as batch:
+        batch.add_column(sa.Column("return_to", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("oauth_states") as batch:
+        batch.drop_column("return_to")
