@@ -362,8 +362,13 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
 
         scheduler = build_scheduler(settings, db, blocking=False)
         scheduler.start()
+    web = create_app(settings, db)
+    if scheduler is not None:  # a sync queued through the API runs at once, not next tick
+        from calsync.selfservice.connections import scheduler_waker
+
+        web.state.wake_sync = scheduler_waker(scheduler)
     try:
-        uvicorn.run(create_app(settings, db), host=host,
+        uvicorn.run(web, host=host,
                     port=port or settings.server.port, log_level="info", access_log=False)
     finally:
         if scheduler is not None:
@@ -389,7 +394,7 @@ def _register_subsystem_commands() -> None:
     import importlib
 
     for module in ("calsync.sync.commands", "calsync.availability.commands",
-                   "calsync.oauth_commands"):
+                   "calsync.oauth_commands", "calsync.outbox.commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

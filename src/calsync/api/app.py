@@ -21,7 +21,8 @@ log = logging.getLogger("calsync.api")
 
 def create_app(settings: Settings, db: Database) -> FastAPI:
     app = FastAPI(title="calsync", version="0.1.0",
-                  description="Calendar sync and scheduling integration worker.")
+                  description="Calendar sync and scheduling integration worker.",
+                  docs_url=None, redoc_url=None)  # /docs: calsync.api.docs, assets local
     app.state.settings = settings
     app.state.db = db
     # Outside the routers: every route's body is capped while it arrives.
@@ -62,6 +63,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.include_router(platform.router)
     for name in ("calsync.api.feeds", "calsync.api.availability", "calsync.api.oauth",
                  "calsync.api.webhooks"):
+        _include_optional(app, name)
+    for name in ("calsync.api.connections", "calsync.api.docs"):  # self-service (4.5)
         _include_optional(app, name)
     return app
 

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -124,7 +125,16 @@ def principal_for(session: Session, header: str | None) -> Principal:
 TOKEN_TOUCH_EVERY = dt.timedelta(minutes=1)
 
 
-def current_principal(request: Request) -> Principal:
+# Declares the bearer scheme in the OpenAPI document (every route that takes PrincipalDep);
+# the header itself is read below, so a missing token is our 401, not FastAPI's 403.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer",
+                           description="An API token from `calsync token create` "
+                                       "(role admin, dispatcher, or user with --user)")
+
+
+def current_principal(request: Request,
+                      _declared: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
+                      ) -> Principal:
     db = request.app.state.db
     with db.session() as s:
         row = _token_row(s, request.headers.get("authorization"))

@@ -7,15 +7,18 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from calsync.api.auth import Principal, PrincipalDep, list_api_tokens, revoke_api_token
+from calsync.api.schemas import UserOut, UserPatch, errors
 from calsync.audit import audit
-from calsync.db.models import Connection, FeedCache, ScheduleItem, User, utcnow
+from calsync.db.models import User, utcnow
 from calsync.errors import NotFound, ValidationError
 from calsync.feeds.links import feed_url, issue_feed, revoke_feed
 from calsync.schedule.records import PARSERS, parse_user
 from calsync.schedule.store import upsert_item, upsert_user
+from calsync.selfservice.users import patch_user as patch_user_fields
+from calsync.selfservice.users import user_view
 
 router = APIRouter()
 
@@ -114,16 +117,23 @@ def delete_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -
     return {"user_id": user_id, "revoked": True}
 
 
-@router.get("/api/users/{user_id}", tags=["schedule"])
+@router.get("/api/users/{user_id}", tags=["schedule"], response_model=UserOut,
+            responses=errors(401, 403, 404))
 def get_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require_user_access(user_id)
     with request.app.state.db.session() as s:
-        user = _user_or_404(s, user_id)
-        fetched = user.feed_last_fetched_at
-        return {"id": user.id, "name": user.name, "email": user.email,
-                "timezone": user.timezone, "private_mode": user.private_mode,
-                "working_hours": user.working_hours, "feed_enabled": user.feed_enabled,
-                "feed_last_fetched_at": fetched.isoformat() if fetched else None}
+        return user_view(_user_or_404(s, user_id))
+
+
+@router.patch("/api/users/{user_id}", tags=["schedule"], response_model=UserOut,
+              responses=errors(401, 403, 404, 422))
+def patch_user(user_id: str, body: UserPatch, request: Request,
+               who: Principal = PrincipalDep) -> dict[str, Any]:
+    """Change some fields of a user. A ``user`` token may change its own ``timezone``,
+    ``working_hours`` and ``private_mode``; an admin any field of anyone; unknown fields
+    are refused with 422 naming the field."""
+    with request.app.state.db.locked_session() as s:
+        return patch_user_fields(s, user_id, who, body.model_dump(exclude_unset=True), utcnow())
 
 
 @router.get("/api/tokens", tags=["tokens"])

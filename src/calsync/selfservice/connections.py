@@ -57,6 +57,20 @@ Wake = Callable[[], None]
 """Called after a sync was queued, to wake an in-process worker (may be None)."""
 
 
+def scheduler_waker(scheduler: Any, job_id: str = "sync.tick") -> Wake:
+    """A :data:`Wake` for an APScheduler running in this process (``calsync serve``): its
+    sync tick runs now instead of at its next interval. Workers in other processes see the
+    queued connection at their next tick."""
+
+    def wake() -> None:
+        try:
+            scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.timezone.utc))
+        except Exception as exc:  # noqa: BLE001 - the sync is queued either way
+            log.warning("could not wake the sync worker: %s", type(exc).__name__)
+
+    return wake
+
+
 class ConnectionBusy(UserError):
     """A worker is syncing the connection right now; try again shortly."""
 

@@ -49,6 +49,10 @@ def patch_user(s: Session, user_id: str, viewer: Viewer, changes: Any,
             hint = f"did you mean {close[0]!r}?" if close else \
                 f"fields that can be changed: {', '.join(PATCHABLE)}"
             raise ValidationError(record, str(key), f"unknown field; {hint}")
+    for key, value in changes.items():
+        if value is None and key != "email":
+            raise ValidationError(record, key, "must not be null (leave the field out to "
+                                               "keep it)")
     if viewer.role != "admin":
         refused = sorted(set(changes) - SELF_SERVICE)
         if refused:
