@@ -49,7 +49,8 @@ def test_jobs_coalesce_never_overlap_and_have_grace(settings, db, blocking, cls)
     scheduler = worker.build_scheduler(settings, db, blocking=blocking)
     assert isinstance(scheduler, cls)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "sync.tick", "push.renew"}
+    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "sync.tick", "push.renew",
+                         "webhooks.deliver"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1
         assert job.misfire_grace_time and job.misfire_grace_time > 0

@@ -110,6 +110,20 @@ class GoogleSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    # Per delivery attempt: a receiver that does not answer in time counts as failed.
+    timeout_seconds: float = 10.0
+    # Requests in flight to one endpoint at a time (across every worker).
+    max_concurrency_per_endpoint: int = 4
+    # Delivery threads per worker process (shared by all endpoints).
+    delivery_threads: int = 16
+    # A worker's claim on a delivery; a crashed worker's deliveries are retried after this.
+    lease_seconds: int = 60
+    # How often the worker looks for events to deliver.
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -120,6 +134,7 @@ class Settings:
     icloud: IcloudSettings = field(default_factory=IcloudSettings)
     outlook: OutlookSettings = field(default_factory=OutlookSettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     source: str = "<defaults>"
 
 
@@ -226,6 +241,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("sync.conflict_policy", s.sync.conflict_policy,
                           f"one of {', '.join(_CONFLICT_POLICIES)}")
     positive("outlook.max_concurrency", s.outlook.max_concurrency)
+    positive("webhooks.timeout_seconds", s.webhooks.timeout_seconds)
+    positive("webhooks.max_concurrency_per_endpoint", s.webhooks.max_concurrency_per_endpoint)
+    positive("webhooks.delivery_threads", s.webhooks.delivery_threads)
+    positive("webhooks.lease_seconds", s.webhooks.lease_seconds)
+    positive("webhooks.poll_seconds", s.webhooks.poll_seconds)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -7,6 +7,9 @@ Jobs (all ``coalesce=True``, ``max_instances=1``, with a misfire grace time):
 - ``sync.tick``      every 30 s: ``calsync.sync.runner.run_due_syncs`` (connections due);
 - ``push.renew``     every 15 min: ``calsync.push.renew_push_subscriptions`` (create, renew
   and drop provider push channels before they expire).
+- ``webhooks.deliver`` every ``webhooks.poll_seconds``: ``calsync.outbox.delivery.Deliverer
+  .pump`` numbers new outbox events and hands due deliveries to the deliverer's own thread
+  pool; it never waits for a receiver, so a slow one delays no sync.
 
 Each job function takes ``now`` from the clock at call time; a failure is logged and the
 next run goes on. One user's failing feed does not stop the others (see
@@ -105,4 +108,32 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
                       args=(settings, db, clock), id="push.renew", name="renew push channels",
                       coalesce=True, max_instances=1, misfire_grace_time=PUSH_RENEW_SECONDS,
                       next_run_time=_utcnow())
+    add_webhook_delivery(scheduler, settings, db, clock)
     return scheduler
+
+
+def webhook_pump_job(deliverer: Any) -> Any:
+    """Start the webhook deliveries that are due (they run in the deliverer's pool)."""
+    try:
+        return deliverer.pump()
+    except Exception:  # noqa: BLE001 - a scheduler job must not die
+        log.exception("webhook delivery pump failed")
+        return None
+
+
+def add_webhook_delivery(scheduler: BaseScheduler, settings: Settings, db: Database,
+                         clock: Clock = _utcnow) -> Any:
+    """The ``webhooks.deliver`` job and its deliverer (closed with the scheduler)."""
+    from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+
+    from calsync.outbox.delivery import Deliverer
+
+    deliverer = Deliverer(settings, db, clock=clock)
+    poll = settings.webhooks.poll_seconds
+    scheduler.add_job(webhook_pump_job, IntervalTrigger(seconds=poll, timezone=dt.timezone.utc),
+                      args=(deliverer,), id="webhooks.deliver", name="deliver webhooks",
+                      coalesce=True, max_instances=1, misfire_grace_time=max(int(poll), 5),
+                      next_run_time=_utcnow())
+    scheduler.add_listener(lambda _event: deliverer.close(wait=False),
+                           EVENT_SCHEDULER_SHUTDOWN)
+    return deliverer

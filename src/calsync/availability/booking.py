@@ -32,6 +32,7 @@ from calsync.availability.check import check_availability
 from calsync.db.models import ScheduleItem, User
 from calsync.db.session import Database
 from calsync.errors import AlreadyExists, BookingConflict, NotFound, ValidationError
+from calsync.outbox.events import BOOKING_CREATED, booking_data, emit, item_order_key
 from calsync.privacy import Viewer
 from calsync.schedule.records import ItemRecord, parse_job
 from calsync.schedule.store import upsert_item
@@ -148,4 +149,6 @@ def book(db: Database, request: BookingRequest, viewer: Viewer, actor: str, now:
                                                    ScheduleItem.ext_id == job.id))
         assert item is not None
         doc = job_document(item)
+        emit(s, BOOKING_CREATED, booking_data(doc, bool(refused), results), now,
+             order_key=item_order_key("job", job.id))  # in the booking's transaction
     return BookingOutcome(doc, bool(refused), results)

@@ -199,6 +199,8 @@ class Connection(Base):
     """A linked external account. ``credentials`` is encrypted (see calsync.secrets)."""
 
     __tablename__ = "connections"
+    # The worker's claim query: due connections, most overdue first.
+    __table_args__ = (Index("ix_connections_due", "next_sync_at", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True,
@@ -313,7 +315,8 @@ class ExternalBusy(Base):
     """One occurrence of an external event (recurrences expanded inside the window)."""
 
     __tablename__ = "external_busy"
-    __table_args__ = (Index("ix_external_busy_user_window", "user_id", "start_at", "end_at"),)
+    __table_args__ = (Index("ix_external_busy_user_window", "user_id", "start_at", "end_at"),
+                      Index("ix_external_busy_event", "event_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("external_events.id", ondelete="CASCADE"))
@@ -369,3 +372,133 @@ class PushSubscription(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- outbox: events, webhook endpoints, deliveries (calsync.outbox) ----------------------
+
+class OutboxEvent(Base):
+    """One event for the platform, written in the transaction of the change it reports.
+
+    ``seq`` is given after commit, in commit order, by ``calsync.outbox.events.sequence``
+    (one sequencer at a time): the change feed's cursor and the per-endpoint delivery order.
+    ``endpoint_id`` is set only for test events, which go to that endpoint alone and not to
+    the change feed."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_events_unsequenced", "seq", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True,
+                                           default=lambda: new_public_id("msg"))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Events about the same subject (an item, a connection) are delivered in order.
+    order_key: Mapped[str] = mapped_column(String(200), default="")
+    seq: Mapped[int | None] = mapped_column(Integer, unique=True)
+    endpoint_id: Mapped[int | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    schema_version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class WebhookEndpoint(Base):
+    """A receiver of the platform. ``secret`` is the ``whsec_…`` signing secret, sealed with
+    ``CredentialBox`` (a database dump does not reveal it)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True,
+                                           default=lambda: new_public_id("ep"))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)  # ["*"] or event types
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    failures_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # The outbox_events.seq from which this endpoint receives events.
+    start_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: pending until a 2xx (``delivered``), given up after the
+    retry schedule (``failed``), or dropped when the endpoint was disabled (``cancelled``).
+    Claimed with a lease like syncs."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_due", "endpoint_id", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_order", "endpoint_id", "order_key", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # the event's seq: the endpoint's order
+    order_key: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: when, the status code (None: no answer), how long."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_endpoint", "endpoint_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+
+
+# --- web sign-in (calsync.web.sessions) ------------------------------------------------
+
+class LoginLink(Base):
+    """A one-use sign-in link for the pages under /app/, valid 15 minutes. ``token_hash``
+    is SHA-256 of the link's token: the token itself is shown once and never stored."""
+
+    __tablename__ = "login_links"
+    __table_args__ = (Index("ix_login_links_expires_at", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # user | dispatcher
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    created_by: Mapped[str] = mapped_column(String(160))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A signed-in browser. ``session_hash`` is SHA-256 of the cookie's value."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # user | dispatcher
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

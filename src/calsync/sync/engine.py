@@ -63,6 +63,7 @@ from calsync.errors import (
     Throttled,
 )
 from calsync.feeds.dirty import mark_feeds_dirty
+from calsync.outbox.events import emit_item_change, emit_job_reverted
 from calsync.schedule.store import delete_item, item_content_hash
 from calsync.sync.connector import ChangeSet, Connector, Occurrence, RemoteEvent, Window
 from calsync.sync.hashing import external_hash, outgoing_hash, remote_hash
@@ -390,6 +391,7 @@ class _Executor:
         if item is not None:
             audit(s, self.actor, f"{item.kind}.remote_{what}_reverted", item.kind, item.ext_id,
                   {"calendar": self.info.name, "calendar_id": self.info.id}, at=self.now)
+            emit_job_reverted(s, item, what, self.info.public_id, self.info.user_id, self.now)
 
     # remote writes ----------------------------------------------------------------------
     def create(self, a: CreateRemote) -> None:
@@ -510,13 +512,14 @@ class _Executor:
             local_hash = outgoing_hash(outgoing_event(item))
             self._set_link(s, item.pk, a.remote.remote_id, a.remote.etag, local_hash,
                            a.remote.hash)
+            emit_item_change(s, item, self.info.public_id, self.now)  # the platform hears it
         self.result.add("pulled")
 
     def pull_delete(self, a: PullDelete) -> None:
         with self.db.session() as s:
             item = s.get(ScheduleItem, a.item_pk)
-            if item is not None:
-                delete_item(s, item, self.actor, self.now)
+            if item is not None and delete_item(s, item, self.actor, self.now) == "deleted":
+                emit_item_change(s, item, self.info.public_id, self.now)
             s.execute(delete(Link).where(Link.item_pk == a.item_pk,
                                          Link.calendar_id == self.info.id))
         self.result.add("pulled")

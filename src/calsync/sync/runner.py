@@ -47,6 +47,7 @@ from calsync.errors import (
     ProviderError,
     Throttled,
 )
+from calsync.outbox.events import emit_connection_status
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, Connector, load_connector_factory
 from calsync.sync.engine import (
@@ -403,6 +404,11 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
         with db.session() as s:
             conn = s.get(Connection, connection_id)
             if conn is not None:
+                emit_connection_status(s, connection=conn.public_id, user_id=conn.user_id,
+                                       provider=conn.provider, account=conn.account,
+                                       old_status=conn.status, new_status=result.status,
+                                       detail=result.error, now=now,
+                                       base_url=settings.server.base_url)
                 conn.status = result.status
                 conn.last_error = result.error
                 conn.last_sync_at = now
