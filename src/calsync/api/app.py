@@ -62,7 +62,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
 
     app.include_router(platform.router)
     for name in ("calsync.api.feeds", "calsync.api.availability", "calsync.api.oauth",
-                 "calsync.api.webhooks"):
+                 "calsync.api.webhooks", "calsync.api.webhook_endpoints",
+                 "calsync.api.changes"):
         _include_optional(app, name)
     for name in ("calsync.api.connections", "calsync.api.docs"):  # self-service (4.5)
         _include_optional(app, name)
