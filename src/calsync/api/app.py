@@ -65,6 +65,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
                  "calsync.api.webhooks", "calsync.api.webhook_endpoints",
                  "calsync.api.changes"):
         _include_optional(app, name)
+    for name in ("calsync.api.login_links", "calsync.web.routes"):  # sign-in, pages (4.6)
+        _include_optional(app, name)
     for name in ("calsync.api.connections", "calsync.api.docs"):  # self-service (4.5)
         _include_optional(app, name)
     return app

@@ -1,0 +1,1 @@
+"""One module per kind of page; each registers its routes on its own ``router``."""
