@@ -393,7 +393,8 @@ def _register_subsystem_commands() -> None:
     """Commands owned by subsystems (sync, availability) live in their own modules."""
     import importlib
 
-    for module in ("calsync.sync.commands", "calsync.availability.commands",
+    for module in ("calsync.sync.commands", "calsync.sync.connect_commands",
+                   "calsync.availability.commands",
                    "calsync.oauth_commands", "calsync.outbox.commands"):
         try:
             mod = importlib.import_module(module)

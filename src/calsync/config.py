@@ -75,6 +75,12 @@ class SyncSettings:
     retry_max_seconds: float = 60.0
     lease_seconds: int = 600
     window_resync_days: int = 7
+    # Connection syncs one worker process runs at once (threads), and how much of the
+    # interval is taken off at random from each next due time (spreads the load).
+    concurrency: int = 8
+    jitter_fraction: float = 0.1
+    # Remote writes in flight to one calendar at once (CalDAV and Google; Outlook batches).
+    calendar_write_concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,14 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class IcsSettings:
+    # Subscribed calendars (calsync connect ics): the largest feed read, in bytes.
+    max_bytes: int = 10 * 1024 * 1024
+    # A feed's REFRESH-INTERVAL / X-PUBLISHED-TTL is followed up to this; never under 300.
+    max_refresh_seconds: int = 86400
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -135,6 +149,7 @@ class Settings:
     outlook: OutlookSettings = field(default_factory=OutlookSettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    ics: IcsSettings = field(default_factory=IcsSettings)
     source: str = "<defaults>"
 
 
@@ -237,10 +252,17 @@ def _validate(s: Settings) -> None:
     positive("sync.lease_seconds", s.sync.lease_seconds)
     positive("sync.retry_max_seconds", s.sync.retry_max_seconds)
     positive("sync.window_resync_days", s.sync.window_resync_days)
+    positive("sync.concurrency", s.sync.concurrency)
+    positive("sync.calendar_write_concurrency", s.sync.calendar_write_concurrency)
+    if not 0 <= s.sync.jitter_fraction < 1:
+        raise ConfigError("sync.jitter_fraction", s.sync.jitter_fraction,
+                          "a number from 0 up to (not including) 1")
     if s.sync.conflict_policy not in _CONFLICT_POLICIES:
         raise ConfigError("sync.conflict_policy", s.sync.conflict_policy,
                           f"one of {', '.join(_CONFLICT_POLICIES)}")
     positive("outlook.max_concurrency", s.outlook.max_concurrency)
+    positive("ics.max_bytes", s.ics.max_bytes)
+    positive("ics.max_refresh_seconds", s.ics.max_refresh_seconds)
     positive("webhooks.timeout_seconds", s.webhooks.timeout_seconds)
     positive("webhooks.max_concurrency_per_endpoint", s.webhooks.max_concurrency_per_endpoint)
     positive("webhooks.delivery_threads", s.webhooks.delivery_threads)
