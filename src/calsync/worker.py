@@ -134,6 +134,7 @@ def add_webhook_delivery(scheduler: BaseScheduler, settings: Settings, db: Datab
                       args=(deliverer,), id="webhooks.deliver", name="deliver webhooks",
                       coalesce=True, max_instances=1, misfire_grace_time=max(int(poll), 5),
                       next_run_time=_utcnow())
-    scheduler.add_listener(lambda _event: deliverer.close(wait=False),
+    # Deliveries in flight finish (within the timeout) and are recorded, not sent again.
+    scheduler.add_listener(lambda _event: deliverer.close(wait=True),
                            EVENT_SCHEDULER_SHUTDOWN)
     return deliverer

@@ -112,9 +112,10 @@ def encode_body(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
-def _lease_usable(owner: str | None, until: dt.datetime | None, me: str,
-                  now: dt.datetime) -> bool:
-    return owner in (None, me) or until is None or until <= now or holder_is_dead(owner)
+def _lease_usable(owner: str | None, until: dt.datetime | None, now: dt.datetime) -> bool:
+    """Free, expired, or held by a process of this host that is gone. A live lease, even
+    our own, means the delivery is in flight."""
+    return owner is None or until is None or until <= now or holder_is_dead(owner)
 
 
 def claim_deliveries(settings: Settings, db: Database, owner: str, now: dt.datetime,
@@ -141,7 +142,7 @@ def claim_deliveries(settings: Settings, db: Database, owner: str, now: dt.datet
                                .where(WebhookDelivery.endpoint_id == ep.id,
                                       WebhookDelivery.status == "pending",
                                       WebhookDelivery.lease_until > now)).all()
-            in_flight = sum(1 for o, u in leased if not _lease_usable(o, u, "", now))
+            in_flight = sum(1 for o, u in leased if not _lease_usable(o, u, now))
             room = min(cfg.max_concurrency_per_endpoint - in_flight, limit - len(claimed))
             if room <= 0:
                 continue
@@ -164,7 +165,7 @@ def claim_deliveries(settings: Settings, db: Database, owner: str, now: dt.datet
             for delivery, message_id, payload in candidates:
                 if room <= 0:
                     break
-                if not _lease_usable(delivery.lease_owner, delivery.lease_until, owner, now):
+                if not _lease_usable(delivery.lease_owner, delivery.lease_until, now):
                     continue
                 delivery.lease_owner, delivery.lease_until = owner, lease_until
                 secret = secret or endpoint_secret(settings, ep)
