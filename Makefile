@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/js/node_modules/.installed
 
-.PHONY: run test bench install lint clean
+.PHONY: run test bench install lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ run: $(STAMP)
 	$(BIN)/calsync demo --if-empty --port $(PORT)
 	$(BIN)/calsync serve --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) $(NODE_STAMP) lint
+# The browser tests drive Debian's chromium (never a browser download of Playwright's).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(STAMP) $(NODE_STAMP) chromium lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -9,6 +9,7 @@ successful one redirects back (303) with a short confirmation.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from calsync.audit import audit
+from calsync.availability.check import schedule_of
 from calsync.db.models import utcnow
 from calsync.errors import CalsyncError, ConnectFailed, ValidationError
 from calsync.feeds.links import feed_url, issue_feed, revoke_feed
@@ -35,7 +37,7 @@ from calsync.selfservice.connections import (
 )
 from calsync.selfservice.oauth import start_oauth
 from calsync.selfservice.users import patch_user, user_view
-from calsync.web.formatting import WEEKDAY_NAMES
+from calsync.web.formatting import WEEKDAY_NAMES, parse_iso, span
 from calsync.web.pages import (
     Visit,
     app_db,
@@ -50,6 +52,7 @@ from calsync.web.pages import (
 
 router = APIRouter(include_in_schema=False)
 
+BUSY_AHEAD = dt.timedelta(days=7)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PROVIDERS = {"outlook": "Outlook", "google": "Google", "icloud": "iCloud", "caldav": "CalDAV"}
 DONE = {
@@ -102,6 +105,13 @@ def _page(request: Request, visit: Visit, state: FormState | None = None,
         connections = list_connections(s, uid, visit.principal)["connections"]
         calendars = list_calendars(s, uid, visit.principal)
         fetched = user.feed_last_fetched_at
+        now = utcnow()
+        # What the connected calendars make busy, as the technician (their owner) sees it.
+        week = schedule_of(s, [uid], now, now + BUSY_AHEAD, visit.principal, now,
+                           dt.timedelta(seconds=settings.sync.stale_after_seconds))[0]
+    busy = [{"span": span(parse_iso(v["start"]), parse_iso(v["end"]), profile["timezone"]),
+             "summary": v.get("summary") or "Busy", "source": v.get("source") or ""}
+            for v in sorted(week["external"], key=lambda v: str(v["start"]))]
     accounts = {c["id"]: c for c in connections}
     for cal in calendars["calendars"]:
         conn = accounts.get(cal["connection"], {})
@@ -123,7 +133,7 @@ def _page(request: Request, visit: Visit, state: FormState | None = None,
             request.query_params.get("done", "")),
         "needs_reauth": [c for c in connections if c["status"] == "needs_reauth"],
         "weekdays": list(zip(WEEKDAYS, WEEKDAY_NAMES)), "hours": hours,
-        "timezones": list(pytz.common_timezones),
+        "timezones": list(pytz.common_timezones), "busy": busy,
     }, status_code, visit)
 
 
