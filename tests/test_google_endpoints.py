@@ -184,6 +184,17 @@ def test_push_channel_handshake_bad_token_and_notification_sync(
 
     good = _post(app_client, change)
     assert good.status_code in (200, 202)
+    with db.session() as s:  # the API marked the connection due; a worker syncs it
+        assert s.scalars(select(ExternalEvent)).all() == []
+        cal = s.get(Calendar, cal_id)
+        assert cal is not None
+        conn = s.get(Connection, cal.connection_id)
+        assert conn is not None and conn.next_sync_at is not None
+        assert conn.next_sync_at <= dt.datetime.now(UTC)
+    from calsync.sync.runner import run_due_syncs
+
+    [result] = run_due_syncs(settings, db, dt.datetime.now(UTC), sleep=lambda _s: None)
+    assert result.status == "ok", result.error
     with db.session() as s:
         events = s.scalars(select(ExternalEvent).where(ExternalEvent.calendar_id == cal_id)
                            ).all()

@@ -1,7 +1,8 @@
 """Push with Graph change notifications: subscription with the validation handshake through
 the real webhook endpoint, the stored secret hash, renewal before expiry, removal when a
 calendar is no longer synced, a forged clientState rejected with nothing synced, and a
-genuine notification syncing that calendar at once. Runs on SQLite and PostgreSQL."""
+genuine notification making the connection due and waking the worker (the API process
+syncs nothing itself). Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from sqlalchemy import select, update
 
 from calsync.api.app import create_app
 from calsync.config import Settings
-from calsync.db.models import Calendar, ExternalEvent, PushSubscription, User
+from calsync.db.models import Calendar, Connection, ExternalEvent, PushSubscription, User
 from calsync.db.session import Database
 from calsync.oauth_commands import connect_oauth
 from calsync.push import renew_push_subscriptions
+from calsync.sync.runner import run_due_syncs
+from calsync.wakeups import LOCAL
 from tests.emulators.graph import GraphEmulator, registered_outlook
 
 UTC = dt.timezone.utc
@@ -149,17 +152,31 @@ def test_bad_client_state_is_rejected_and_nothing_syncs(
         assert cal is not None and cal.last_sync_at is None
 
 
-def test_notification_syncs_that_calendar_at_once(
+def test_notification_marks_the_connection_due_and_a_worker_syncs_it(
         client: TestClient, em: GraphEmulator, osettings: Settings, db: Database,
         connected: dict[str, int]) -> None:
     renew_push_subscriptions(osettings, db, dt.datetime.now(UTC))
+    with db.session() as s:  # synced a moment ago: not due for a while
+        s.execute(update(Connection).values(next_sync_at=dt.datetime.now(UTC)
+                                            + dt.timedelta(minutes=5)))
     start = dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(days=2)
     em.put_event(EMAIL, em.calendar_id(EMAIL), {
         "subject": "Dentist",
         "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
         "end": {"dateTime": (start + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S"),
                 "timeZone": "UTC"}})
+    LOCAL.clear()
     assert em.send_notifications() == [202]
+    # the API process synced nothing: it marked the connection due and woke the worker
+    assert LOCAL.is_set()
+    assert not any(p.endswith("/calendarView/delta") for _m, p in em.requests)
+    with db.session() as s:
+        conn = s.get(Connection, connected["connection"])
+        assert conn is not None and conn.next_sync_at is not None
+        assert conn.next_sync_at <= dt.datetime.now(UTC)
+        assert s.scalar(select(ExternalEvent)) is None
+    [result] = run_due_syncs(osettings, db, dt.datetime.now(UTC), sleep=lambda _s: None)
+    assert result.connection_id == connected["connection"] and result.status == "ok"
     with db.session() as s:
         events = list(s.scalars(select(ExternalEvent)))
         assert [e.summary for e in events] == ["Dentist"]

@@ -70,6 +70,13 @@ def connection(db: Database, cid: int) -> Connection:
         return row
 
 
+def assert_next_due(due: dt.datetime | None, settings: Settings, now: dt.datetime = NOW) -> None:
+    """Due again one interval after ``now``, less at most the jitter share of it."""
+    interval = dt.timedelta(seconds=settings.sync.interval_seconds)
+    assert due is not None
+    assert now + interval * (1 - settings.sync.jitter_fraction) <= due <= now + interval
+
+
 class Sleeps:
     def __init__(self) -> None:
         self.waits: list[float] = []
@@ -93,7 +100,7 @@ def test_two_workers_do_not_sync_the_same_connection(db: Database, settings: Set
     for cid in set(ids) - {held}:
         row = connection(db, cid)
         assert row.lease_owner is None and row.lease_until is None
-        assert row.next_sync_at == NOW + dt.timedelta(seconds=settings.sync.interval_seconds)
+        assert_next_due(row.next_sync_at, settings)
     # nothing is due any more for worker b, and a's lease still blocks
     assert run_due_syncs(settings, db, NOW, worker_id="worker-b") == []
     # a direct sync of the held connection says busy
@@ -164,7 +171,7 @@ def test_retries_give_up_and_a_long_retry_after_reschedules(db: Database,
     row = connection(db, cid)
     # only the throttled calendar waits for the provider's time; the other one synced
     assert row.status == "error"
-    assert row.next_sync_at == NOW + dt.timedelta(seconds=settings.sync.interval_seconds)
+    assert_next_due(row.next_sync_at, settings)
     with db.session() as s:
         throttled = s.get(Calendar, cals["personal"])  # conflict calendars sync first
         other = s.get(Calendar, cals["work"])

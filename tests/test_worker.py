@@ -1,5 +1,5 @@
 """The scheduler: job wiring, a dirty feed re-rendered by one tick, one user's failure
-isolated, the sync tick's lazy import."""
+isolated, the sync loop started and stopped with the scheduler."""
 
 from __future__ import annotations
 
@@ -49,14 +49,13 @@ def test_jobs_coalesce_never_overlap_and_have_grace(settings, db, blocking, cls)
     scheduler = worker.build_scheduler(settings, db, blocking=blocking)
     assert isinstance(scheduler, cls)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "sync.tick", "push.renew",
+    assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "push.renew",
                          "webhooks.deliver"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1
         assert job.misfire_grace_time and job.misfire_grace_time > 0
     assert jobs["feeds.refresh"].trigger.interval == dt.timedelta(
         seconds=settings.feeds.refresh_seconds)
-    assert jobs["sync.tick"].trigger.interval == dt.timedelta(seconds=30)
     rebuild = {f.name: str(f) for f in jobs["feeds.rebuild"].trigger.fields}
     assert rebuild["hour"] == str(settings.feeds.rebuild_cron_hour) and rebuild["minute"] == "0"
 
@@ -144,7 +143,7 @@ def test_push_renewal_job_is_scheduled_and_calls_renewal_with_now(settings, db,
     assert worker.push_renew_job(settings, db, _clock) == {"created": 0}
     assert calls == [NOW]
     scheduler = worker.build_scheduler(settings, db, blocking=False, clock=_clock)
-    assert {j.id for j in scheduler.get_jobs()} >= {"push.renew", "sync.tick"}
+    assert {j.id for j in scheduler.get_jobs()} >= {"push.renew"}
 
 
 def test_a_failing_sync_tick_is_logged_and_the_next_tick_goes_on(settings, db, monkeypatch,

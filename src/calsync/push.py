@@ -12,6 +12,10 @@ Connector factories opt in with these hooks (looked up by name, never imported):
 conflict calendars of healthy connections, renews them ``RENEW_BEFORE`` ahead of expiry, and
 drops channels of calendars that are no longer synced. The secret given to the provider is
 random per channel; only its SHA-256 is stored (``PushSubscription.secret_hash``).
+
+:func:`mark_calendars_due` is what a valid notification does: the calendars' connections
+become due now and the workers are woken (:mod:`calsync.wakeups`); the API process never
+syncs itself.
 """
 
 from __future__ import annotations
@@ -90,6 +94,32 @@ def _store_credentials(settings: Settings, conn: Connection, connector: Any) -> 
     changed = connector.credentials()
     if changed is not None:
         conn.credentials = CredentialBox.from_settings(settings).seal(changed)
+
+
+def mark_calendars_due(db: Database, calendar_ids: list[int], now: dt.datetime) -> int:
+    """Make the connections of ``calendar_ids`` due at ``now`` and wake the workers.
+    Returns how many connections were marked. A connection that is being synced right now
+    stays due after that sync (it keeps a due time set while it ran)."""
+    from sqlalchemy import or_, select, update
+
+    from calsync.db.models import Calendar, Connection
+    from calsync.wakeups import notify_in, wake_local
+
+    if not calendar_ids:
+        return 0
+    with db.session() as s:
+        owners = select(Calendar.connection_id).where(Calendar.id.in_(calendar_ids))
+        marked = s.execute(update(Connection)  # type: ignore[attr-defined]  # CursorResult
+                           .where(Connection.id.in_(owners),
+                                  or_(Connection.next_sync_at.is_(None),
+                                      Connection.next_sync_at > now,
+                                      # being synced: the new due time tells that sync
+                                      # to leave the connection due when it ends
+                                      Connection.lease_owner.is_not(None)))
+                           .values(next_sync_at=now)).rowcount or 0
+        notify_in(s)
+    wake_local()
+    return int(marked)
 
 
 def renew_push_subscriptions(settings: Settings, db: Database,

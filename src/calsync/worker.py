@@ -1,15 +1,20 @@
-"""APScheduler (3.x) wiring: what runs when.
+"""What runs when: APScheduler (3.x) jobs plus the sync loop.
 
 Jobs (all ``coalesce=True``, ``max_instances=1``, with a misfire grace time):
 
 - ``feeds.refresh``  every ``feeds.refresh_seconds``: re-render dirty feeds;
 - ``feeds.rebuild``  daily at ``feeds.rebuild_cron_hour`` UTC: re-render every feed;
-- ``sync.tick``      every 30 s: ``calsync.sync.runner.run_due_syncs`` (connections due);
 - ``push.renew``     every 15 min: ``calsync.push.renew_push_subscriptions`` (create, renew
   and drop provider push channels before they expire).
 - ``webhooks.deliver`` every ``webhooks.poll_seconds``: ``calsync.outbox.delivery.Deliverer
   .pump`` numbers new outbox events and hands due deliveries to the deliverer's own thread
   pool; it never waits for a receiver, so a slow one delays no sync.
+
+Syncs run in :class:`SyncLoop`, a thread started and stopped with the scheduler: it runs
+``calsync.sync.runner.run_due_syncs`` (up to ``sync.concurrency`` connections at once,
+claiming more as threads free up), then sleeps until the next tick (30 s) or until it is
+woken (:mod:`calsync.wakeups`: a push notification made a connection due; on PostgreSQL a
+:class:`~calsync.wakeups.PostgresListener` hears other processes' NOTIFY).
 
 Each job function takes ``now`` from the clock at call time; a failure is logged and the
 next run goes on. One user's failing feed does not stop the others (see
@@ -20,9 +25,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_START
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -34,6 +41,7 @@ from calsync.db.session import Database
 from calsync.feeds.service import rebuild_all_feeds, refresh_dirty_feeds
 from calsync.push import renew_push_subscriptions
 from calsync.sync.runner import run_due_syncs
+from calsync.wakeups import LOCAL, PostgresListener, Wakeup
 
 log = logging.getLogger("calsync.worker")
 
@@ -67,9 +75,57 @@ def rebuild_feeds_job(settings: Settings, db: Database, clock: Clock = _utcnow) 
     return _guarded("nightly feed rebuild", rebuild_all_feeds, settings, db, clock)
 
 
-def sync_tick_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
-    """Run the syncs that are due."""
-    return _guarded("sync tick", run_due_syncs, settings, db, clock)
+def sync_tick_job(settings: Settings, db: Database, clock: Clock = _utcnow,
+                  stop: threading.Event | None = None) -> Any:
+    """Run the syncs that are due (claiming with the clock's time as it goes)."""
+    def run(s: Settings, d: Database, now: dt.datetime) -> Any:
+        if stop is None:
+            return run_due_syncs(s, d, now)
+        return run_due_syncs(s, d, now, clock=clock, stop=stop)
+
+    return _guarded("sync tick", run, settings, db, clock)
+
+
+class SyncLoop:
+    """The sync worker of one process: a thread that runs due syncs, then waits for the
+    next tick or a wake-up. On PostgreSQL it also listens for other processes' NOTIFY."""
+
+    def __init__(self, settings: Settings, db: Database, clock: Clock = _utcnow,
+                 wakeup: Wakeup = LOCAL, tick_seconds: float = SYNC_TICK_SECONDS) -> None:
+        self.settings, self.db, self.clock = settings, db, clock
+        self.wakeup, self.tick_seconds = wakeup, tick_seconds
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listener = PostgresListener(db.url, wakeup) if db.dialect == "postgresql" \
+            else None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self.listener is not None:
+            self.listener.start()
+        self._thread = threading.Thread(target=self._run, name="calsync-sync-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; wait up to ``timeout`` for the syncs in flight."""
+        self._stop.set()
+        self.wakeup.set()
+        if self.listener is not None:
+            self.listener.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.wakeup.clear()  # wake-ups from now on are seen by the next wait
+            sync_tick_job(self.settings, self.db, self.clock, self._stop)
+            self.rounds += 1
+            if self._stop.is_set():
+                break
+            self.wakeup.wait(self.tick_seconds)
 
 
 def push_renew_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
@@ -78,9 +134,11 @@ def push_renew_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> 
 
 
 def build_scheduler(settings: Settings, db: Database, blocking: bool,
-                    clock: Clock = _utcnow) -> BaseScheduler:
+                    clock: Clock = _utcnow, sync_loop: SyncLoop | None = None
+                    ) -> BaseScheduler:
     """A BlockingScheduler (``calsync worker``) or BackgroundScheduler (``calsync serve``)
-    with the jobs above added, not started."""
+    with the jobs above added, not started. The sync loop (``sync_loop``, or one built
+    here) starts when the scheduler starts and stops when it shuts down."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # "Running job ..." every few seconds is noise unless debugging (-v).
         executor_log = logging.getLogger("apscheduler.executors.default")
@@ -99,16 +157,15 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
                                   timezone=dt.timezone.utc),
                       args=(settings, db, clock), id="feeds.rebuild", name="rebuild all feeds",
                       coalesce=True, max_instances=1, misfire_grace_time=3600)
-    scheduler.add_job(sync_tick_job,
-                      IntervalTrigger(seconds=SYNC_TICK_SECONDS, timezone=dt.timezone.utc),
-                      args=(settings, db, clock), id="sync.tick", name="run due syncs",
-                      coalesce=True, max_instances=1, misfire_grace_time=SYNC_TICK_SECONDS)
     scheduler.add_job(push_renew_job,
                       IntervalTrigger(seconds=PUSH_RENEW_SECONDS, timezone=dt.timezone.utc),
                       args=(settings, db, clock), id="push.renew", name="renew push channels",
                       coalesce=True, max_instances=1, misfire_grace_time=PUSH_RENEW_SECONDS,
                       next_run_time=_utcnow())
     add_webhook_delivery(scheduler, settings, db, clock)
+    loop = sync_loop or SyncLoop(settings, db, clock)
+    scheduler.add_listener(lambda _event: loop.start(), EVENT_SCHEDULER_START)
+    scheduler.add_listener(lambda _event: loop.stop(), EVENT_SCHEDULER_SHUTDOWN)
     return scheduler
 
 
@@ -124,8 +181,6 @@ def webhook_pump_job(deliverer: Any) -> Any:
 def add_webhook_delivery(scheduler: BaseScheduler, settings: Settings, db: Database,
                          clock: Clock = _utcnow) -> Any:
     """The ``webhooks.deliver`` job and its deliverer (closed with the scheduler)."""
-    from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
-
     from calsync.outbox.delivery import Deliverer
 
     deliverer = Deliverer(settings, db, clock=clock)

@@ -163,22 +163,10 @@ def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-def metrics(request: Request) -> str:
-    with request.app.state.db.session() as s:
-        users = s.scalar(select(func.count()).select_from(User).where(User.deleted_at.is_(None)))
-        items = s.execute(select(ScheduleItem.kind, func.count()).where(
-            ScheduleItem.deleted_at.is_(None)).group_by(ScheduleItem.kind)).all()
-        dirty = s.scalar(select(func.count()).select_from(FeedCache).where(FeedCache.dirty))
-        conns = s.execute(select(Connection.provider, Connection.status, func.count())
-                          .group_by(Connection.provider, Connection.status)).all()
-    lines = ["# HELP calsync_users Users known to calsync.", "# TYPE calsync_users gauge",
-             f"calsync_users {users or 0}",
-             "# HELP calsync_schedule_items Live schedule items by kind.",
-             "# TYPE calsync_schedule_items gauge"]
-    lines += [f'calsync_schedule_items{{kind="{k}"}} {n}' for k, n in items]
-    lines += ["# HELP calsync_feeds_dirty Feeds waiting to be re-rendered.",
-              "# TYPE calsync_feeds_dirty gauge", f"calsync_feeds_dirty {dirty or 0}",
-              "# HELP calsync_connections Connections by provider and status.",
-              "# TYPE calsync_connections gauge"]
-    lines += [f'calsync_connections{{provider="{p}",status="{st}"}} {n}' for p, st, n in conns]
-    return "\n".join(lines) + "\n"
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition (calsync.metrics): counters of this process plus gauges
+    read from the database."""
+    from calsync import metrics as process_metrics
+
+    body = process_metrics.render(request.app.state.db, utcnow())
+    return Response(body, media_type=process_metrics.CONTENT_TYPE)

@@ -4,9 +4,11 @@ The provider's factory turns the request into a :class:`calsync.push.PushResult`
 ``parse_notification``). A handshake (Graph's ``?validationToken=``) is echoed as
 ``text/plain``. Each notice is matched to a stored :class:`PushSubscription` by provider
 and remote id, and its secret (Graph ``clientState``, Google channel token) checked against
-``secret_hash`` in constant time. Valid notices schedule an immediate sync of their
-calendar (``calsync.sync.runner.sync_calendar_now``) in a background task, so the answer
-(202) goes out at once; when no notice is valid the answer is 403 and nothing is synced.
+``secret_hash`` in constant time. Valid notices make their calendars' connections due now
+and wake the workers (``calsync.push.mark_calendars_due``: LISTEN/NOTIFY on PostgreSQL, an
+in-process signal on SQLite); the API process syncs nothing itself, so a burst of
+notifications costs one row update each and the answer (202) goes out at once. When no
+notice is valid the answer is 403 and nothing is marked.
 The endpoint is unauthenticated, so its body is capped lower than the API's
 (``[server] max_webhook_body_bytes``, enforced as it arrives by calsync.api.limits).
 """
@@ -15,35 +17,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import select
 
+from calsync import metrics
 from calsync.db.models import PushSubscription
 from calsync.errors import CalsyncError, NotFound
-from calsync.push import secret_matches
+from calsync.push import mark_calendars_due, secret_matches
 from calsync.sync.connector import load_connector_factory
 
 router = APIRouter(tags=["webhooks"])
 log = logging.getLogger("calsync.webhooks")
 
 
-def _sync_later(settings: Any, db: Any, calendar_ids: list[int]) -> None:
-    from calsync.sync.runner import sync_calendar_now
-
-    for calendar_id in calendar_ids:
-        try:
-            sync_calendar_now(settings, db, calendar_id, dt.datetime.now(dt.timezone.utc))
-        except CalsyncError as exc:
-            log.warning("push-triggered sync of calendar %s failed: %s", calendar_id,
-                        exc.message)
-
-
 @router.post("/webhooks/{provider}", response_model=None)
-async def webhook(provider: str, request: Request,
-                  background: BackgroundTasks) -> Response:
+async def webhook(provider: str, request: Request) -> Response:
     try:
         factory = load_connector_factory(provider)
     except CalsyncError:
@@ -76,11 +66,13 @@ async def webhook(provider: str, request: Request,
             if sub.calendar_id not in calendars:
                 calendars.append(sub.calendar_id)
     if rejected:
+        metrics.PUSH_NOTIFICATIONS.labels(provider, "rejected").inc(rejected)
         log.warning("%s webhook: %d notification(s) with an unknown channel or a wrong "
                     "secret ignored", provider, rejected)
     if not calendars:
         return JSONResponse({"error": "forbidden",
                              "detail": "unknown subscription or wrong client state"},
                             status_code=403)
-    background.add_task(_sync_later, request.app.state.settings, db, calendars)
+    metrics.PUSH_NOTIFICATIONS.labels(provider, "accepted").inc(len(calendars))
+    mark_calendars_due(db, calendars, dt.datetime.now(dt.timezone.utc))
     return Response(status_code=202)

@@ -18,6 +18,7 @@ import datetime as dt
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -154,6 +155,11 @@ class MemoryServer:
         self._ids = itertools.count(1)
         self._etags = itertools.count(1)
         self._lock = threading.RLock()
+        # Provider latency (seconds slept per request, outside the lock), and how many
+        # requests were in flight at once: what tests of concurrent workers look at.
+        self.latency = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     # -- set-up and "the user" ------------------------------------------------------------
 
@@ -260,6 +266,15 @@ class MemoryServer:
             queue = self.failures.get(method)
             if queue:
                 raise queue.pop(0)
+            if not self.latency:
+                return
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.latency)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def event(self, obj: MemoryObject, window: Window, limit: int = 1000) -> RemoteEvent:
         return RemoteEvent(
@@ -420,7 +435,10 @@ class MemoryFactory:
         retry = RetryPolicy.from_settings(ctx.settings, sleep=ctx.options.get("sleep"),
                                           rng=ctx.options.get("rng")) \
             if getattr(ctx.settings, "sync", None) is not None else None
-        return MemoryConnector(self._server(ctx), limit, retry)
+        server = self._server(ctx)
+        if ctx.options.get("latency") is not None:  # seconds per request (benchmarks, tests)
+            server.latency = float(ctx.options["latency"])
+        return MemoryConnector(server, limit, retry)
 
     def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
         server = self._server(ctx)

@@ -1,11 +1,14 @@
 """Running syncs: leases, health, rescheduling. What the worker and the CLI call.
 
-- :func:`run_due_syncs` (the worker calls it every tick): claims due connections one at a
-  time with a row lease (``Connection.lease_owner``/``lease_until``; ``SELECT ... FOR UPDATE
-  SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), syncs each, releases it with
-  the next due time. A lease names its holder as ``host:pid:nonce``: a crashed worker's lease
-  expires after ``sync.lease_seconds``, and one whose process is known dead (same host, pid
-  gone) is taken over at once.
+- :func:`run_due_syncs` (the worker calls it every tick and on a wake-up): claims due
+  connections with a row lease (``Connection.lease_owner``/``lease_until``; ``SELECT ... FOR
+  UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and syncs up to
+  ``sync.concurrency`` of them at once, each in its own thread with its own connector; each
+  is released with its next due time (the interval less a random ``sync.jitter_fraction``
+  of it, so connections added together spread out over the cycle). A lease names its
+  holder as ``host:pid:nonce``: a crashed worker's lease expires after
+  ``sync.lease_seconds``, and one whose process is known dead (same host, pid gone) is
+  taken over at once (both counted in ``calsync_lease_takeovers``).
 - :func:`sync_connection`: one connection now (claims its lease unless told not to).
 - :func:`sync_calendar_now`: one calendar now (push notifications).
 
@@ -26,15 +29,18 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import object_session
 
+from calsync import metrics
 from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
@@ -122,35 +128,72 @@ def _lease_free(now: dt.datetime) -> Any:
 
 
 def _lease_taken_over(conn: Connection, owner: str, now: dt.datetime) -> bool:
-    """Whether ``owner`` may take ``conn``: free, expired, ours, or its holder is dead."""
-    if conn.lease_owner in (None, owner) or conn.lease_until is None or conn.lease_until <= now:
+    """Whether ``owner`` may take ``conn``: free, expired, or its holder is dead. A live
+    lease of ``owner`` itself is busy too: another thread of this worker is syncing it."""
+    if conn.lease_owner is None:
+        return True
+    if conn.lease_owner == owner and conn.lease_until is not None and conn.lease_until > now:
+        return False
+    if conn.lease_until is None or conn.lease_until <= now:
+        if conn.lease_owner != owner:
+            metrics.LEASE_TAKEOVERS.labels("expired").inc()
         return True
     if holder_is_dead(conn.lease_owner):
         log.warning("connection %s: taking over the lease of %s, a worker that is gone",
                     conn.id, conn.lease_owner)
+        metrics.LEASE_TAKEOVERS.labels("holder_gone").inc()
         return True
     return False
 
 
-def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int) -> int | None:
-    """Lease the most overdue connection; None when nothing is due and free. Connections
-    leased by a dead process of this host count as free."""
+def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
+              limit: int = 1) -> list[int]:
+    """Lease up to ``limit`` of the most overdue connections (most overdue first); empty
+    when nothing is due and free. Connections leased by a dead process of this host count
+    as free. One transaction for the lot; on PostgreSQL only the rows taken are locked
+    (``SKIP LOCKED``), so workers claiming at the same time each get their own. The index
+    ``ix_connections_due`` serves the query."""
+    due = (or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
+           Connection.status != "needs_reauth")
+    order = (Connection.next_sync_at.is_not(None), Connection.next_sync_at, Connection.id)
+    until = now + dt.timedelta(seconds=lease_seconds)
     with db.locked_session() as s:
-        q = (select(Connection)
-             .where(or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
-                    or_(_lease_free(now), Connection.lease_owner.like(f"{HOST}:%")),
-                    Connection.status != "needs_reauth")
-             .order_by(Connection.next_sync_at.is_not(None), Connection.next_sync_at,
-                       Connection.id)
-             .limit(50))
+        q = select(Connection).where(*due, _lease_free(now)).order_by(*order).limit(limit)
         if db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
-        for conn in s.scalars(q):
-            if _lease_taken_over(conn, owner, now):
-                conn.lease_owner = owner
-                conn.lease_until = now + dt.timedelta(seconds=lease_seconds)
-                return conn.id
-        return None
+        rows = list(s.scalars(q))
+        for conn in rows:
+            if conn.lease_owner is not None and conn.lease_owner != owner:
+                metrics.LEASE_TAKEOVERS.labels("expired").inc()
+        if len(rows) < limit:
+            # live leases of processes of this host that are gone (crashed workers)
+            q = (select(Connection)
+                 .where(*due, Connection.lease_until > now,
+                        Connection.lease_owner.like(f"{HOST}:%"),
+                        Connection.lease_owner != owner)
+                 .order_by(*order).limit(50))
+            if db.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            dead = [c for c in s.scalars(q) if _lease_taken_over(c, owner, now)]
+            rows += dead[:limit - len(rows)]
+        for conn in rows:
+            conn.lease_owner, conn.lease_until = owner, until
+        return [conn.id for conn in rows]
+
+
+def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int) -> int | None:
+    """Lease the most overdue connection; None when nothing is due and free."""
+    claimed = claim_due(db, owner, now, lease_seconds, 1)
+    return claimed[0] if claimed else None
+
+
+def next_due(settings: Settings, now: dt.datetime, rng: random.Random | None = None
+             ) -> dt.datetime:
+    """When a connection synced at ``now`` is due again: the interval less a random share
+    (up to ``sync.jitter_fraction``) of it, so a batch of connections spreads out."""
+    interval = settings.sync.interval_seconds
+    jitter = (rng or random).random() * settings.sync.jitter_fraction * interval
+    return now + dt.timedelta(seconds=interval - jitter)
 
 
 def claim_connection(db: Database, connection_id: int, owner: str, now: dt.datetime,
@@ -370,6 +413,7 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                 raise NotFound(f"connection {connection_id} not found")
             result.user_id, result.provider = conn.user_id, conn.provider
             result.public_id = conn.public_id
+            due_before = conn.next_sync_at
             conn_info = {"provider": conn.provider, "account": conn.account}
             try:
                 if connector is None:
@@ -414,9 +458,10 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                 conn.last_sync_at = now
                 if result.status == "ok":
                     conn.last_success_at = now
-                if calendar_ids is None or conn.next_sync_at is None:
-                    conn.next_sync_at = max(later or now, now + dt.timedelta(
-                        seconds=settings.sync.interval_seconds))
+                marked_meanwhile = conn.next_sync_at is not None and \
+                    conn.next_sync_at != due_before  # a push arrived during this sync
+                if (calendar_ids is None and not marked_meanwhile) or conn.next_sync_at is None:
+                    conn.next_sync_at = max(later or now, next_due(settings, now, rng))
                 conn.updated_at = now
         totals = result.totals()
         log.info("synced connection %s (%s, user %s): %s; %s", connection_id, result.provider,
@@ -433,38 +478,84 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
             release_connection(db, connection_id, owner)
 
 
+def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, owner: str,
+                  sleep: Callable[[float], None],
+                  connector_for: Callable[[int], Connector | None] | None
+                  ) -> ConnectionResult:
+    """Sync one connection this worker has leased, then release it; never raises."""
+    started = time.monotonic()
+    result: ConnectionResult
+    try:
+        connector = connector_for(cid) if connector_for else None
+        result = sync_connection(settings, db, cid, now, connector, sleep=sleep,
+                                 worker_id=owner, claim=False)
+    except Exception as exc:  # noqa: BLE001 - keep going with the other connections
+        msg = describe_failure(exc)
+        log.error("sync of connection %s failed: %s", cid, msg)
+        result = ConnectionResult(cid, status="error", error=msg)
+        with db.session() as s:
+            conn = s.get(Connection, cid)
+            if conn is not None:
+                result.provider = conn.provider
+                conn.status, conn.last_error, conn.last_sync_at = "error", msg, now
+                conn.next_sync_at = next_due(settings, now)
+    finally:
+        release_connection(db, cid, owner)
+    provider = result.provider or "unknown"
+    metrics.SYNC_RUNS.labels(provider, result.status).inc()
+    metrics.SYNC_DURATION.labels(provider, result.status).observe(time.monotonic() - started)
+    return result
+
+
 def run_due_syncs(settings: Settings, db: Database, now: dt.datetime, *,
                   worker_id: str | None = None, sleep: Callable[[float], None] = time.sleep,
                   max_connections: int | None = None,
-                  connector_for: Callable[[int], Connector | None] | None = None
-                  ) -> list[ConnectionResult]:
-    """Sync every due connection (``next_sync_at`` null or past) this worker can lease.
+                  connector_for: Callable[[int], Connector | None] | None = None,
+                  concurrency: int | None = None,
+                  clock: Callable[[], dt.datetime] | None = None,
+                  stop: threading.Event | None = None) -> list[ConnectionResult]:
+    """Sync every due connection (``next_sync_at`` null or past) this worker can lease,
+    up to ``concurrency`` (default ``sync.concurrency``) at once, each in its own thread.
 
-    One connection's failure never stops the others. ``connector_for(connection_id)`` may
-    supply connectors (tests); by default they are built from the stored credentials.
+    Connections are claimed as threads free up, so a connection that becomes due while the
+    others run (a push notification) is taken in the same call. ``clock`` (when given)
+    gives the time of each claim and sync instead of ``now``; ``stop`` ends the call after
+    the syncs in flight. One connection's failure never stops the others.
+    ``connector_for(connection_id)`` may supply connectors (tests); by default they are
+    built from the stored credentials. Results come in the order the syncs finished.
     """
     owner = worker_id or default_worker_id()
+    threads = max(1, concurrency or settings.sync.concurrency)
+    lease = settings.sync.lease_seconds
     results: list[ConnectionResult] = []
-    while max_connections is None or len(results) < max_connections:
-        cid = claim_next_due(db, owner, now, settings.sync.lease_seconds)
-        if cid is None:
-            break
-        try:
-            connector = connector_for(cid) if connector_for else None
-            results.append(sync_connection(settings, db, cid, now, connector, sleep=sleep,
-                                           worker_id=owner, claim=False))
-        except Exception as exc:  # noqa: BLE001 - keep going with the other connections
-            msg = describe_failure(exc)
-            log.error("sync of connection %s failed: %s", cid, msg)
-            results.append(ConnectionResult(cid, status="error", error=msg))
-            with db.session() as s:
-                conn = s.get(Connection, cid)
-                if conn is not None:
-                    conn.status, conn.last_error, conn.last_sync_at = "error", msg, now
-                    conn.next_sync_at = now + dt.timedelta(
-                        seconds=settings.sync.interval_seconds)
-        finally:
-            release_connection(db, cid, owner)
+    claimed = 0
+
+    def room() -> int:
+        left = threads if max_connections is None else min(threads,
+                                                            max_connections - claimed)
+        return max(0, left)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="calsync-sync") as pool:
+        running: set[Future[ConnectionResult]] = set()
+        exhausted = False
+        while True:
+            want = room() - len(running)
+            if want > 0 and not exhausted and not (stop is not None and stop.is_set()):
+                at = clock() if clock is not None else now
+                ids = claim_due(db, owner, at, lease, want)
+                claimed += len(ids)
+                exhausted = len(ids) < want
+                for cid in ids:
+                    running.add(pool.submit(_sync_claimed, settings, db, cid, at, owner,
+                                            sleep, connector_for))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            results.extend(f.result() for f in done)
+            if clock is not None:
+                exhausted = False  # time moved on: more may be due now
+            if max_connections is not None and claimed >= max_connections:
+                exhausted = True
     return results
 
 
