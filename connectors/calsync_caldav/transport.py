@@ -181,7 +181,7 @@ class DavSession:
                 raise Throttled(f"{self.label}: {what or url} throttled (HTTP {code})"
                                 + (f", retry after {seconds:.0f}s" if seconds is not None else ""),
                                 retry_after=seconds, url=url)
-        if code >= 500:
+        if code >= 500 and code != 501:  # 501: the method is not there; retrying won't help
             raise ProviderUnavailable(f"{self.label}: {what or url} failed with HTTP {code}; "
                                       "will retry", url=url, status=code)
 

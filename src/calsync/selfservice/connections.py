@@ -38,6 +38,7 @@ from calsync.errors import (
     ConnectFailed,
     NeedsReauth,
     NotCaldav,
+    ProviderUnavailable,
     Unreachable,
     UserError,
     ValidationError,
@@ -144,8 +145,9 @@ _ADVICE = {
                            "https://cloud.example.com/remote.php/dav/).",
     ("icloud", NotCaldav): "iCloud's calendar server gave an answer calsync does not "
                            "understand; try again in a few minutes.",
-    ("caldav", Unreachable): "The server could not be reached. Check the server URL for "
-                             "typos and that the server is online.",
+    ("caldav", Unreachable): "The server could not be reached, or kept answering with "
+                             "errors. Check the server URL for typos and that the server "
+                             "is online.",
     ("icloud", Unreachable): "iCloud's calendar server could not be reached; try again in a "
                              "few minutes.",
 }
@@ -179,7 +181,10 @@ def _verify(ctx: ConnectContext) -> tuple[ConnectContext, list[Any]]:
     """``factory.verify`` with the connect-time errors given the user's words."""
     factory = load_connector_factory(ctx.provider)
     try:
-        return factory.verify(ctx)
+        try:
+            return factory.verify(ctx)
+        except ProviderUnavailable as exc:  # 5xx or timeouts that outlasted the retries
+            raise Unreachable(f"the server answered with errors: {exc.message}") from exc
     except ConnectFailed as exc:
         kind = type(exc)
         advice = next((text for (provider, cls), text in _ADVICE.items()

@@ -44,6 +44,12 @@ class InvalidState(UserError):
     code = "invalid_state"
 
 
+class SignInFailed(UserError):
+    """The provider reported that the sign-in did not happen (declined, no code)."""
+
+    code = "sign_in_failed"
+
+
 def redirect_uri(settings: Settings, provider: str) -> str:
     configured = getattr(getattr(settings, provider, None), "redirect_uri", "")
     return configured or f"{settings.server.base_url.rstrip('/')}/oauth/{provider}/callback"
@@ -167,15 +173,15 @@ def complete_sign_in(settings: Settings, db: Database, pending: PendingSignIn, *
                      http: Any = None) -> dict[str, Any]:
     """Redeem the provider's ``code`` (or report its ``error``), verify the account and store
     the connection. Returns ``{"id", "connection_id", "user_id", "provider", "account",
-    "created", "calendars": [{"id", "name", "read_only"}]}``. UserError when the provider
+    "created", "calendars": [{"id", "name", "read_only"}]}``. SignInFailed when the provider
     reported an error or sent no code."""
     provider = pending.provider
     factory = _factory(provider, "exchange_code")
     if error:
-        raise UserError(f"{provider} sign-in was not completed: {error}: "
-                        f"{error_description[:200]}")
+        raise SignInFailed(f"{provider} sign-in was not completed: {error}: "
+                           f"{error_description[:200]}")
     if not code:
-        raise UserError("the sign-in response has no code")
+        raise SignInFailed("the sign-in response has no code")
     ctx = factory.exchange_code(_context(settings, provider, http), code, pending.verifier,
                                 pending.redirect_uri)
     ctx, calendars = factory.verify(ctx)
