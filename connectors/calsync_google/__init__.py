@@ -108,6 +108,13 @@ class GoogleFactory:
         creds = oauth.exchange_code(ctx.settings, http, code, code_verifier, redirect_uri, now)
         return self._with_account(dataclasses.replace(ctx, credentials=creds, http=http))
 
+    def revoke(self, ctx: ConnectContext) -> bool:
+        """Revoke the stored sign-in at Google (disconnect); True when Google revoked it."""
+        token = ctx.credentials.get("refresh_token") or ctx.credentials.get("token")
+        if not token:
+            return False
+        return oauth.revoke(ctx.settings, make_http(ctx.settings, ctx.http), str(token))
+
     def _with_account(self, ctx: ConnectContext) -> ConnectContext:
         connector = self.connect(ctx)
         try:

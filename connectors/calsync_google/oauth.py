@@ -128,3 +128,23 @@ def exchange_code(settings: Any, http: httplib2.Http, code: str, code_verifier: 
         raise UserError(f"Google did not accept the sign-in code ({data.get('error', status)}); "
                         "start the sign-in again")
     return token_result(data, now)
+
+
+def revoke_uri(settings: Any) -> str:
+    """Google's revocation endpoint, beside ``token_uri``
+    (``https://oauth2.googleapis.com/revoke``)."""
+    return str(settings.google.token_uri).rsplit("/", 1)[0] + "/revoke"
+
+
+def revoke(settings: Any, http: httplib2.Http, token: str) -> bool:
+    """Revoke a refresh (or access) token: "Revoking a token" of Google's OAuth 2.0 for web
+    server apps, a form POST answered 200. A 400 means the token is already expired or
+    revoked (False: nothing was left to revoke); anything else raises ProviderUnavailable."""
+    status, data = _post_form(http, revoke_uri(settings), {"token": token})
+    if status == 200:
+        return True
+    if status == 400:
+        return False
+    raise ProviderUnavailable(f"Google did not revoke the sign-in (HTTP {status} "
+                              f"{data.get('error', '')}); it expires unused in any case")
+
