@@ -374,3 +374,50 @@ def test_disconnect_waits_for_a_running_sync(client: TestClient, db: Database,
     assert resp.status_code == 409 and resp.json()["error"] == "busy"
     with db.read_session() as s:
         assert s.scalar(select(func.count()).select_from(Connection)) == 1
+
+
+def test_the_waker_runs_the_sync_tick_of_a_running_scheduler_now() -> None:
+    import threading
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from calsync.selfservice.connections import scheduler_waker
+
+    ran = threading.Event()
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(ran.set, IntervalTrigger(hours=1, timezone=UTC), id="sync.tick")
+    scheduler.start()
+    try:
+        assert not ran.wait(0.3)  # not due for an hour
+        scheduler_waker(scheduler)()
+        assert ran.wait(10)
+    finally:
+        scheduler.shutdown(wait=False)
+    scheduler_waker(scheduler, "no.such.job")()  # a missing job is logged, not raised
+
+
+def test_cli_disconnect_takes_the_public_id_and_removes_copies(
+        client: TestClient, db: Database, isettings: Settings, radicale: PasswordRadicale,
+        make_token: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    import json
+
+    from tests.conftest import SECRET
+    from tests.test_sync_cli import calsync
+
+    acct = radicale.account("Work", "Family")
+    conn = _synced_connection(client, db, isettings, acct, make_token)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
+    monkeypatch.setenv("CALSYNC_DATABASE_URL", db.url)
+    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
+    code, _out, err = calsync(monkeypatch, capsys, "connections", "disconnect",
+                              "con_000000000000")
+    assert code != 0 and "not found" in err and "Traceback" not in err
+    code, out, err = calsync(monkeypatch, capsys, "connections", "disconnect", conn["id"],
+                             "--remove-copies", "--json")
+    assert code == 0, err
+    assert json.loads(out)["copies_removed"] == 1
+    assert acct.hrefs("Work") == []
+    _gone_locally(db)

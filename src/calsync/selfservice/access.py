@@ -10,6 +10,7 @@ connection or calendar id that does not exist gets ``NotFound`` (404).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import select
@@ -31,6 +32,15 @@ class Viewer(Protocol):
 
     @property
     def actor(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The operator at a shell (``calsync`` commands): acts as ``admin``."""
+
+    actor: str = "cli"
+    role: str = "admin"
+    user_id: str | None = None
 
 
 def may_read(viewer: Viewer, user_id: str) -> bool:

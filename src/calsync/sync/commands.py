@@ -431,6 +431,29 @@ def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> 
     _emit(data, as_json, "\n".join(lines) if lines else "no connections")
 
 
+@connections_group.command("disconnect")
+@click.argument("connection")
+@click.option("--remove-copies", is_flag=True,
+              help="First delete calsync's copies (jobs, time off, blocks) from the "
+                   "connection's calendars.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connections_disconnect(ctx: click.Context, connection: str, remove_copies: bool,
+                           as_json: bool) -> None:
+    """Disconnect CONNECTION (con_… from `connections list`): its sign-in revoked where the
+    provider allows, stored secrets, calendars and busy blocks deleted."""
+    from calsync.selfservice.access import Operator
+    from calsync.selfservice.connections import disconnect
+
+    app = _app(ctx)
+    result = disconnect(app.settings, app.migrated_db(), connection, Operator(),
+                        remove_copies=remove_copies, now=_now())
+    copies = (f"; {result['copies_removed']} of calsync's copies removed" if remove_copies
+              else "; calsync's copies stay in the calendars")
+    revoked = "; sign-in revoked at the provider" if result["revoked"] else ""
+    _emit(result, as_json, f"connection {connection} disconnected{copies}{revoked}")
+
+
 # --- sync -----------------------------------------------------------------------------------
 
 def _summary_line(r: Any) -> str:
