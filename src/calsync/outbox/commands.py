@@ -109,17 +109,23 @@ def register(cli: click.Group) -> None:
             deliverer.close()
         with db.read_session() as s:
             endpoint = get_endpoint(s, endpoint_id)
-            row = s.scalar(select(WebhookDelivery).where(
+            row = s.execute(select(WebhookDelivery.status, WebhookDelivery.last_status_code,
+                                   WebhookDelivery.last_error).where(
                 WebhookDelivery.event_id == event_pk,
-                WebhookDelivery.endpoint_id == endpoint.id))
+                WebhookDelivery.endpoint_id == endpoint.id)).first()
         result = {"event_id": message_id, "status": row.status if row else "unknown",
                   "status_code": row.last_status_code if row else None,
                   "error": row.last_error if row else None}
-        emit(result, as_json, f"test event {message_id}: {result['status']}"
-             + (f" (HTTP {result['status_code']})" if result["status_code"] else "")
-             + (f": {result['error']}" if result["error"] else ""))
+        line = (f"test event {message_id}: {result['status']}"
+                + (f" (HTTP {result['status_code']})" if result["status_code"] else "")
+                + (f": {result['error']}" if result["error"] else ""))
         if result["status"] != "delivered":
+            if as_json:
+                emit(result, True)
+            click.echo(f"calsync: {line} (the worker retries it; see `calsync webhooks "
+                       f"deliveries {endpoint_id}`)", err=True)
             raise SystemExit(1)
+        emit(result, as_json, line)
 
     @webhooks.command("deliveries")
     @click.argument("endpoint_id", metavar="ID")
