@@ -20,6 +20,7 @@ from calsync.errors import (
     Throttled,
 )
 from calsync.sync.connector import ChangeSet, OutgoingEvent, RemoteCalendar, RemoteEvent, Window
+from calsync_outlook.app_only import AppTokens
 from calsync_outlook.auth import TokenSource
 from calsync_outlook.graph import MAX_BATCH, RETRY_STATUSES, GraphClient, GraphResponse, retry_after
 from calsync_outlook.mapping import (
@@ -38,6 +39,16 @@ RESYNC_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid"}
 SUBSCRIPTION_MINUTES = 4200  # under the 4230-minute cap Graph has long applied to Outlook
 
 
+def mailbox_refused(account: str, detail: str) -> str:
+    """What the admin must do when the tenant's app may not open ``account``'s mailbox."""
+    return (f"Microsoft 365 refused app-only access to the mailbox of {account} "
+            f"(ErrorAccessDenied: {detail or 'access denied'}): the tenant's Exchange "
+            f"application access policy leaves it out. An Exchange admin must add {account} "
+            f"to the policy's mail-enabled security group (check with "
+            f"Test-ApplicationAccessPolicy -Identity {account} -AppId <client id>), or the "
+            f"user should not be synced through the tenant")
+
+
 def _cal(calendar_id: str) -> str:
     return quote(calendar_id, safe="")
 
@@ -49,12 +60,15 @@ def _stamp(value: dt.datetime) -> str:
 class OutlookConnector:
     """Implements calsync.sync.connector.Connector (plus ``create_many`` and push)."""
 
-    def __init__(self, graph: GraphClient, tokens: TokenSource, account: str,
-                 owned: list[Any] | None = None) -> None:
+    def __init__(self, graph: GraphClient, tokens: TokenSource | AppTokens, account: str,
+                 owned: list[Any] | None = None, root: str = "/me") -> None:
         self.graph = graph
         self.tokens = tokens
         self.account = account
         self._owned = owned or []
+        # "/me" for a user's own sign-in; "/users/{email}" for app-only (tenant) access
+        self.root = root
+        self.app_only = root != "/me"
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -68,6 +82,8 @@ class OutlookConnector:
             return NotFound(msg)
         if resp.status == 412:
             return PreconditionFailed(msg)
+        if resp.status == 403 and self.app_only and resp.error_code() == "ErrorAccessDenied":
+            return ProviderError(mailbox_refused(self.account, resp.error_message()))
         if resp.status == 403:
             return ProviderError(msg + " - the calendar is read-only or access was denied")
         return ProviderError(msg)
@@ -76,7 +92,7 @@ class OutlookConnector:
 
     def list_calendars(self) -> list[RemoteCalendar]:
         out: list[RemoteCalendar] = []
-        url: str | None = "/me/calendars?$top=100"
+        url: str | None = f"{self.root}/calendars?$top=100"
         while url:
             resp = self.graph.request("GET", url)
             if resp.status != 200:
@@ -92,7 +108,7 @@ class OutlookConnector:
         if token:
             url = token
         else:
-            url = (f"/me/calendars/{_cal(calendar_id)}/calendarView/delta?"
+            url = (f"{self.root}/calendars/{_cal(calendar_id)}/calendarView/delta?"
                    + urlencode({"startDateTime": _stamp(window.start),
                                 "endDateTime": _stamp(window.end)}))
         headers = {"Prefer": f"{SELECT_PREFER}, odata.maxpagesize={PAGE_SIZE}"}
@@ -138,7 +154,7 @@ class OutlookConnector:
 
     def get(self, calendar_id: str, remote_id: str, window: Window) -> RemoteEvent | None:
         resp = self.graph.request(
-            "GET", f"/me/calendars/{_cal(calendar_id)}/events/{_cal(remote_id)}?"
+            "GET", f"{self.root}/calendars/{_cal(calendar_id)}/events/{_cal(remote_id)}?"
                    + urlencode({"$expand": EXPAND_KEY}),
             headers={"Prefer": SELECT_PREFER})
         if resp.status == 404:
@@ -149,7 +165,7 @@ class OutlookConnector:
 
     def find_by_key(self, calendar_id: str, key: str, window: Window) -> RemoteEvent | None:
         resp = self.graph.request(
-            "GET", f"/me/calendars/{_cal(calendar_id)}/events?"
+            "GET", f"{self.root}/calendars/{_cal(calendar_id)}/events?"
                    + urlencode({"$filter": key_filter(key), "$expand": EXPAND_KEY,
                                 "$top": "2"}),
             headers={"Prefer": SELECT_PREFER})
@@ -171,7 +187,7 @@ class OutlookConnector:
         return remote
 
     def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
-        resp = self.graph.request("POST", f"/me/calendars/{_cal(calendar_id)}/events",
+        resp = self.graph.request("POST", f"{self.root}/calendars/{_cal(calendar_id)}/events",
                                   json_body=to_graph(event, create=True),
                                   headers={"Prefer": SELECT_PREFER})
         return self._created(resp, event, calendar_id)
@@ -181,7 +197,7 @@ class OutlookConnector:
         """Create many events with JSON batching (20 per $batch, batches in parallel up to
         the mailbox's concurrency). One result per event, in order: the RemoteEvent, or the
         exception that create() would have raised for it."""
-        items = [{"method": "POST", "url": f"/me/calendars/{_cal(calendar_id)}/events",
+        items = [{"method": "POST", "url": f"{self.root}/calendars/{_cal(calendar_id)}/events",
                   "headers": {"Content-Type": "application/json", "Prefer": SELECT_PREFER},
                   "body": to_graph(e, create=True)} for e in events]
         chunks = [list(range(i, min(i + MAX_BATCH, len(items))))
@@ -215,7 +231,7 @@ class OutlookConnector:
         headers = {"Prefer": SELECT_PREFER}
         if etag:
             headers["If-Match"] = etag
-        resp = self.graph.request("PATCH", f"/me/calendars/{_cal(calendar_id)}/events/"
+        resp = self.graph.request("PATCH", f"{self.root}/calendars/{_cal(calendar_id)}/events/"
                                            f"{_cal(remote_id)}",
                                   json_body=to_graph(event, create=False), headers=headers)
         if resp.status != 200:
@@ -226,7 +242,7 @@ class OutlookConnector:
 
     def delete(self, calendar_id: str, remote_id: str, etag: str | None) -> None:
         headers = {"If-Match": etag} if etag else {}
-        resp = self.graph.request("DELETE", f"/me/calendars/{_cal(calendar_id)}/events/"
+        resp = self.graph.request("DELETE", f"{self.root}/calendars/{_cal(calendar_id)}/events/"
                                             f"{_cal(remote_id)}", headers=headers)
         if resp.status in (200, 204, 404):
             return
@@ -250,7 +266,7 @@ class OutlookConnector:
         expires = dt.datetime.now(UTC) + dt.timedelta(minutes=SUBSCRIPTION_MINUTES)
         resp = self.graph.request("POST", "/subscriptions", json_body={
             "changeType": "created,updated,deleted", "notificationUrl": notify_url,
-            "resource": f"/me/calendars/{calendar_id}/events",
+            "resource": f"{self.root}/calendars/{calendar_id}/events",
             "expirationDateTime": _stamp(expires), "clientState": secret,
             "latestSupportedTlsVersion": "v1_2"})
         if resp.status != 201:

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from calsync.errors import UserError
+from calsync.errors import NeedsReauth, UserError
 from calsync.push import PushNotice, PushResult
 from calsync.sync.connector import ConnectContext, RemoteCalendar
-from calsync_outlook import auth
+from calsync_outlook import app_only, auth
 from calsync_outlook.connector import OutlookConnector
 from calsync_outlook.graph import GraphClient
 
@@ -56,6 +57,8 @@ class OutlookFactory:
     # --- ConnectorFactory -----------------------------------------------------------------
 
     def connect(self, ctx: ConnectContext) -> OutlookConnector:
+        if app_only.is_app_only(ctx.credentials):
+            return self._connect_app_only(ctx)
         identity, graph_http, owned = self._transports(ctx)
         try:
             tokens = auth.TokenSource(ctx.settings, identity, ctx.credentials, ctx.account)
@@ -68,7 +71,68 @@ class OutlookFactory:
                             rng=self.rng)
         return OutlookConnector(graph, tokens, ctx.account, owned)
 
+    def _connect_app_only(self, ctx: ConnectContext) -> OutlookConnector:
+        """A mailbox of a Microsoft 365 tenant through app-only access (``/users/{email}``);
+        the tenant's token is shared by all its connectors in this process."""
+        http = ctx.http or self.http
+        injected = http.identity if isinstance(http, OutlookHttp) else None
+        tokens = app_only.tenant_tokens(ctx.settings, ctx.credentials, injected)
+        if isinstance(http, OutlookHttp):
+            graph_http, owned = http.graph, []
+        else:
+            graph_http = httpx.Client(timeout=ctx.settings.sync.request_timeout_seconds)
+            owned = [graph_http]
+        mailbox = ctx.account
+        if not mailbox or "@" not in mailbox:
+            raise UserError(f"a Microsoft 365 tenant connection needs the user's e-mail "
+                            f"address as its account, got {mailbox!r}")
+        graph = GraphClient(ctx.settings, graph_http, tokens, mailbox,  # type: ignore[arg-type]
+                            sleep=self.sleep, rng=self.rng)
+        return OutlookConnector(graph, tokens, mailbox, owned,
+                                root=f"/users/{quote(mailbox, safe='@')}")
+
+    def tenant_domains(self, ctx: ConnectContext) -> list[str]:
+        """The tenant's verified domains (``GET /organization``), checking on the way that
+        the app-only credentials work: refused credentials raise UserError naming what to
+        fix, a missing admin consent too."""
+        http = ctx.http or self.http
+        injected = http.identity if isinstance(http, OutlookHttp) else None
+        tokens = app_only.tenant_tokens(ctx.settings, ctx.credentials, injected)
+        graph_http = http.graph if isinstance(http, OutlookHttp) else httpx.Client(
+            timeout=ctx.settings.sync.request_timeout_seconds)
+        try:
+            graph = GraphClient(ctx.settings, graph_http, tokens,  # type: ignore[arg-type]
+                                f"tenant {ctx.credentials.get('tenant')}", sleep=self.sleep,
+                                rng=self.rng)
+            try:
+                resp = graph.request("GET", "/organization?$select=verifiedDomains")
+            except NeedsReauth as exc:
+                raise UserError(exc.message) from exc
+        finally:
+            if not isinstance(http, OutlookHttp):
+                graph_http.close()
+        if resp.status == 403:
+            raise UserError(f"Microsoft 365 tenant {ctx.credentials.get('tenant')}: Graph "
+                            f"refused the app ({resp.error_code()}): an admin must grant the "
+                            f"application permission Calendars.ReadWrite (and "
+                            f"Organization.Read.All) with admin consent")
+        if resp.status != 200:
+            raise UserError(f"Microsoft 365 tenant check failed: HTTP {resp.status} "
+                            f"{resp.error_code()}")
+        domains: list[str] = []
+        for org in resp.body.get("value", []):
+            for d in org.get("verifiedDomains") or []:
+                if d.get("name"):
+                    domains.append(str(d["name"]).lower())
+        return domains
+
     def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
+        if app_only.is_app_only(ctx.credentials):  # one mailbox of a tenant: its calendars
+            connector = self.connect(ctx)
+            try:
+                return ctx, connector.list_calendars()
+            finally:
+                connector.close()
         connector = self.connect(ctx)
         try:
             resp = connector.graph.request("GET", "/me?$select=mail,userPrincipalName")

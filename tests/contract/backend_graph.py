@@ -144,3 +144,22 @@ class GraphBackend:
         self.http.graph.close()
         self.http.identity.close()
         self.emulator.stop()
+
+
+class GraphTenantBackend(GraphBackend):
+    """The same mailbox reached app-only, as a Microsoft 365 tenant connection does:
+    client-credentials tokens from msal's ConfidentialClientApplication and
+    ``/users/{email}/…`` routes (connector: calsync_outlook's app-only mode)."""
+
+    def __init__(self, tmp_path: Path, request: Any = None) -> None:
+        self.emulator = GraphEmulator().start()
+        if request is not None:
+            request.addfinalizer(self.emulator.stop)
+        self.emulator.add_mailbox(ACCOUNT, calendars=())
+        self.emulator.enable_app_only(secret="tenant-app-secret")
+        self.http = OutlookHttp(self.emulator.identity_session(), self.emulator.graph_client())
+        settings = self.emulator.configure(Settings())
+        self._ctx = ConnectContext("outlook", None, ACCOUNT, {
+            "mode": "app_only", "tenant": self.emulator.tenant,
+            "client_id": self.emulator.client_id, "client_secret": "tenant-app-secret"},
+            settings, http=self.http)

@@ -55,8 +55,9 @@ BACKENDS: dict[str, BackendFactory] = {
     "xandikos": lazy("tests.contract.backend_caldav:XandikosBackend"),
     "google": lazy("tests.contract.backend_google:GoogleBackend"),
     "graph": lazy("tests.contract.backend_graph:GraphBackend"),
+    "graph-tenant": lazy("tests.contract.backend_graph:GraphTenantBackend"),
 }
 
 # Backends whose fixture can make a read-only calendar (Xandikos serves none here); the
 # read-only case runs on these, and the engine's read-only rule is one central check.
-READ_ONLY_BACKENDS = ("google", "graph", "memory", "radicale")
+READ_ONLY_BACKENDS = ("google", "graph", "graph-tenant", "memory", "radicale")

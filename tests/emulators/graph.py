@@ -20,8 +20,21 @@ Identity
   one -> 401 ``invalid_client`` (AADSTS7000218 / AADSTS700025).
 - Token responses carry ``access_token``, ``refresh_token``, ``id_token``, ``client_info``.
 
+- App-only (daemon) access, after :meth:`GraphEmulator.enable_app_only`: grant
+  ``client_credentials`` with ``client_secret`` or a certificate's ``client_assertion``
+  (RS256 JWT, ``x5t`` thumbprint, checked against the registered public key); ``scope`` must
+  be ``https://graph.microsoft.com/.default`` (else 400 ``invalid_scope`` AADSTS1002012); the
+  answer has no refresh token; app tokens expire after :attr:`app_token_lifetime` seconds.
+
 Graph
 - Bearer tokens: unknown/expired -> 401 ``InvalidAuthenticationToken``.
+- App tokens: ``/me`` -> 400 (``/me`` is only valid with delegated authentication);
+  ``/users/{id|userPrincipalName}/…`` serves that mailbox as ``/me/…`` does; an unknown user
+  -> 404 ``ErrorInvalidUser``; without the ``Calendars.ReadWrite`` application permission
+  -> 403 ``ErrorAccessDenied``; a mailbox left out by an Exchange application access policy
+  (:attr:`access_policy`) -> 403 ``ErrorAccessDenied`` "Access to OData is disabled." (as
+  "Scoping application permissions to specific Exchange Online mailboxes" documents);
+  ``GET /organization`` lists ``verifiedDomains``.
 - ``GET /me``, ``GET /me/calendars`` (``canEdit``).
 - Events CRUD: ``POST /me/calendars/{id}/events`` (``transactionId`` dedup: a second create
   with the same transactionId returns the existing event), ``GET|PATCH|DELETE
@@ -80,13 +93,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 UTC = dt.timezone.utc
 GRAPH_PREFIX = "/v1.0"
+APP = "app:"  # what an app-only (client credentials) token stands for
 MAX_BATCH = 20
 MAX_SUBSCRIPTION_MINUTES = 10080
 MAILBOX_CONCURRENCY = 4
@@ -229,6 +243,14 @@ class GraphEmulator:
         self.deliver: Callable[[str, dict[str, str], bytes, dict[str, str]],
                                tuple[int, str]] = self._deliver_http
         self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
+        # app-only access (client credentials), off until enable_app_only()
+        self.app_secret: str | None = None
+        self.app_certificates: dict[str, Any] = {}  # x5t thumbprint -> public key
+        self.app_permissions: set[str] = set()
+        self.access_policy: set[str] | None = None  # mailboxes the app may reach; None: all
+        self.app_token_lifetime = 3600
+        self.app_tokens: dict[str, float] = {}  # app token -> expiry (epoch seconds)
+        self.verified_domains: list[str] = [f"{tenant}.com", f"{tenant}.onmicrosoft.com"]
         self._seq = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="graph-emulator-")
         self.ca_file, self._key_file = _make_cert(Path(self._tmp.name))
@@ -468,6 +490,9 @@ class GraphEmulator:
                 self.unauthorized += 1
             return _graph_error(401, "InvalidAuthenticationToken",
                                 "Access token has expired or is not yet valid.")
+        if email == APP:
+            target = re.match(r"/users/([^/?]+)", path[len(GRAPH_PREFIX):])
+            email = f"{APP}{target.group(1).lower() if target else ''}"
         with self.lock:
             self.http_requests += 1
             self.in_flight[email] += 1
@@ -500,8 +525,12 @@ class GraphEmulator:
         auth = headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return None
+        token = auth[7:].strip()
         with self.lock:
-            return self.access_tokens.get(auth[7:].strip())
+            expiry = self.app_tokens.get(token)
+            if expiry is not None and time.time() >= expiry:
+                return None
+            return self.access_tokens.get(token)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -578,6 +607,8 @@ class GraphEmulator:
 
         if form.get("client_id") != self.client_id:
             return 400, {}, {"error": "unauthorized_client", "error_description": "AADSTS700016"}
+        if grant == "client_credentials":
+            return self._client_credentials(form)
         if self.client_secret and "client_secret" in form and \
                 form["client_secret"] != self.client_secret:
             return 401, {}, {"error": "invalid_client", "error_description": "AADSTS7000215"}
@@ -624,6 +655,102 @@ class GraphEmulator:
                                             confidential)
         return bad("unsupported_grant_type", f"grant {grant!r}")
 
+    # app-only ------------------------------------------------------------------------------
+
+    def enable_app_only(self, secret: str | None = "app-secret-for-tests",
+                        permissions: tuple[str, ...] = ("Calendars.ReadWrite",)) -> None:
+        """Admin consent for the app's application permissions (and its client secret)."""
+        with self.lock:
+            self.app_secret = secret
+            self.app_permissions = set(permissions)
+
+    def add_app_certificate(self, thumbprint_hex: str, public_key_pem: bytes) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        x5t = _b64url(bytes.fromhex(thumbprint_hex))
+        with self.lock:
+            self.app_certificates[x5t] = load_pem_public_key(public_key_pem)
+
+    def _client_credentials(self, form: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        def refuse(status: int, error: str, desc: str) -> tuple[int, dict[str, str], Any]:
+            return status, {}, {"error": error, "error_description": desc}
+
+        if "client_assertion" in form:
+            if not self._assertion_ok(form["client_assertion"]):
+                return refuse(401, "invalid_client", "AADSTS700027: Client assertion failed "
+                                                     "signature validation.")
+        elif not self.app_secret or form.get("client_secret") != self.app_secret:
+            return refuse(401, "invalid_client", "AADSTS7000215: Invalid client secret "
+                                                 "provided.")
+        if form.get("scope", "").split() != ["https://graph.microsoft.com/.default"]:
+            return refuse(400, "invalid_scope", "AADSTS1002012: The provided value for scope "
+                                                "is not valid. Client credential flows must "
+                                                "have a scope value with /.default.")
+        at = "app-" + secrets.token_urlsafe(24)
+        with self.lock:
+            self.access_tokens[at] = APP
+            self.app_tokens[at] = time.time() + self.app_token_lifetime
+        return 200, {}, {"token_type": "Bearer", "expires_in": self.app_token_lifetime,
+                         "ext_expires_in": self.app_token_lifetime, "access_token": at}
+
+    def _assertion_ok(self, assertion: str) -> bool:
+        import jwt
+
+        try:
+            header = jwt.get_unverified_header(assertion)
+            key = self.app_certificates.get(str(header.get("x5t", "")))
+            if key is None:
+                return False
+            claims = jwt.decode(assertion, key, algorithms=["RS256", "PS256"],
+                                audience=f"{self.base_url}/{self.tenant}/oauth2/v2.0/token",
+                                options={"require": ["exp", "aud", "iss", "sub"]})
+        except jwt.PyJWTError:
+            return False
+        return bool(claims.get("iss") == claims.get("sub") == self.client_id)
+
+    def _app_graph(self, method: str, path: str, query: dict[str, str],
+                   headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], Any]:
+        """Graph as an app-only token sees it: ``/users/{id}/…`` routes, permissions and
+        the application access policy, then the mailbox's own routes."""
+        if "Calendars.ReadWrite" not in self.app_permissions and \
+                "Calendars.Read" not in self.app_permissions:
+            return _graph_error(403, "ErrorAccessDenied",
+                                "Access is denied. Check credentials and try again.")
+        if path == "/organization" and method == "GET":
+            self.requests.append((method, path))
+            return 200, {}, {"value": [{"id": self.tenant_id, "verifiedDomains": [
+                {"name": d, "isDefault": i == 0, "isInitial": d.endswith(".onmicrosoft.com"),
+                 "type": "Managed"} for i, d in enumerate(self.verified_domains)]}]}
+        if path == "/me" or path.startswith("/me/"):
+            return _graph_error(400, "BadRequest", "/me request is only valid with delegated "
+                                                   "authentication flow.")
+        m = re.fullmatch(r"/users/([^/]+)(/.*)?", path)
+        if m is None:
+            if path.startswith("/subscriptions") or path == "/$batch":
+                return self._graph(APP, method, path, query, headers, body)
+            return _graph_error(400, "BadRequest", f"unsupported {method} {path}")
+        ref = unquote(m.group(1)).lower()
+        box = next((b for b in self.mailboxes.values()
+                    if b.email.lower() == ref or b.oid == ref), None)
+        if box is None:
+            return _graph_error(404, "ErrorInvalidUser",
+                                f"The requested user '{unquote(m.group(1))}' is invalid.")
+        if self.access_policy is not None and box.email.lower() not in {
+                e.lower() for e in self.access_policy}:
+            return _graph_error(403, "ErrorAccessDenied", "Access to OData is disabled.")
+        if "POST" == method and (m.group(2) or "").endswith("/events") and \
+                "Calendars.ReadWrite" not in self.app_permissions:
+            return _graph_error(403, "ErrorAccessDenied", "Access is denied. Check "
+                                                          "credentials and try again.")
+        status, extra, answer = self._graph(box.email, method, "/me" + (m.group(2) or ""),
+                                            query, headers, body)
+        if isinstance(answer, dict):  # links name the route that was asked for
+            for key in ("@odata.nextLink", "@odata.deltaLink"):
+                if isinstance(answer.get(key), str):
+                    answer[key] = answer[key].replace(f"{GRAPH_PREFIX}/me/",
+                                                      f"{GRAPH_PREFIX}/users/{m.group(1)}/", 1)
+        return status, extra, answer
+
     def _issue(self, email: str | None, scope: str,
                confidential: bool = False) -> dict[str, Any]:
         assert email is not None, "no mailbox signed in"
@@ -653,6 +780,11 @@ class GraphEmulator:
 
     def _graph(self, email: str, method: str, path: str, query: dict[str, str],
                headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], Any]:
+        if email.startswith(APP) and not (path.startswith("/subscriptions")
+                                          or path == "/$batch"):
+            return self._app_graph(method, path, query, headers, body)
+        if email.startswith(APP):  # subscriptions of an app: the mailbox is in the resource
+            return self._app_subscriptions(method, path, headers, body)
         box = self.mailboxes[email]
         self.requests.append((method, path))
         data: Any = json.loads(body) if body else None
@@ -1023,6 +1155,35 @@ class GraphEmulator:
         return 200, {}, doc
 
     # subscriptions -----------------------------------------------------------------------
+
+    def _app_subscriptions(self, method: str, path: str, headers: dict[str, str],
+                           body: bytes) -> tuple[int, dict[str, str], Any]:
+        self.requests.append((method, path))
+        data: Any = json.loads(body) if body else {}
+        if path == "/subscriptions" and method == "POST":
+            m = re.fullmatch(r"/?users/([^/]+)(/calendars/[^/]+/events)",
+                             str(data.get("resource", "")))
+            if m is None:
+                return _graph_error(400, "InvalidRequest", "unsupported resource")
+            ref = unquote(m.group(1)).lower()
+            box = next((b for b in self.mailboxes.values()
+                        if b.email.lower() == ref or b.oid == ref), None)
+            if box is None:
+                return _graph_error(404, "ErrorInvalidUser", "The requested user is invalid.")
+            if self.access_policy is not None and box.email.lower() not in {
+                    e.lower() for e in self.access_policy}:
+                return _graph_error(403, "ErrorAccessDenied", "Access to OData is disabled.")
+            status, extra, answer = self._subscribe(box, {**data, "resource": "me" + m.group(2)})
+            if status == 201:
+                self.subscriptions[answer["id"]]["resource"] = data["resource"]
+                answer["resource"] = data["resource"]
+            return status, extra, answer
+        m = re.fullmatch(r"/subscriptions/([^/]+)", path)
+        sub = self.subscriptions.get(m.group(1)) if m else None
+        if sub is None:
+            return _graph_error(404, "ResourceNotFound", "subscription not found")
+        return self._subscription(self.mailboxes[sub["_email"]], method, m.group(1) if m else "",
+                                  data)
 
     def _subscribe(self, box: Mailbox, data: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         for key in ("changeType", "notificationUrl", "resource", "expirationDateTime"):
