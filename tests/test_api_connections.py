@@ -19,6 +19,7 @@ from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, ExternalBusy, Link, User
 from calsync.db.session import Database
 from calsync.sync.runner import run_due_syncs
+from calsync.wakeups import LOCAL
 from tests.api_connections_support import (
     CaldavAccount,
     FakeIcloudRoot,
@@ -54,19 +55,12 @@ def isettings(settings: Settings, icloud_root: FakeIcloudRoot) -> Settings:
 
 
 @pytest.fixture
-def woken() -> list[int]:
-    return []
-
-
-@pytest.fixture
-def client(isettings: Settings, db: Database, woken: list[int]) -> Iterator[TestClient]:
+def client(isettings: Settings, db: Database) -> Iterator[TestClient]:
     with db.session() as s:
         for uid, name in (("u1", "Anna"), ("u2", "Ben")):
             s.add(User(id=uid, name=name, email=f"{uid}@example.com", timezone="UTC",
                        working_hours={}))
-    app = create_app(isettings, db)
-    app.state.wake_sync = lambda: woken.append(1)
-    with TestClient(app) as c:
+    with TestClient(create_app(isettings, db)) as c:
         yield c
 
 
@@ -202,7 +196,7 @@ def _tomorrow_at(hour: int) -> dt.datetime:
 
 def test_put_calendars_queues_a_sync_that_the_worker_performs(
         client: TestClient, db: Database, isettings: Settings, radicale: PasswordRadicale,
-        make_token: Any, woken: list[int]) -> None:
+        make_token: Any) -> None:
     acct = radicale.account("Work", "Family")
     admin, token = make_token("admin"), make_token("user", "u1")
     conn = connect_caldav(client, token, acct).json()
@@ -218,6 +212,7 @@ def test_put_calendars_queues_a_sync_that_the_worker_performs(
             dt.timedelta(hours=1)
 
     before = dt.datetime.now(UTC)
+    LOCAL.clear()
     resp = client.put("/api/users/u1/calendars", headers=auth(token),
                       json={"primary": ids["Work"], "conflict": [ids["Family"]]})
     assert resp.status_code == 200, resp.text
@@ -225,7 +220,7 @@ def test_put_calendars_queues_a_sync_that_the_worker_performs(
     assert roles["primary"] == ids["Work"] and roles["conflict"] == [ids["Family"]]
     assert {c["name"]: c["role"] for c in roles["calendars"]} == {
         "Work": "primary", "Family": "conflict"}
-    assert woken == [1]
+    assert LOCAL.is_set()  # this process's sync loop is woken
     with db.read_session() as s:
         due = s.scalars(select(Connection)).one().next_sync_at
         assert due is not None and before <= due <= dt.datetime.now(UTC)
@@ -278,8 +273,7 @@ def test_put_calendars_refuses_other_users_and_read_only_primaries(
 
 
 def test_refresh_finds_new_calendars_and_sync_now_queues(
-        client: TestClient, db: Database, radicale: PasswordRadicale, make_token: Any,
-        woken: list[int]) -> None:
+        client: TestClient, db: Database, radicale: PasswordRadicale, make_token: Any) -> None:
     acct = radicale.account("Work")
     token = make_token("user", "u1")
     conn = connect_caldav(client, token, acct).json()
@@ -292,9 +286,10 @@ def test_refresh_finds_new_calendars_and_sync_now_queues(
 
     with db.session() as s:
         s.scalars(select(Connection)).one().next_sync_at = None
+    LOCAL.clear()
     queued = client.post(f"/api/connections/{conn['id']}/sync", headers=auth(token))
     assert queued.status_code == 202 and queued.json()["queued"] is True
-    assert woken == [1]
+    assert LOCAL.is_set()
     with db.read_session() as s:
         assert s.scalars(select(Connection)).one().next_sync_at is not None
 
@@ -376,25 +371,40 @@ def test_disconnect_waits_for_a_running_sync(client: TestClient, db: Database,
         assert s.scalar(select(func.count()).select_from(Connection)) == 1
 
 
-def test_the_waker_runs_the_sync_tick_of_a_running_scheduler_now() -> None:
-    import threading
+def test_a_running_worker_syncs_at_once_after_put_calendars(
+        client: TestClient, db: Database, isettings: Settings, radicale: PasswordRadicale,
+        make_token: Any) -> None:
+    """A sync loop that would next look in an hour is woken by the choice of calendars (on
+    PostgreSQL through NOTIFY alone, as a worker in another process is), and the job
+    appears on the server within seconds."""
+    import time
 
-    from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
+    from calsync.wakeups import Wakeup
+    from calsync.worker import SyncLoop
 
-    from calsync.selfservice.connections import scheduler_waker
-
-    ran = threading.Event()
-    scheduler = BackgroundScheduler(timezone=UTC)
-    scheduler.add_job(ran.set, IntervalTrigger(hours=1, timezone=UTC), id="sync.tick")
-    scheduler.start()
+    acct = radicale.account("Work")
+    token = make_token("user", "u1")
+    ids = cal_ids(connect_caldav(client, token, acct).json())
+    _job(client, make_token("admin"), _tomorrow_at(9))
+    wakeup = Wakeup() if db.dialect == "postgresql" else LOCAL
+    loop = SyncLoop(isettings, db, wakeup=wakeup, tick_seconds=3600)
+    loop.start()
     try:
-        assert not ran.wait(0.3)  # not due for an hour
-        scheduler_waker(scheduler)()
-        assert ran.wait(10)
+        deadline = time.monotonic() + 20
+        while loop.rounds < 1 or (loop.listener is not None
+                                  and not loop.listener.listening.is_set()):
+            assert time.monotonic() < deadline, "the sync loop did not start"
+            time.sleep(0.05)
+        assert acct.hrefs("Work") == []
+        resp = client.put("/api/users/u1/calendars", headers=auth(token),
+                          json={"primary": ids["Work"], "conflict": []})
+        assert resp.status_code == 200
+        while not acct.hrefs("Work"):
+            assert time.monotonic() < deadline, "the queued sync did not run"
+            time.sleep(0.1)
     finally:
-        scheduler.shutdown(wait=False)
-    scheduler_waker(scheduler, "no.such.job")()  # a missing job is logged, not raised
+        loop.stop()
+    assert loop.rounds >= 2
 
 
 def test_cli_disconnect_takes_the_public_id_and_removes_copies(

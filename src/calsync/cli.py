@@ -362,13 +362,8 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
 
         scheduler = build_scheduler(settings, db, blocking=False)
         scheduler.start()
-    web = create_app(settings, db)
-    if scheduler is not None:  # a sync queued through the API runs at once, not next tick
-        from calsync.selfservice.connections import scheduler_waker
-
-        web.state.wake_sync = scheduler_waker(scheduler)
     try:
-        uvicorn.run(web, host=host,
+        uvicorn.run(create_app(settings, db), host=host,
                     port=port or settings.server.port, log_level="info", access_log=False)
     finally:
         if scheduler is not None:

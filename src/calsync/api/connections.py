@@ -39,10 +39,6 @@ def _http(request: Request, provider: str) -> Any:
     return (getattr(request.app.state, "connector_http", None) or {}).get(provider)
 
 
-def _wake(request: Request) -> service.Wake | None:
-    return getattr(request.app.state, "wake_sync", None)
-
-
 @router.get("/api/users/{user_id}/connections", response_model=ConnectionsOut,
             responses=errors(401, 403, 404))
 def list_connections(user_id: str, request: Request,
@@ -104,7 +100,7 @@ def put_calendars(user_id: str, body: CalendarRolesIn, request: Request,
     of the connections concerned is queued at once. 422 for a calendar of someone else or
     a read-only primary."""
     return service.set_calendars(request.app.state.db, user_id, who, primary=body.primary,
-                                 conflict=body.conflict, now=_now(), wake=_wake(request))
+                                 conflict=body.conflict, now=_now())
 
 
 @router.get("/api/connections/{connection_id}", response_model=ConnectionOut,
@@ -133,8 +129,7 @@ def refresh(connection_id: str, request: Request,
 def sync_now(connection_id: str, request: Request,
              who: Principal = PrincipalDep) -> dict[str, Any]:
     """Queue a sync of the connection now (the worker picks it up at once)."""
-    return service.request_sync(request.app.state.db, connection_id, who, _now(),
-                                wake=_wake(request))
+    return service.request_sync(request.app.state.db, connection_id, who, _now())
 
 
 @router.delete("/api/connections/{connection_id}", response_model=DisconnectedOut,

@@ -52,24 +52,12 @@ from calsync.selfservice.access import (
 )
 from calsync.sync.connections import merge_calendars, save_connection
 from calsync.sync.connector import ConnectContext, Connector, load_connector_factory
+from calsync.wakeups import notify_in, wake_local
 
 log = logging.getLogger("calsync.selfservice")
 Wake = Callable[[], None]
-"""Called after a sync was queued, to wake an in-process worker (may be None)."""
-
-
-def scheduler_waker(scheduler: Any, job_id: str = "sync.tick") -> Wake:
-    """A :data:`Wake` for an APScheduler running in this process (``calsync serve``): its
-    sync tick runs now instead of at its next interval. Workers in other processes see the
-    queued connection at their next tick."""
-
-    def wake() -> None:
-        try:
-            scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.timezone.utc))
-        except Exception as exc:  # noqa: BLE001 - the sync is queued either way
-            log.warning("could not wake the sync worker: %s", type(exc).__name__)
-
-    return wake
+"""Called after a sync was queued and committed; default :func:`calsync.wakeups.wake_local`
+(the sync loop of this process). Other processes hear the NOTIFY sent on PostgreSQL."""
 
 
 class ConnectionBusy(UserError):
@@ -278,7 +266,7 @@ def set_calendars(db: Database, user_id: str, viewer: Viewer, *, primary: Any,
     """Choose the user's primary calendar (``cal_…`` or None for none) and conflict calendars
     (a list of ``cal_…``); every other calendar becomes ``ignored``. Each connection that
     holds a chosen calendar or whose roles changed is due at once (``next_sync_at = now``)
-    and ``wake`` is called after the commit. Returns the roles now, as
+    and the sync workers are woken after the commit (``wake``). Returns the roles now, as
     :func:`list_calendars`. ValidationError (422) for an id that is not one of this user's
     calendars, a read-only or gone primary, a calendar named twice or both primary and
     conflict."""
@@ -329,11 +317,13 @@ def set_calendars(db: Database, user_id: str, viewer: Viewer, *, primary: Any,
         for _cal, conn in rows:
             if conn.id in queued:
                 conn.next_sync_at = now
+        if queued:
+            notify_in(s)  # workers of other processes (PostgreSQL), on commit
         view = _roles_view(rows)
         audit(s, viewer.actor, "calendars.set", "user", user_id,
               {"primary": view["primary"], "conflict": view["conflict"]}, at=now)
-    if queued and wake is not None:
-        wake()
+    if queued:
+        (wake or wake_local)()
     return view
 
 
@@ -389,7 +379,7 @@ def refresh_connection(settings: Settings, db: Database, connection_id: str, vie
 
 def request_sync(db: Database, connection_id: str, viewer: Viewer, now: dt.datetime,
                  wake: Wake | None = None) -> dict[str, Any]:
-    """Queue a sync of the connection at once (``next_sync_at = now``; ``wake`` is called).
+    """Queue a sync of the connection at once (``next_sync_at = now``; workers woken).
     Returns ``{"id", "queued": true, "next_sync_at"}``. ReconnectNeeded (409) when the
     connection needs re-authentication (the worker skips it until reconnected)."""
     with db.session() as s:
@@ -398,10 +388,10 @@ def request_sync(db: Database, connection_id: str, viewer: Viewer, now: dt.datet
             raise ReconnectNeeded(f"connection {connection_id} needs the user to sign in "
                                   f"again before it can sync; reconnect the account")
         conn.next_sync_at = now
+        notify_in(s)
         audit(s, viewer.actor, "connection.sync_requested", "connection", connection_id,
               at=now)
-    if wake is not None:
-        wake()
+    (wake or wake_local)()
     return {"id": connection_id, "queued": True, "next_sync_at": now.isoformat()}
 
 
