@@ -25,21 +25,21 @@ from tests.contract.conftest import (  # noqa: F401 - fixtures used by name
 )
 
 
-def delete_calendar(backend: ContractBackend, calendar_id: str) -> None:
+def delete_calendar(service: ContractBackend, calendar_id: str) -> None:
     """Delete a whole calendar on the service, as its owner would in their app."""
-    kind = type(backend).__name__
+    kind = type(service).__name__
     if kind == "MemoryBackend":
-        backend.server.remove_calendar(calendar_id)  # type: ignore[attr-defined]
+        service.server.remove_calendar(calendar_id)  # type: ignore[attr-defined]
     elif kind in ("RadicaleBackend", "XandikosBackend"):
-        creds = backend.context().credentials
+        creds = service.context().credentials
         r = httpx.request("DELETE", calendar_id, timeout=30,
                           auth=(creds["username"], creds["password"]))
         assert r.status_code in (200, 204), r.status_code
     elif kind == "GraphBackend":
-        from tests.contract.backend_graph import ACCOUNT
-        backend.emulator.remove_calendar(ACCOUNT, calendar_id)  # type: ignore[attr-defined]
+        from tests.contract.service_graph import ACCOUNT
+        service.emulator.remove_calendar(ACCOUNT, calendar_id)  # type: ignore[attr-defined]
     elif kind == "GoogleBackend":
-        backend.emulator.remove_calendar(calendar_id)  # type: ignore[attr-defined]
+        service.emulator.remove_calendar(calendar_id)  # type: ignore[attr-defined]
     else:
         raise AssertionError(f"no way to delete a calendar on {kind}")
 
@@ -50,7 +50,7 @@ def job(n: int, start: dt.datetime) -> dict[str, Any]:
             "assignees": ["u1"]}
 
 
-def test_a_deleted_conflict_calendar_stops_only_itself(harness: SyncHarness) -> None:
+def test_a_deleted_conflict_calendar_stops_only_itself(harness: SyncHarness) -> None:  # noqa: F811
     h = harness
     primary = h.backend.make_calendar("Work")
     conflict = h.backend.make_calendar("Family")

@@ -25,7 +25,7 @@ from tests.contract.conftest import (  # noqa: F401 - fixtures used by name
 UTC = dt.timezone.utc
 
 
-def test_occurrences_and_events_entering_the_window_become_busy(harness: SyncHarness) -> None:
+def test_occurrences_and_events_entering_the_window_become_busy(harness: SyncHarness) -> None:  # noqa: F811
     h = harness
     cal = h.backend.make_calendar("Personal")
     h.connect(cal)
@@ -58,3 +58,37 @@ def test_occurrences_and_events_entering_the_window_become_busy(harness: SyncHar
     result = h.sync(now=later + dt.timedelta(days=1))
     assert result.status == "ok", result.error
     assert not any(c.full for c in result.calendars)
+
+
+def test_zero_length_all_day_events_block_one_day(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5545 3.6.1: an all-day event whose DTEND equals its DTSTART (seen in real files)
+    lasts one day, when first pulled and when re-expanded as the window slides."""
+    from calsync.db.session import Database
+    from tests.contract.backend_memory import MemoryBackend
+    from tests.contract.conftest import SyncHarness as Harness
+
+    db = Database(f"sqlite:///{tmp_path / 'w.db'}")
+    db.upgrade()
+    from dataclasses import replace
+
+    from calsync.config import load_settings
+    from tests.conftest import SECRET
+
+    base = load_settings(env={"CALSYNC_SECRET_KEY": SECRET})
+    settings = replace(base, database=replace(base.database, url=db.url))
+    mem = MemoryBackend(tmp_path)
+    try:
+        h = Harness(mem, db, settings)
+        cal = mem.make_calendar("Personal")
+        h.connect(cal)
+        day = (h.now + dt.timedelta(days=3)).date()
+        mem.put_external(cal, ExternalSpec("Holiday", day, day, all_day=True))
+        assert h.sync().status == "ok"
+        [(start, end)] = h.busy(cal, "Holiday")
+        assert end - start == dt.timedelta(days=1)
+        assert h.sync(now=h.now + dt.timedelta(days=2)).status == "ok"  # re-expanded
+        [(start, end)] = h.busy(cal, "Holiday")
+        assert end - start == dt.timedelta(days=1)
+    finally:
+        mem.close()
+        db.dispose()

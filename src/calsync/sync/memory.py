@@ -96,6 +96,8 @@ def _as_utc(value: dt.datetime | dt.date) -> dt.datetime:
 def expand(obj: MemoryObject, window: Window, limit: int = 1000) -> list[Occurrence]:
     """Occurrences of ``obj`` overlapping ``window`` (RRULE, EXDATE and overrides)."""
     start, end = _as_utc(obj.start), _as_utc(obj.end)
+    if obj.all_day and end <= start:  # RFC 5545 3.6.1: a date without a later end is a day
+        end = start + dt.timedelta(days=1)
     length = end - start
     if not obj.rrule:
         spans = [(start, end)]
@@ -126,6 +128,7 @@ def _unwhen(doc: list[str]) -> dt.datetime | dt.date:
 def object_source(obj: MemoryObject) -> str:
     """What :func:`expand_source` needs to expand ``obj`` again (the recurrence data)."""
     return json.dumps({"v": 1, "start": _when(obj.start), "end": _when(obj.end),
+                       "all_day": obj.all_day,
                        "rrule": obj.rrule, "exdates": [_when(x) for x in obj.exdates],
                        "overrides": [[_when(r), _when(a), _when(b)]
                                      for r, a, b, _ in obj.overrides]})
@@ -135,7 +138,8 @@ def expand_source(source: str, window: Window, limit: int = 1000) -> list[Occurr
     try:
         doc = json.loads(source)
         obj = MemoryObject(remote_id="", uid="", summary="", start=_unwhen(doc["start"]),
-                           end=_unwhen(doc["end"]), rrule=doc["rrule"],
+                           end=_unwhen(doc["end"]), all_day=bool(doc.get("all_day")),
+                           rrule=doc["rrule"],
                            exdates=tuple(_unwhen(x) for x in doc["exdates"]),
                            overrides=tuple((_unwhen(r), _unwhen(a), _unwhen(b), None)
                                            for r, a, b in doc["overrides"]))
