@@ -2,6 +2,11 @@
 
 A database that cannot be opened (no server, no such database, a SQLite path whose folder
 cannot be made) is a user error too: one line naming the database (never its password).
+
+Start-up is kept quick (``calsync --help`` imports neither SQLAlchemy nor any subsystem):
+SQLAlchemy and the database are imported by the commands that use them, and the commands
+of subsystem modules are listed from :data:`SUBSYSTEM_COMMANDS` and imported only when
+one of them runs.
 """
 
 from __future__ import annotations
@@ -9,15 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from calsync.config import Settings, load_settings
-from calsync.db.session import Database
 from calsync.errors import CalsyncError, NotFound, UserError
+
+if TYPE_CHECKING:
+    from calsync.db.session import Database
 
 # Libraries that log every HTTP request or set-up step at INFO; their lines would garble
 # the progress bar and bury calsync's own messages. ``-v`` shows them again.
@@ -25,15 +30,20 @@ THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "urllib3", "alembic", "googleapiclie
                        "google_auth_httplib2", "msal", "uvicorn.access", "apscheduler")
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(verbose: bool, fmt: str = "text") -> None:
+    """Text or JSON lines (``[logging] format``, applied once the config is read)."""
+    from calsync.logs import setup
+
+    setup(verbose, fmt)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def database_label(url: str) -> str:
     """The database URL as it may be shown: the password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -42,6 +52,9 @@ def database_label(url: str) -> str:
 
 def database_error_reason(exc: BaseException, url: str) -> str:
     """One line from a driver error: its first line, no SQL, no parameters, no password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
     reason = " ".join(lines[0].split()) if lines else type(orig).__name__
@@ -86,9 +99,10 @@ class AppContext:
     # The context of the running command, for ``main``'s error messages after click is done.
     latest: AppContext | None = None
 
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, verbose: bool = False) -> None:
         AppContext.latest = self
         self.config_path = config_path
+        self.verbose = verbose
         self._configured: Settings | None = None
         self._settings: Settings | None = None
         self._db: Database | None = None
@@ -98,6 +112,8 @@ class AppContext:
         """The settings as configured (the secret key may be unset)."""
         if self._configured is None:
             self._configured = load_settings(self.config_path)
+            if self._configured.logging.format != "text":
+                configure_logging(self.verbose, self._configured.logging.format)
         return self._configured
 
     @property
@@ -112,6 +128,10 @@ class AppContext:
     @property
     def db(self) -> Database:
         if self._db is None:
+            from sqlalchemy.exc import ArgumentError, DBAPIError
+
+            from calsync.db.session import Database
+
             url = self.settings.database.url
             try:
                 database = Database(url, echo=self.settings.database.echo)
@@ -146,7 +166,56 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
         click.echo(text if text is not None else str(obj))
 
 
-@click.group()
+# Commands added by subsystem modules (their ``register(cli)``), with their one-line help:
+# `calsync --help` lists them from here without importing the modules; the first use of
+# any of them imports them all. tests/test_cli_startup.py checks this table against what
+# the modules register.
+SUBSYSTEM_MODULES = ("calsync.sync.commands", "calsync.sync.connect_commands",
+                     "calsync.availability.commands", "calsync.oauth_commands",
+                     "calsync.outbox.commands")
+SUBSYSTEM_COMMANDS = {
+    "calendars": "Remote calendars of a user's connections: list, set roles, refresh, "
+                 "confirm-empty.",
+    "check": "Print USER's conflicts between START and END (ISO 8601 with offset).",
+    "connect": "Link an external calendar account.",
+    "connections": "Linked accounts and their health.",
+    "secrets": "Encryption of stored credentials.",
+    "sync": "Sync now (all connections, or USER's), with a progress bar and a summary.",
+    "webhooks": "Webhook endpoints of the platform (signed events, DESIGN 4.7).",
+}
+
+
+class LazyGroup(click.Group):
+    """The top-level group: subsystem commands are imported on first use."""
+
+    loaded = False
+    _listing = False
+
+    def load_subsystems(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            _register_subsystem_commands()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(SUBSYSTEM_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if self._listing and cmd_name in SUBSYSTEM_COMMANDS:
+            return click.Command(cmd_name, help=SUBSYSTEM_COMMANDS[cmd_name])
+        self.load_subsystems()
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+@click.group(cls=LazyGroup)
 @click.option("--config", "config_path", metavar="FILE", default=None,
               help="TOML config (default $CALSYNC_CONFIG, then ./calsync.toml).")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
@@ -154,7 +223,7 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """calsync: calendar sync and scheduling integration worker."""
     configure_logging(verbose)
-    ctx.obj = AppContext(config_path)
+    ctx.obj = AppContext(config_path, verbose)
 
 
 @cli.group()
@@ -388,9 +457,7 @@ def _register_subsystem_commands() -> None:
     """Commands owned by subsystems (sync, availability) live in their own modules."""
     import importlib
 
-    for module in ("calsync.sync.commands", "calsync.sync.connect_commands",
-                   "calsync.availability.commands",
-                   "calsync.oauth_commands", "calsync.outbox.commands"):
+    for module in SUBSYSTEM_MODULES:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -398,9 +465,6 @@ def _register_subsystem_commands() -> None:
                 raise
             continue
         mod.register(cli)
-
-
-_register_subsystem_commands()
 
 
 def main() -> None:
@@ -415,13 +479,24 @@ def main() -> None:
     except CalsyncError as exc:
         click.echo(f"calsync: {exc.message}", err=True)
         sys.exit(2 if isinstance(exc, UserError) else 1)
-    except DBAPIError as exc:
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
         # The database went away mid-command (or refused a statement). SQLAlchemy's own
         # text carries the statement and its parameters (event details): print neither.
         url = _configured_url()
         click.echo(f"calsync: database error on {database_label(url)}: "
                    f"{database_error_reason(exc, url)}", err=True)
         sys.exit(1)
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A SQLAlchemy DBAPIError (SQLAlchemy is imported only if a command used it)."""
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError)
 
 
 def _configured_url() -> str:

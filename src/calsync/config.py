@@ -138,6 +138,13 @@ class IcsSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    # "text" (one readable line) or "json" (one JSON object a line, for log collectors);
+    # lines logged during a sync carry its connection's public id either way.
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -150,6 +157,7 @@ class Settings:
     google: GoogleSettings = field(default_factory=GoogleSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     ics: IcsSettings = field(default_factory=IcsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "<defaults>"
 
 
@@ -252,6 +260,8 @@ def _validate(s: Settings) -> None:
     positive("sync.lease_seconds", s.sync.lease_seconds)
     positive("sync.retry_max_seconds", s.sync.retry_max_seconds)
     positive("sync.window_resync_days", s.sync.window_resync_days)
+    if s.logging.format not in ("text", "json"):
+        raise ConfigError("logging.format", s.logging.format, "text or json")
     positive("sync.concurrency", s.sync.concurrency)
     positive("sync.calendar_write_concurrency", s.sync.calendar_write_concurrency)
     if not 0 <= s.sync.jitter_fraction < 1:

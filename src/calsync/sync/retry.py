@@ -15,6 +15,11 @@ connector directly, and a calendar throttled past this layer's cap is reschedule
 
 ``sleep`` and ``rng`` are injectable; :meth:`RetryPolicy.no_wait` is the testing switch
 that keeps the attempt count but never sleeps.
+
+Every attempt is counted in ``calsync_provider_requests`` (labelled with the provider of
+the sync this thread runs, :mod:`calsync.runcontext`, and the answer's HTTP status where
+the attempt shows one), every throttled answer in ``calsync_provider_throttled`` and its
+Retry-After in ``calsync_provider_retry_after_seconds``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from calsync import metrics
 from calsync.errors import ProviderUnavailable, Throttled
+from calsync.runcontext import PROVIDER
 
 T = TypeVar("T")
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
+
+
+def _status_of(outcome: object) -> str:
+    """The HTTP status an attempt's answer or error carries, else a short class name."""
+    for obj in (outcome, getattr(outcome, "__cause__", None)):
+        if obj is None:
+            continue
+        code = getattr(obj, "status_code", None)  # httpx.Response
+        if code is None:
+            resp = getattr(obj, "resp", None) or getattr(obj, "response", None)
+            code = getattr(resp, "status", None) or getattr(resp, "status_code", None)
+        if isinstance(code, int):
+            return str(code)
+    if isinstance(outcome, BaseException):
+        return {Throttled: "throttled", ProviderUnavailable: "unavailable",
+                TimeoutError: "timeout"}.get(type(outcome), "error")
+    return "ok"
+
+
+def _count(outcome: object) -> None:
+    provider = PROVIDER.get() or "unknown"
+    metrics.PROVIDER_REQUESTS.labels(provider, _status_of(outcome)).inc()
+    if isinstance(outcome, Throttled):
+        metrics.PROVIDER_THROTTLED.labels(provider).inc()
+        if outcome.retry_after is not None:
+            metrics.PROVIDER_RETRY_AFTER.labels(provider).observe(outcome.retry_after)
 
 
 @dataclass
@@ -67,7 +100,15 @@ class RetryPolicy:
         spent = 0.0
         while True:
             try:
-                return attempt_fn()
+                answer = attempt_fn()
+            except BaseException as exc:
+                _count(exc)
+                error: BaseException = exc
+            else:
+                _count(answer)
+                return answer
+            try:
+                raise error
             except Throttled as exc:
                 wait = self.backoff(attempt, exc.retry_after)
                 if attempt >= self.max_retries or spent + wait > self.max_total_seconds:

@@ -54,6 +54,7 @@ from calsync.errors import (
     Throttled,
 )
 from calsync.outbox.events import emit_connection_status
+from calsync.runcontext import CONNECTION, PROVIDER, working_on
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, Connector, load_connector_factory
 from calsync.sync.engine import (
@@ -389,6 +390,16 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
     next_sync_at) and on each calendar. Never raises for provider trouble. ``sleep`` and
     ``rng`` go to the connector's retry layer when the connector is built here.
     """
+    with working_on(str(connection_id)):
+        return _sync_connection(settings, db, connection_id, now, connector, sleep=sleep,
+                                worker_id=worker_id, calendar_ids=calendar_ids, claim=claim,
+                                rng=rng)
+
+
+def _sync_connection(settings: Settings, db: Database, connection_id: int, now: dt.datetime,
+                     connector: Connector | None, *, sleep: Callable[[float], None],
+                     worker_id: str | None, calendar_ids: list[int] | None, claim: bool,
+                     rng: random.Random | None) -> ConnectionResult:
     owner = worker_id or default_worker_id()
     result = ConnectionResult(connection_id)
     if claim and not claim_connection(db, connection_id, owner, now,
@@ -414,6 +425,8 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
             result.user_id, result.provider = conn.user_id, conn.provider
             result.public_id = conn.public_id
             due_before = conn.next_sync_at
+            CONNECTION.set(conn.public_id)  # log lines and metrics of this sync
+            PROVIDER.set(conn.provider)
             conn_info = {"provider": conn.provider, "account": conn.account}
             try:
                 if connector is None:
