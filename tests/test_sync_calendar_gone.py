@@ -27,21 +27,24 @@ from tests.contract.conftest import (  # noqa: F401 - fixtures used by name
 
 def delete_calendar(service: ContractBackend, calendar_id: str) -> None:
     """Delete a whole calendar on the service, as its owner would in their app."""
-    kind = type(service).__name__
-    if kind == "MemoryBackend":
-        service.server.remove_calendar(calendar_id)  # type: ignore[attr-defined]
-    elif kind in ("RadicaleBackend", "XandikosBackend"):
+    from tests.contract.backend_caldav import CaldavServerBackend
+    from tests.contract.backend_google import GoogleBackend
+    from tests.contract.backend_graph import ACCOUNT, GraphBackend
+    from tests.contract.backend_memory import MemoryBackend
+
+    if isinstance(service, MemoryBackend):
+        service.server.remove_calendar(calendar_id)
+    elif isinstance(service, CaldavServerBackend):
         creds = service.context().credentials
         r = httpx.request("DELETE", calendar_id, timeout=30,
                           auth=(creds["username"], creds["password"]))
         assert r.status_code in (200, 204), r.status_code
-    elif kind == "GraphBackend":
-        from tests.contract.service_graph import ACCOUNT
-        service.emulator.remove_calendar(ACCOUNT, calendar_id)  # type: ignore[attr-defined]
-    elif kind == "GoogleBackend":
-        service.emulator.remove_calendar(calendar_id)  # type: ignore[attr-defined]
+    elif isinstance(service, GraphBackend):  # delegated and tenant-wide alike
+        service.emulator.remove_calendar(ACCOUNT, calendar_id)
+    elif isinstance(service, GoogleBackend):
+        service.emulator.remove_calendar(calendar_id)
     else:
-        raise AssertionError(f"no way to delete a calendar on {kind}")
+        raise AssertionError(f"no way to delete a calendar on {type(service).__name__}")
 
 
 def job(n: int, start: dt.datetime) -> dict[str, Any]:
