@@ -1,5 +1,7 @@
 """Property: no detail of a masked external event reaches a non-owner -- in any API response
-(schedule, check, search, bookings), any CLI output, any log record or the audit log.
+(schedule, check, search, bookings), any page (the dispatcher's board with its slot search
+and refused bookings, each technician's settings page), any CLI output, any log record or
+the audit log.
 
 Random users (private mode on/off), schedule items and external events whose title,
 description, location, organizer, attendees, remote id and calendar name carry unique
@@ -27,6 +29,7 @@ from calsync.db.session import Database
 from calsync.schedule.store import import_document
 from tests.conftest import SECRET
 from tests.test_availability_api import add_calendar, add_external
+from tests.web_client import csrf_of, sign_in
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 11, 30, tzinfo=UTC)  # a Monday
@@ -149,6 +152,37 @@ def test_masked_event_details_never_leave_for_non_owners(sqlite_db, caplog,
                       if masked and owner != own for f in m.values()
                       if any(f in b for b in bodies)]
             assert not leaked, (name, leaked)
+
+        # The pages (DESIGN 4.6; they fetch no JSON, so their HTML is all a browser gets):
+        # the dispatcher's board (the week, a slot search, refused bookings with their
+        # conflicts) and every technician's settings page.
+        admin = tokens["admin"][0]
+        board = TestClient(client.app)
+        pages = [sign_in(board, admin, {"role": "dispatcher", "name": "Dana"}).text]
+        week = {"week": START.date().isoformat()}
+        pages.append(board.get("/app/dispatch", params=week).text)
+        r = board.get("/app/dispatch", params={
+            **week, "users": users, "duration": "60", "tz": "UTC",
+            "from": START.strftime("%Y-%m-%dT%H:%M"), "to": END.strftime("%Y-%m-%dT%H:%M")})
+        assert r.status_code == 200, r.text
+        pages.append(r.text)
+        for uid in users:
+            r = board.post("/app/dispatch/book", data={
+                "csrf_token": csrf_of(pages[0]), "user_id": uid, "title": "Booked",
+                "job_id": f"web-{uid}", **window})
+            assert r.status_code in (303, 409), r.text
+            pages.append(r.text)
+        page_leaks = [f for _, masked, m, _ in events if masked for f in m.values()
+                      if any(f in p for p in pages)]
+        assert not page_leaks, page_leaks
+        for uid in users:
+            tech = TestClient(client.app)
+            own_page = sign_in(tech, admin, {"user_id": uid}).text
+            assert "Calendar settings" in own_page
+            # Only the owner's own calendars and events appear on their page.
+            others = [f for owner, _, m, _ in events if owner != uid for f in m.values()
+                      if f in own_page]
+            assert not others, (uid, others)
 
     # The CLI operator is a non-owner for everybody.
     env = {"CALSYNC_DATABASE_URL": db.url, "CALSYNC_SECRET_KEY": SECRET}
