@@ -51,6 +51,13 @@ def test_every_self_service_route_has_schemas_errors_and_the_bearer_scheme(
             body = op["requestBody"]["content"]["application/json"]["schema"]
             assert "$ref" in body or "oneOf" in body, (method, path)
             assert "422" in op["responses"], (method, path)
+    tokens = doc["paths"]["/api/tokens"]["get"]["responses"]
+    listed = _resolve(doc, tokens["200"]["content"]["application/json"]["schema"])
+    token = doc["components"]["schemas"]["TokenOut"]["properties"]
+    assert "tokens" in listed["properties"] and "prefix" in token
+    assert not any("hash" in name for name in token)
+    revoke = doc["paths"]["/api/tokens/{token_id}"]["delete"]["responses"]
+    assert {"401", "403", "404"} <= set(revoke) and {"401", "403"} <= set(tokens)
     connect = doc["paths"]["/api/users/{user_id}/connections"]["post"]["requestBody"]
     union = connect["content"]["application/json"]["schema"]
     assert union["discriminator"]["propertyName"] == "provider"

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from calsync.api.auth import Principal, PrincipalDep, list_api_tokens, revoke_api_token
-from calsync.api.schemas import UserOut, UserPatch, errors
+from calsync.api.schemas import TokenOut, TokensOut, UserOut, UserPatch, errors
 from calsync.audit import audit
 from calsync.db.models import User, utcnow
 from calsync.errors import NotFound, ValidationError
@@ -136,7 +136,8 @@ def patch_user(user_id: str, body: UserPatch, request: Request,
         return patch_user_fields(s, user_id, who, body.model_dump(exclude_unset=True), utcnow())
 
 
-@router.get("/api/tokens", tags=["tokens"])
+@router.get("/api/tokens", tags=["tokens"], response_model=TokensOut,
+            responses=errors(401, 403))
 def get_tokens(request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     """Every API token with id, name, role, user, prefix and dates (never the token)."""
     who.require("admin")
@@ -144,7 +145,8 @@ def get_tokens(request: Request, who: Principal = PrincipalDep) -> dict[str, Any
         return {"tokens": list_api_tokens(s)}
 
 
-@router.delete("/api/tokens/{token_id}", tags=["tokens"])
+@router.delete("/api/tokens/{token_id}", tags=["tokens"], response_model=TokenOut,
+               responses=errors(401, 403, 404))
 def delete_token(token_id: int, request: Request,
                  who: Principal = PrincipalDep) -> dict[str, Any]:
     """Revoke a token: the next request that carries it gets 401."""

@@ -170,3 +170,21 @@ class UserOut(BaseModel):
     working_hours: dict[str, Any]
     feed_enabled: bool
     feed_last_fetched_at: AwareDatetime | None
+
+
+class TokenOut(BaseModel):
+    """An API token as listings show it: never the token or its hash."""
+
+    id: int
+    name: str
+    role: Literal["admin", "dispatcher", "user"]
+    user_id: str | None
+    prefix: str = Field(description="The token's first characters, to recognise it")
+    created_at: AwareDatetime | None
+    last_used_at: AwareDatetime | None
+    revoked_at: AwareDatetime | None
+
+
+class TokensOut(BaseModel):
+    tokens: list[TokenOut]
+
