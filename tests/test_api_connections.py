@@ -431,3 +431,33 @@ def test_cli_disconnect_takes_the_public_id_and_removes_copies(
     assert json.loads(out)["copies_removed"] == 1
     assert acct.hrefs("Work") == []
     _gone_locally(db)
+
+
+def test_subscribing_to_an_ics_feed(client: TestClient, db: Database,
+                                    not_caldav_url: str, make_token: Any) -> None:
+    from tests.ics_feed_server import FeedServer
+
+    feed = FeedServer()
+    start = _tomorrow_at(14).strftime("%Y%m%dT%H%M%SZ")
+    end = _tomorrow_at(15).strftime("%Y%m%dT%H%M%SZ")
+    feed.serve("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//school//EN\r\n"
+               "X-WR-CALNAME:Timetable\r\nBEGIN:VEVENT\r\nUID:lesson-1\r\n"
+               f"DTSTAMP:20260101T000000Z\r\nDTSTART:{start}\r\nDTEND:{end}\r\n"
+               "SUMMARY:Parents evening\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    feed.start()
+    try:
+        token = make_token("user", "u1")
+        LOCAL.clear()
+        resp = client.post("/api/users/u1/connections", headers=auth(token),
+                           json={"provider": "ics", "url": feed.url})
+        assert resp.status_code == 201, resp.text
+        conn = resp.json()
+        assert conn["provider"] == "ics" and "secret-key" not in resp.text
+        [cal] = conn["calendars"]
+        assert cal["role"] == "conflict" and cal["read_only"] and cal["name"] == "Timetable"
+        assert LOCAL.is_set()
+        bad = client.post("/api/users/u1/connections", headers=auth(token),
+                          json={"provider": "ics", "url": not_caldav_url})
+        assert bad.status_code == 422 and bad.json()["error"] == "connect_failed"
+    finally:
+        feed.stop()

@@ -61,7 +61,7 @@ def test_every_self_service_route_has_schemas_errors_and_the_bearer_scheme(
     connect = doc["paths"]["/api/users/{user_id}/connections"]["post"]["requestBody"]
     union = connect["content"]["application/json"]["schema"]
     assert union["discriminator"]["propertyName"] == "provider"
-    assert set(union["discriminator"]["mapping"]) == {"caldav", "icloud"}
+    assert set(union["discriminator"]["mapping"]) == {"caldav", "icloud", "ics"}
     caldav = doc["components"]["schemas"]["CaldavConnect"]
     assert caldav["properties"]["password"]["writeOnly"] is True
     assert caldav["additionalProperties"] is False

@@ -19,6 +19,7 @@ from calsync.api.schemas import (
     ConnectionOut,
     ConnectionsOut,
     DisconnectedOut,
+    IcloudConnect,
     OAuthStartIn,
     OAuthStartOut,
     RefreshedOut,
@@ -57,16 +58,20 @@ def connect(user_id: str, body: ConnectBody, request: Request, response: Respons
             who: Principal = PrincipalDep) -> dict[str, Any]:
     """Connect a CalDAV or iCloud account: the credentials are checked and the calendars
     discovered first (422 ``auth_failed``, ``not_caldav`` or ``unreachable`` otherwise, with
-    what to do). The new calendars are ``ignored`` until chosen with PUT calendars."""
+    what to do). The new calendars are ``ignored`` until chosen with PUT calendars. Or
+    subscribe to an ``.ics`` feed (``ics``): a read-only conflict calendar at once."""
     settings, db = request.app.state.settings, request.app.state.db
     if isinstance(body, CaldavConnect):
         result = service.connect_caldav(settings, db, user_id, who, url=body.url,
                                         username=body.username, password=body.password,
                                         now=_now(), http=_http(request, "caldav"))
-    else:
+    elif isinstance(body, IcloudConnect):
         result = service.connect_icloud(settings, db, user_id, who, apple_id=body.apple_id,
                                         app_password=body.app_password, now=_now(),
                                         http=_http(request, "icloud"))
+    else:
+        result = service.connect_ics(settings, db, user_id, who, url=body.url, now=_now(),
+                                     http=_http(request, "ics"))
     if not result["created"]:
         response.status_code = 200
     return result

@@ -82,7 +82,20 @@ class IcloudConnect(BaseModel):
                               description="App-specific password; never echoed back")
 
 
-ConnectBody = Annotated[CaldavConnect | IcloudConnect, Field(discriminator="provider")]
+class IcsConnect(BaseModel):
+    """A subscribed calendar (an .ics feed: a school timetable, a shift roster): read-only,
+    checked for conflicts."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: Literal["ics"]
+    url: str = Field(description="The feed's address (https:// or webcal://); stored "
+                                 "encrypted, since private links carry their key",
+                     json_schema_extra={"writeOnly": True},
+                     examples=["https://school.example.org/timetable.ics"])
+
+
+ConnectBody = Annotated[CaldavConnect | IcloudConnect | IcsConnect,
+                        Field(discriminator="provider")]
 
 
 class OAuthStartIn(BaseModel):

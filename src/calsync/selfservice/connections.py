@@ -236,6 +236,27 @@ def connect_icloud(settings: Settings, db: Database, user_id: str, viewer: Viewe
     return _store(settings, db, user_id, viewer, ctx, now)
 
 
+def connect_ics(settings: Settings, db: Database, user_id: str, viewer: Viewer, *,
+                url: Any, now: dt.datetime, http: Any = None) -> dict[str, Any]:
+    """Subscribe ``user_id`` to an ``.ics`` feed (DESIGN 6.2): fetched once to check it is
+    iCalendar, stored with its address sealed, its one calendar a read-only ``conflict``
+    calendar due at once. Returns as :func:`connect_caldav`. Raises ConnectFailed (field
+    ``url``) when the address does not answer or not with iCalendar, ValidationError."""
+    from calsync.sync.subscriptions import subscribe_feed
+
+    address = _required("connection", "url", url, limit=2000).strip()
+    _check_user(db, user_id, viewer)
+    result = subscribe_feed(settings, db, user_id, address, now, actor=viewer.actor,
+                            http=http)
+    with db.session() as s:
+        conn = s.scalar(select(Connection).where(Connection.public_id == result["id"]))
+        assert conn is not None
+        notify_in(s)
+        view = {**connection_view(s, conn), "created": result["created"]}
+    wake_local()
+    return view
+
+
 # --- calendars --------------------------------------------------------------------------
 
 def _user_calendars(s: Session, user_id: str) -> list[tuple[Calendar, Connection]]:
