@@ -75,11 +75,13 @@ def job_reverted_data(item: ScheduleItem, what: str, source: str, user_id: str
 
 def connection_status_data(*, connection: str, user_id: str, provider: str, account: str,
                            old_status: str, new_status: str, action: str,
-                           settings_url: str | None, detail: str | None) -> dict[str, Any]:
-    """A connection whose health changed, with what the user must do about it."""
+                           settings_url: str | None) -> dict[str, Any]:
+    """A connection whose health changed, with what the user must do about it. The sync's
+    error text is not included: it names the user's calendars, which the platform (a
+    non-owner) does not see."""
     return {"connection": connection, "user": user_id, "provider": provider,
             "account": account, "old_status": old_status, "new_status": new_status,
-            "action": action, "settings_url": settings_url, "detail": detail}
+            "action": action, "settings_url": settings_url}
 
 
 def booking_data(job: dict[str, Any], forced: bool, results: list[dict[str, Any]]
@@ -215,13 +217,16 @@ def emit_connection_status(session: Session, *, connection: str, user_id: str,
                            provider: str, account: str, old_status: str, new_status: str,
                            detail: str | None, base_url: str, now: dt.datetime
                            ) -> OutboxEvent | None:
-    """``connection.status_changed`` when the status really changed."""
+    """``connection.status_changed`` when the status really changed. ``detail`` (the sync's
+    error) is taken for the callers' convenience and not sent (see
+    :func:`connection_status_data`)."""
+    del detail
     if old_status == new_status:
         return None
     data = connection_status_data(
         connection=connection, user_id=user_id, provider=provider, account=account,
         old_status=old_status, new_status=new_status,
         action=reconnect_action(provider, account, new_status),
-        settings_url=settings_page_url(base_url), detail=(detail or None) and detail[:500])
+        settings_url=settings_page_url(base_url))
     return emit(session, CONNECTION_STATUS_CHANGED, data, now,
                 order_key=f"connection:{connection}")
