@@ -154,3 +154,37 @@ def test_booking_needs_a_dispatcher_session_and_csrf(db, app_client, make_token)
     with db.session() as s:
         assert s.scalar(select(ScheduleItem).where(
             ScheduleItem.ext_id == slot["job_id"])) is None
+
+
+def test_two_dispatchers_booking_at_once_get_one_job(db, app_client, make_token) -> None:
+    import threading
+
+    r = _board(db, app_client, make_token, users="u1", duration="60", tz="America/Chicago",
+               **{"from": "2026-11-30T08:00", "to": "2026-11-30T09:00"})
+    slot = forms(r.text, "/app/dispatch/book")[0]
+    other = app_client.__class__(app_client.app)
+    sign_in(other, make_token("admin"), {"role": "dispatcher", "name": "Max"})
+    other_page = other.get("/app/dispatch", params={
+        "week": WEEK, "users": "u1", "duration": "60", "tz": "America/Chicago",
+        "from": "2026-11-30T08:00", "to": "2026-11-30T09:00"}).text
+    other_slot = forms(other_page, "/app/dispatch/book")[0]
+    assert slot["start"] == other_slot["start"] and slot["job_id"] != other_slot["job_id"]
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def post(client, data) -> None:  # type: ignore[no-untyped-def]
+        barrier.wait()
+        statuses.append(client.post("/app/dispatch/book", data=data,
+                                    follow_redirects=False).status_code)
+
+    threads = [threading.Thread(target=post, args=(app_client, slot)),
+               threading.Thread(target=post, args=(other, other_slot))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [303, 409]
+    with db.session() as s:
+        jobs = list(s.scalars(select(ScheduleItem.ext_id).where(
+            ScheduleItem.kind == "job", ScheduleItem.ext_id != "j1")))
+    assert len(jobs) == 1

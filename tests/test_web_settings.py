@@ -168,12 +168,45 @@ def test_connect_errors_in_a_technicians_words(db, app_client, make_token) -> No
 
 def test_oauth_not_configured_is_said_plainly(db, app_client, make_token) -> None:
     csrf = _tech(db, app_client, make_token)
-    r = _post(app_client, "/app/settings/connect/outlook", csrf)
-    if r.status_code == 303:  # configured: the browser goes to the provider
-        assert r.headers["location"].startswith("http")
-        return
-    assert r.status_code == 422
-    assert 'id="oauth-outlook-error"' in r.text and "Outlook" in r.text
+    for provider, name in (("outlook", "Outlook"), ("google", "Google")):
+        r = _post(app_client, f"/app/settings/connect/{provider}", csrf)
+        assert r.status_code == 422, r.text[:300]
+        m = re.search(rf'id="oauth-{provider}-error">([^<]+)<', r.text)
+        assert m is not None and name in m[1] and "Traceback" not in r.text
+
+
+def test_connect_outlook_signs_in_and_comes_back(db, settings, make_token) -> None:
+    """Through the Graph emulator and the real msal code: "Connect Outlook" starts the
+    sign-in with the self-service function, and the provider's callback returns the
+    browser to /app/settings, which names the new connection."""
+    from fastapi.testclient import TestClient
+
+    from calsync.api.app import create_app
+    from calsync.db.models import OAuthState
+    from tests.emulators.graph import GraphEmulator, registered_outlook
+    from tests.test_api_connections_oauth import sign_in as sign_in_at_graph
+
+    assert import_document(db, {"users": [{"id": "u1", "name": "Jane Doe", "timezone": "UTC",
+                                           "email": "jane@contoso.com"}]}).ok
+    with GraphEmulator() as em, registered_outlook(em):
+        em.add_mailbox("jane@contoso.com", (("Calendar", True),))
+        with TestClient(create_app(em.configure(settings), db)) as client:
+            csrf = csrf_of(sign_in(client, make_token("admin"), {"user_id": "u1"}).text)
+            r = _post(client, "/app/settings/connect/outlook", csrf)
+            assert r.status_code == 303, r.text[:500]
+            authorize = r.headers["location"]
+            with db.session() as s:
+                assert s.scalar(select(OAuthState.return_to)) == \
+                    f"{settings.server.base_url}/app/settings"
+            back = client.post("/oauth/outlook/callback",
+                               data=sign_in_at_graph(em, authorize), follow_redirects=False)
+            assert back.status_code == 303, back.text
+            page = client.get(path_of(back.headers["location"])).text
+            assert "Outlook connected. Now choose your calendars below." in page
+            assert "Outlook: jane@contoso.com" in page
+            failed = client.get("/app/settings", params={"provider": "outlook",
+                                                         "error": "access_denied"})
+            assert 'id="oauth-outlook-error">Outlook sign-in did not finish' in failed.text
 
 
 def test_reconnect_banner_when_a_connection_needs_reauth(db, app_client, make_token) -> None:

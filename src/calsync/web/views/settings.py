@@ -121,6 +121,16 @@ def _page(request: Request, visit: Visit, state: FormState | None = None,
         conn = accounts[reconnect]
         if conn["provider"] in ("caldav", "icloud"):
             state = FormState(form=conn["provider"], values={"account": conn["account"]})
+    done = DONE.get(request.query_params.get("done", ""))
+    back_from = request.query_params.get("provider", "")
+    if back_from in ("outlook", "google") and not state.form:
+        # Back from the provider's sign-in (the OAuth callback's redirect).
+        if request.query_params.get("connection") in accounts:
+            done = f"{PROVIDERS[back_from]} connected. Now choose your calendars below."
+        elif request.query_params.get("error"):
+            state = FormState(form="oauth", errors={back_from: (
+                f"{PROVIDERS[back_from]} sign-in did not finish, so nothing was connected. "
+                f"Try again; if it keeps failing, ask your office.")})
     hours = {d: _hours_text(profile["working_hours"].get(d, [])) for d in WEEKDAYS}
     if state.form == "hours":
         hours.update({d: str(state.values.get(f"hours_{d}", "")) for d in WEEKDAYS})
@@ -129,8 +139,7 @@ def _page(request: Request, visit: Visit, state: FormState | None = None,
     return render(request, "settings.html", {
         "title": "Calendar settings", "user": profile, "feed_link": link,
         "last_fetched": fetched, "connections": connections, "calendars": calendars,
-        "providers": PROVIDERS, "state": state, "done": DONE.get(
-            request.query_params.get("done", "")),
+        "providers": PROVIDERS, "state": state, "done": done,
         "needs_reauth": [c for c in connections if c["status"] == "needs_reauth"],
         "weekdays": list(zip(WEEKDAYS, WEEKDAY_NAMES)), "hours": hours,
         "timezones": list(pytz.common_timezones), "busy": busy,
