@@ -1,0 +1,118 @@
+"""Connecting accounts from the Calendar settings page against servers that check
+passwords (SQLite and PostgreSQL): a wrong password, a web site that is not CalDAV and a
+dead port are each shown next to the field to fix, in the words of the self-service
+layer; iCloud connects through its front door with an Apple ID and app-specific password.
+Nothing typed as a password ever comes back in the page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from calsync.api.app import create_app
+from calsync.config import Settings
+from calsync.db.models import Connection
+from calsync.db.session import Database
+from calsync.schedule.store import import_document
+from tests.api_connections_support import (
+    FakeIcloudRoot,
+    PasswordRadicale,
+    password_radicale,
+    plain_http_server,
+)
+from tests.caldav_servers import free_port
+from tests.web_client import csrf_of, sign_in
+
+
+@pytest.fixture(scope="module")
+def radicale() -> Iterator[PasswordRadicale]:
+    yield from password_radicale()
+
+
+@pytest.fixture(scope="module")
+def icloud_root() -> Iterator[FakeIcloudRoot]:
+    root = FakeIcloudRoot()
+    yield root
+    root.close()
+
+
+@pytest.fixture(scope="module")
+def not_caldav_url() -> Iterator[str]:
+    yield from plain_http_server()
+
+
+@pytest.fixture
+def page_client(settings: Settings, db: Database, icloud_root: FakeIcloudRoot,
+                make_token) -> Iterator[tuple[TestClient, str]]:  # type: ignore[no-untyped-def]
+    assert import_document(db, {"users": [{"id": "u1", "name": "Jane", "timezone": "UTC"}]}).ok
+    configured = replace(settings, icloud=replace(settings.icloud, url=icloud_root.url))
+    with TestClient(create_app(configured, db)) as client:
+        csrf = csrf_of(sign_in(client, make_token("admin"), {"user_id": "u1"}).text)
+        yield client, csrf
+
+
+def _error(page: str, form: str, field: str) -> str:
+    m = re.search(rf'id="{form}-{field}-error">([^<]+)<', page)
+    assert m is not None, (form, field)
+    return m[1]
+
+
+def test_caldav_errors_next_to_their_field(page_client, radicale, not_caldav_url,
+                                           db) -> None:  # type: ignore[no-untyped-def]
+    client, csrf = page_client
+    acct = radicale.account("Work")
+    wrong = "wrong-pass-31337"
+    r = client.post("/app/settings/connect/caldav", data={
+        "csrf_token": csrf, "url": radicale.base_url, "username": acct.username,
+        "password": wrong})
+    assert r.status_code == 422
+    assert "did not accept this username and password" in _error(r.text, "caldav", "password")
+    assert re.search(r'id="caldav-password"[^>]*aria-invalid="true"', r.text)
+    assert f'value="{acct.username}"' in r.text and wrong not in r.text
+    r = client.post("/app/settings/connect/caldav", data={
+        "csrf_token": csrf, "url": not_caldav_url, "username": acct.username,
+        "password": acct.password})
+    assert r.status_code == 422
+    assert "not as a CalDAV calendar server" in _error(r.text, "caldav", "url")
+    assert acct.password not in r.text
+    r = client.post("/app/settings/connect/caldav", data={
+        "csrf_token": csrf, "url": f"http://127.0.0.1:{free_port()}/",
+        "username": acct.username, "password": acct.password})
+    assert r.status_code == 422
+    assert "could not be reached" in _error(r.text, "caldav", "url")
+    with db.session() as s:
+        assert list(s.scalars(select(Connection))) == []
+    r = client.post("/app/settings/connect/caldav", data={
+        "csrf_token": csrf, "url": radicale.base_url, "username": acct.username,
+        "password": acct.password}, follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get("/app/settings").text
+    assert f"CalDAV: {acct.username}" in page and ">Work</label>" in page
+    assert acct.password not in page
+
+
+def test_icloud_through_the_form(page_client, radicale, icloud_root,
+                                 db) -> None:  # type: ignore[no-untyped-def]
+    client, csrf = page_client
+    acct = radicale.account("Home", "Family")
+    icloud_root.register(acct)
+    r = client.post("/app/settings/connect/icloud", data={
+        "csrf_token": csrf, "apple_id": acct.username, "app_password": "nope-nope-nope"})
+    assert r.status_code == 422
+    assert "Apple did not accept" in _error(r.text, "icloud", "app_password")
+    assert "nope-nope-nope" not in r.text
+    r = client.post("/app/settings/connect/icloud", data={
+        "csrf_token": csrf, "apple_id": acct.username, "app_password": acct.password},
+        follow_redirects=False)
+    assert r.status_code == 303, r.text[:400]
+    page = client.get("/app/settings").text
+    assert f"iCloud: {acct.username}" in page
+    assert ">Home</label>" in page and ">Family</label>" in page
+    with db.session() as s:
+        conn = s.scalar(select(Connection))
+        assert conn.provider == "icloud" and acct.password.encode() not in conn.credentials
