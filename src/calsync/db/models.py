@@ -220,6 +220,9 @@ class Connection(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set for a user's connection made through an organisation-wide one (calsync.sync.tenants)
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
 
     calendars: Mapped[list[Calendar]] = relationship(
         back_populates="connection", cascade="all, delete-orphan"
@@ -502,3 +505,27 @@ class WebSession(Base):
     name: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# --- organisation-wide connections (calsync.sync.tenants) --------------------------------
+
+class Tenant(Base):
+    """One admin consent for a whole Microsoft 365 tenant (``provider`` outlook, app-only) or
+    Google Workspace domain (``provider`` google, domain-wide delegation). Its users'
+    connections point here (``connections.tenant_id``); ``credentials`` (client secret,
+    certificate or service-account key) is sealed with CredentialBox and kept only here."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (UniqueConstraint("provider", "name", name="uq_tenants_provider_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True,
+                                           default=lambda: new_public_id("org"))
+    provider: Mapped[str] = mapped_column(String(32))  # outlook | google
+    name: Mapped[str] = mapped_column(String(320))  # tenant id, or the Workspace domain
+    domains: Mapped[list[Any]] = mapped_column(JSON, default=list)  # users' e-mail domains
+    credentials: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from calsync.audit import audit
 from calsync.config import Settings
-from calsync.db.models import Calendar, Connection, OAuthState, User
+from calsync.db.models import Calendar, Connection, OAuthState, Tenant, User
 from calsync.db.session import Database
 from calsync.errors import CalsyncError, NotFound, UserError
 from calsync.secrets import CredentialBox
@@ -406,12 +406,15 @@ def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> 
                 raise NotFound(f"user {user_id!r} not found")
             q = q.where(Connection.user_id == user_id)
         data = []
+        tenants = {t.id: t.public_id for t in s.scalars(select(Tenant))}
         for conn in s.scalars(q):
             cals = s.scalars(select(Calendar).where(Calendar.connection_id == conn.id)
                              .order_by(Calendar.id)).all()
             data.append({
                 "id": conn.public_id, "user": conn.user_id, "provider": conn.provider,
                 "account": conn.account, "status": conn.status,
+                # the organisation-wide connection it comes through (org_…), if any
+                "tenant": tenants.get(conn.tenant_id) if conn.tenant_id else None,
                 "last_sync_at": conn.last_sync_at.isoformat() if conn.last_sync_at else None,
                 "last_success_at": (conn.last_success_at.isoformat()
                                     if conn.last_success_at else None),
@@ -422,7 +425,9 @@ def connections_list(ctx: click.Context, user_id: str | None, as_json: bool) -> 
             })
     lines = []
     for d in data:
-        lines.append(f"{d['id']}  {d['user']}  {d['provider']}  {d['account']}  {d['status']}  "
+        via = f" (via {d['tenant']})" if d["tenant"] else ""
+        lines.append(f"{d['id']}  {d['user']}  {d['provider']}{via}  {d['account']}  "
+                     f"{d['status']}  "
                      f"last sync {d['last_sync_at'] or 'never'}"
                      f"{'  error: ' + d['last_error'] if d['last_error'] else ''}")
         lines += [f"  calendar {c['id']}  {c['name']!r}  {c['status']}"

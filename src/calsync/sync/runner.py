@@ -240,6 +240,11 @@ def connect_context(settings: Settings, conn: Connection) -> ConnectContext:
         if conn.credentials else {}
     options: dict[str, Any] = {}
     session = object_session(conn)
+    if conn.tenant_id is not None and session is not None:
+        # an organisation-wide connection: the tenant's sealed credentials, kept only there
+        from calsync.sync.tenants import tenant_credentials
+
+        creds = {**tenant_credentials(settings, session, conn.tenant_id), **creds}
     user = session.get(User, conn.user_id) if session is not None else None
     if user is not None:
         # Floating times are read in the user's zone; their addresses tell "declined".

@@ -1,0 +1,266 @@
+"""Organisation-wide connections (DESIGN 6.1): one admin consent for a Microsoft 365 tenant
+(app-only) or a Google Workspace domain (domain-wide delegation) instead of one sign-in
+per technician.
+
+- :func:`save_tenant` stores the tenant (credentials sealed, kept only on the tenant row)
+  with the e-mail domains it covers.
+- :func:`onboard` gives every calsync user whose e-mail is in those domains a connection
+  of their own (``connections.tenant_id``), with no sign-in: their calendars are discovered
+  through the tenant's access and the first writable one becomes primary. A mailbox the
+  tenant may not open (an application access policy, a user outside the delegation) is
+  reported on that user's connection (status ``error``, with what the admin must do), and
+  the others go on. Users imported later are onboarded by the next :func:`onboard`
+  (:func:`onboard_all` runs it for every tenant; ``calsync tenants onboard`` and
+  ``calsync sync`` call it).
+- :func:`tenant_credentials` is what the runner merges into a tenant connection's own
+  credentials when it builds its connector.
+- :func:`remove_tenant` disconnects every user of the tenant (their calendars, links and
+  busy blocks go) and forgets the tenant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from calsync.audit import audit
+from calsync.config import Settings
+from calsync.db.models import (
+    Calendar,
+    Connection,
+    ExternalBusy,
+    ExternalEvent,
+    Link,
+    Tenant,
+    User,
+)
+from calsync.db.session import Database
+from calsync.errors import CalsyncError, NotFound
+from calsync.secrets import CredentialBox
+from calsync.sync.connector import RemoteCalendar
+
+log = logging.getLogger("calsync.tenants")
+Discover = Callable[[Connection], list[RemoteCalendar]]
+
+
+@dataclass
+class OnboardReport:
+    tenant: str  # public id
+    matched: int = 0
+    connected: list[str] = field(default_factory=list)  # user ids newly connected
+    already: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # user id -> what to do
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "matched": self.matched,
+                "connected": len(self.connected), "already_connected": self.already,
+                "refused": [{"user": u, "error": e} for u, e in sorted(self.refused.items())]}
+
+
+def email_domain(email: str | None) -> str | None:
+    if not email or "@" not in email:
+        return None
+    return email.rsplit("@", 1)[1].strip().lower() or None
+
+
+def save_tenant(settings: Settings, db: Database, provider: str, name: str,
+                credentials: dict[str, Any], domains: Iterable[str], now: dt.datetime,
+                actor: str = "cli:connect") -> tuple[int, bool]:
+    """Store (or update, on a second consent) the tenant ``name`` of ``provider``.
+    Returns (tenant id, created)."""
+    box = CredentialBox.from_settings(settings)
+    with db.session() as s:
+        row = s.scalar(select(Tenant).where(Tenant.provider == provider, Tenant.name == name))
+        created = row is None
+        if row is None:
+            row = Tenant(provider=provider, name=name, created_at=now)
+            s.add(row)
+        row.credentials = box.seal(credentials)
+        row.domains = sorted({d.strip().lower() for d in domains if d.strip()})
+        row.status, row.last_error, row.updated_at = "ok", None, now
+        s.flush()
+        audit(s, actor, "tenant.create" if created else "tenant.update", "tenant",
+              row.public_id, {"provider": provider, "name": name, "domains": row.domains},
+              at=now)
+        return row.id, created
+
+
+def tenant_credentials(settings: Settings, session: Session, tenant_id: int) -> dict[str, Any]:
+    """The tenant's decrypted credentials (for building one of its users' connectors)."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"organisation-wide connection {tenant_id} not found")
+    creds: dict[str, Any] = CredentialBox.from_settings(settings).open(tenant.credentials)
+    return creds
+
+
+def find_tenant(s: Session, ref: str) -> Tenant:
+    """A tenant by public id (``org_…``) or name (tenant id, domain)."""
+    rows = list(s.scalars(select(Tenant).where((Tenant.public_id == ref) | (Tenant.name == ref))))
+    if len(rows) != 1:
+        raise NotFound(f"no organisation-wide connection {ref!r}; see `calsync tenants list`"
+                       if not rows else f"{ref!r} names {len(rows)} organisation-wide "
+                                        f"connections; use the org_… id")
+    return rows[0]
+
+
+def matching_users(s: Session, tenant: Tenant) -> list[User]:
+    domains = set(tenant.domains or [])
+    users = s.scalars(select(User).where(User.deleted_at.is_(None), User.email.is_not(None))
+                      .order_by(User.id))
+    return [u for u in users if email_domain(u.email) in domains]
+
+
+def _pick_primary(calendars: list[RemoteCalendar]) -> str | None:
+    writable = [c for c in calendars if c.supports_events and not c.read_only]
+    return writable[0].id if writable else None
+
+
+def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
+            discover: Discover, *, progress: Callable[[str], None] | None = None,
+            actor: str = "cli:connect") -> OnboardReport:
+    """Connect every matching user of the tenant who has no connection through it yet.
+
+    ``discover(connection)`` lists that user's calendars through the tenant's access (the
+    caller builds the connector: the runner's ``build_connector``). A user it fails for gets
+    the connection anyway, in ``error`` with the reason, so the admin sees it in
+    ``connections list``; nothing stops the others. ``progress(user_id)`` runs per user."""
+    box = CredentialBox.from_settings(settings)
+    with db.session() as s:
+        tenant = s.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"organisation-wide connection {tenant_id} not found")
+        report = OnboardReport(tenant.public_id)
+        provider = tenant.provider
+        users = [(u.id, str(u.email).strip()) for u in matching_users(s, tenant)]
+        have = set(s.scalars(select(Connection.user_id).where(
+            Connection.tenant_id == tenant_id)))
+        own = {"mode": "app_only"} if provider == "outlook" else {"mode": "domain_wide"}
+    report.matched = len(users)
+    for user_id, email in users:
+        if progress is not None:
+            progress(user_id)
+        if user_id in have:
+            report.already += 1
+            continue
+        with db.session() as s:
+            conn = Connection(user_id=user_id, provider=provider, account=email.lower(),
+                              credentials=box.seal(own), tenant_id=tenant_id,
+                              created_at=now, updated_at=now, settings={}, next_sync_at=now)
+            s.add(conn)
+            s.flush()
+            conn_id = conn.id
+        with db.read_session() as s:
+            made = s.get(Connection, conn_id)
+            assert made is not None
+            try:
+                calendars = discover(made)
+                error = None
+            except CalsyncError as exc:
+                calendars, error = [], exc.message
+        with db.session() as s:
+            conn_row = s.get(Connection, conn_id)
+            assert conn_row is not None
+            conn = conn_row
+            if error is not None:
+                conn.status, conn.last_error = "error", error[:2000]
+                report.refused[user_id] = error
+                log.warning("tenant %s: user %s not connected: %s", report.tenant, user_id,
+                            error)
+            primary = _pick_primary(calendars)
+            for cal in calendars:
+                if not cal.supports_events:
+                    continue
+                s.add(Calendar(connection_id=conn_id, remote_id=cal.id, name=cal.name,
+                               read_only=cal.read_only,
+                               role="primary" if cal.id == primary else "ignored"))
+            audit(s, actor, "connection.create", "connection", conn.public_id,
+                  {"provider": provider, "account": conn.account, "user": user_id,
+                   "tenant": report.tenant}, at=now)
+        if error is None:
+            report.connected.append(user_id)
+    return report
+
+
+def retry_refused(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
+                  discover: Discover) -> list[str]:
+    """Try again the tenant's connections that could not list calendars (a policy fixed by
+    the admin since): users now reachable get their calendars. Returns their user ids."""
+    with db.read_session() as s:
+        ids = list(s.scalars(select(Connection.id).where(
+            Connection.tenant_id == tenant_id, Connection.status == "error",
+            ~select(Calendar.id).where(Calendar.connection_id == Connection.id).exists())))
+    fixed = []
+    for conn_id in ids:
+        with db.read_session() as s:
+            conn = s.get(Connection, conn_id)
+            assert conn is not None
+            try:
+                calendars = discover(conn)
+            except CalsyncError:
+                continue
+        with db.session() as s:
+            conn = s.get(Connection, conn_id)
+            assert conn is not None
+            primary = _pick_primary(calendars)
+            for cal in calendars:
+                if cal.supports_events:
+                    s.add(Calendar(connection_id=conn_id, remote_id=cal.id, name=cal.name,
+                                   read_only=cal.read_only,
+                                   role="primary" if cal.id == primary else "ignored"))
+            conn.status, conn.last_error, conn.next_sync_at = "ok", None, now
+            fixed.append(conn.user_id)
+    return fixed
+
+
+def onboard_all(settings: Settings, db: Database, now: dt.datetime,
+                discover: Discover) -> list[OnboardReport]:
+    """:func:`onboard` for every tenant: users imported since get their connection."""
+    with db.read_session() as s:
+        ids = list(s.scalars(select(Tenant.id).order_by(Tenant.id)))
+    return [onboard(settings, db, tid, now, discover, actor="sync:onboard") for tid in ids]
+
+
+def tenant_connections(s: Session, tenant_id: int) -> list[Connection]:
+    return list(s.scalars(select(Connection).where(Connection.tenant_id == tenant_id)
+                          .order_by(Connection.user_id)))
+
+
+def remove_tenant(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
+                  actor: str = "cli") -> int:
+    """Disconnect every user of the tenant (connections, calendars, links, busy blocks) and
+    delete the tenant with its sealed credentials. Returns how many users it disconnected.
+    calsync's copies stay on the users' calendars (the access to remove them goes with the
+    tenant)."""
+    with db.session() as s:
+        tenant = s.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"organisation-wide connection {tenant_id} not found")
+        conns = tenant_connections(s, tenant_id)
+        conn_ids = [c.id for c in conns]
+        cal_ids = list(s.scalars(select(Calendar.id).where(
+            Calendar.connection_id.in_(conn_ids)))) if conn_ids else []
+        if cal_ids:
+            events = select(ExternalEvent.id).where(ExternalEvent.calendar_id.in_(cal_ids))
+            s.execute(delete(ExternalBusy).where(ExternalBusy.event_id.in_(events)))
+            s.execute(delete(ExternalEvent).where(ExternalEvent.calendar_id.in_(cal_ids)))
+            s.execute(delete(Link).where(Link.calendar_id.in_(cal_ids)))
+        for conn in conns:
+            s.delete(conn)
+        audit(s, actor, "tenant.remove", "tenant", tenant.public_id,
+              {"provider": tenant.provider, "name": tenant.name, "users": len(conns)}, at=now)
+        s.flush()
+        s.delete(tenant)
+        return len(conns)
+
+
+__all__ = ["OnboardReport", "email_domain", "find_tenant", "matching_users", "onboard",
+           "onboard_all",
+           "remove_tenant", "retry_refused", "save_tenant", "tenant_connections",
+           "tenant_credentials"]

@@ -1,0 +1,203 @@
+"""A whole Microsoft 365 tenant in one command (DESIGN 6.1), through the real msal
+(ConfidentialClientApplication, client credentials) against the Graph emulator, on SQLite
+and PostgreSQL: 200 technicians connected and synced without a sign-in of their own, one
+mailbox refused by an application access policy reported on that user's connection (the
+others go on), one app token for the whole tenant and one refresh when it expires, users
+imported later, a fixed policy, and removing the tenant."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from calsync.db.models import Calendar, Connection, Link, Tenant
+from calsync.db.session import Database
+from calsync.schedule.store import import_document
+from calsync.secrets import CredentialBox
+from calsync_outlook.app_only import forget_tenant_tokens
+from tests.conftest import SECRET
+from tests.emulators.graph import GraphEmulator, registered_outlook
+
+USERS = 200
+REFUSED = "tech002@contoso.com"
+APP_SECRET = "tenant-app-secret-9f8e7d"
+
+
+@pytest.fixture
+def graph() -> Iterator[GraphEmulator]:
+    emulator = GraphEmulator().start()
+    emulator.enable_app_only(secret=APP_SECRET)
+    emulator.enforce_concurrency = True
+    yield emulator
+    emulator.stop()
+    forget_tenant_tokens()
+
+
+@pytest.fixture
+def org_size() -> int:
+    return USERS
+
+
+@pytest.fixture
+def org(db: Database, graph: GraphEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        org_size: int) -> Iterator[Database]:
+    """The tenant's technicians (``org_size``, parametrized by tests that need fewer) as
+    calsync users with one job each, plus a user outside the tenant's domains."""
+    size = org_size
+    emails = [f"tech{i:03d}@contoso.com" for i in range(1, size + 1)]
+    for email in emails:
+        graph.add_mailbox(email)
+    graph.access_policy = set(emails) - {REFUSED}
+    users = [{"id": email.split("@")[0], "name": email.split("@")[0].title(),
+              "email": email, "timezone": "America/Chicago"} for email in emails]
+    users.append({"id": "outsider", "name": "Out", "email": "out@elsewhere.org",
+                  "timezone": "UTC"})
+    jobs = [{"id": f"j-{u['id']}", "title": "Install", "job_type": "Install",
+             "account": "Acme", "start": "2030-01-07T15:00:00+00:00",
+             "end": "2030-01-07T16:00:00+00:00", "assignees": [u["id"]],
+             "status": "scheduled"} for u in users[:size]]
+    report = import_document(db, {"users": users, "jobs": jobs})
+    assert report.ok, report.errors
+    config = tmp_path / "calsync.toml"
+    config.write_text(f'[outlook]\nclient_id = "{graph.client_id}"\n'
+                      f'authority_host = "{graph.base_url}"\ngraph_url = "{graph.graph_url}"\n'
+                      f'[sync]\nfuture_months = 60\n')
+    monkeypatch.setenv("CALSYNC_CONFIG", str(config))
+    monkeypatch.setenv("CALSYNC_DATABASE_URL", db.url)
+    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
+    with registered_outlook(graph):
+        yield db
+
+
+def calsync(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            *args: str, stdin: str = "") -> tuple[int, str, str]:
+    from calsync.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["calsync", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def connect(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            graph: GraphEmulator, *extra: str) -> dict[str, object]:
+    code, out, err = calsync(monkeypatch, capsys, "connect", "outlook-tenant", "--tenant",
+                             graph.tenant, "--client-id", graph.client_id,
+                             "--client-secret-stdin", "--json", *extra,
+                             stdin=APP_SECRET + "\n")
+    assert code == 0, err
+    summary: dict[str, object] = json.loads(out)
+    return summary
+
+
+def test_a_whole_tenant_is_connected_and_synced_in_one_command(
+        org: Database, graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    summary = connect(monkeypatch, capsys, graph)
+    assert summary["matched"] == USERS  # out@elsewhere.org is not in the tenant's domains
+    assert summary["connected"] == USERS - 1
+    [refused] = summary["refused"]  # type: ignore[misc]
+    assert refused["user"] == "tech002"
+    assert "application access policy" in refused["error"] and REFUSED in refused["error"]
+    assert summary["synced"] == {"ok": USERS - 1, "failed": 0}
+    # one app token for the whole tenant, no user sign-in at all
+    assert graph.token_requests["client_credentials"] == 1
+    assert graph.token_requests["total"] == 1
+    for email in ("tech001@contoso.com", "tech200@contoso.com"):
+        [copy] = graph.events_in(email, graph.calendar_id(email))
+        assert copy["subject"].startswith("Install")
+    assert graph.events_in(REFUSED, graph.calendar_id(REFUSED)) == []
+
+    with org.read_session() as s:
+        tenant = s.scalar(select(Tenant))
+        assert tenant is not None and tenant.domains == ["contoso.com",
+                                                         "contoso.onmicrosoft.com"]
+        assert APP_SECRET.encode() not in tenant.credentials  # sealed
+        conns = list(s.scalars(select(Connection).where(Connection.tenant_id == tenant.id)))
+        assert len(conns) == USERS
+        assert {c.status for c in conns if c.account != REFUSED} == {"ok"}
+        # the secret is stored once, on the tenant; users' rows hold only the mode
+        box = CredentialBox.from_settings(__import__("calsync.config").config.load_settings(
+            env={"CALSYNC_SECRET_KEY": SECRET}))
+        assert box.open(conns[0].credentials) == {"mode": "app_only"}
+        assert s.scalar(select(func.count()).select_from(Link)) == USERS - 1
+
+    code, out, _ = calsync(monkeypatch, capsys, "connections", "list", "--user", "tech002")
+    assert code == 0 and "error" in out and "application access policy" in out
+    assert "outlook (via org_" in out
+    code, out, _ = calsync(monkeypatch, capsys, "tenants", "list")
+    assert code == 0 and f"users: {USERS} (1 error, {USERS - 1} ok)" in out
+    assert "tech002" in out and APP_SECRET not in out
+
+    # the app token expires: one refresh for the tenant, not one per user
+    graph.expire_access_tokens()
+    for user in ("tech001", "tech003", "tech004"):
+        code, out, err = calsync(monkeypatch, capsys, "sync", "--user", user, "--json")
+        assert code == 0, err
+        assert [r["status"] for r in json.loads(out)] == ["ok"]
+    assert graph.token_requests["client_credentials"] == 2
+
+
+@pytest.mark.parametrize("org_size", [6])
+def test_users_imported_later_and_a_fixed_policy_are_onboarded_and_removal_disconnects(
+        org: Database, graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    summary = connect(monkeypatch, capsys, graph, "--no-sync")
+    assert summary["connected"] == 5 and summary["synced"] == {"ok": 0, "failed": 0}
+    graph.add_mailbox("newhire@contoso.com")
+    graph.access_policy = (graph.access_policy or set()) | {"newhire@contoso.com", REFUSED}
+    report = import_document(org, {"users": [{"id": "newhire", "name": "New",
+                                               "email": "newhire@contoso.com",
+                                               "timezone": "UTC"}]})
+    assert report.ok
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--json")
+    assert code == 0, err
+    [onboarded] = json.loads(out)
+    assert onboarded["connected"] == 1 and onboarded["refused"] == []
+    with org.read_session() as s:
+        fixed = s.scalar(select(Connection).where(Connection.account == REFUSED))
+        assert fixed is not None and fixed.status == "ok"
+        assert s.scalar(select(func.count()).select_from(Calendar).where(
+            Calendar.connection_id == fixed.id, Calendar.role == "primary")) == 1
+        tenant = s.scalar(select(Tenant))
+        assert tenant is not None
+        public = tenant.public_id
+
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "remove", public)
+    assert code == 0, err
+    assert "7 user connection(s) disconnected" in out
+    with org.read_session() as s:
+        assert s.scalar(select(func.count()).select_from(Connection)) == 0
+        assert s.scalar(select(func.count()).select_from(Tenant)) == 0
+        assert s.scalar(select(func.count()).select_from(Link)) == 0
+
+
+@pytest.mark.parametrize("org_size", [2])
+def test_refused_app_credentials_are_one_line_and_store_nothing(
+        org: Database, graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = calsync(monkeypatch, capsys, "connect", "outlook-tenant", "--tenant",
+                             graph.tenant, "--client-id", graph.client_id,
+                             "--client-secret-stdin", stdin="wrong-secret\n")
+    assert code != 0 and "credentials were refused" in err and "invalid_client" in err
+    assert len(err.strip().splitlines()) == 1 and "wrong-secret" not in err
+    graph.app_permissions = set()  # no admin consent
+    forget_tenant_tokens()
+    code, out, err = calsync(monkeypatch, capsys, "connect", "outlook-tenant", "--tenant",
+                             graph.tenant, "--client-id", graph.client_id,
+                             "--client-secret-stdin", stdin=APP_SECRET + "\n")
+    assert code != 0 and "admin consent" in err
+    with org.read_session() as s:
+        assert s.scalar(select(func.count()).select_from(Tenant)) == 0
+        assert s.scalar(select(func.count()).select_from(Connection)) == 0
