@@ -60,6 +60,8 @@ class FeedSettings:
     job_url_template: str = ""
     refresh_seconds: int = 5
     rebuild_cron_hour: int = 3
+    # Served feeds each serving process keeps in memory (calsync.feeds.memo), in MB.
+    memory_cache_mb: int = 256
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ def _validate(s: Settings) -> None:
     positive("feeds.future_months", s.feeds.future_months)
     positive("feeds.refresh_interval_minutes", s.feeds.refresh_interval_minutes)
     positive("feeds.refresh_seconds", s.feeds.refresh_seconds)
+    non_negative("feeds.memory_cache_mb", s.feeds.memory_cache_mb)
     if not 0 <= s.feeds.rebuild_cron_hour <= 23:
         raise ConfigError("feeds.rebuild_cron_hour", s.feeds.rebuild_cron_hour, "an hour 0-23")
     if s.feeds.job_url_template and "{job_id}" not in s.feeds.job_url_template:

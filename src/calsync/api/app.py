@@ -28,6 +28,9 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     # Outside the routers: every route's body is capped while it arrives.
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.server.max_body_bytes,
                        max_webhook_body_bytes=settings.server.max_webhook_body_bytes)
+    from calsync.api.feeds import FeedFastPath  # outermost: feeds held in memory skip the rest
+
+    app.add_middleware(FeedFastPath, settings=settings, db=db)
 
     @app.exception_handler(CalsyncError)
     async def _calsync_error(_req: Request, exc: CalsyncError) -> JSONResponse:

@@ -5,6 +5,13 @@ same 404 body after the same work (one user lookup, one constant-time HMAC check
 tokens are never logged. Responses carry a strong ETag and Last-Modified, answer
 conditional requests with 304, and are gzipped when the client asks. The time of the last
 fetch is written to ``users.feed_last_fetched_at`` at most once a minute.
+
+Each serving process keeps the feeds it served in memory (:mod:`calsync.feeds.memo`);
+:class:`FeedFastPath`, in front of the whole application, answers requests for them (200,
+304, HEAD, gzip) without the framework or the database while nothing they depend on has
+changed. Everything else (unknown users, bad tokens, feeds not held, a fetch time due to be
+written) goes to the route below, which refills the memo. Every answer is counted in
+``calsync_feed_requests`` by outcome and client family.
 """
 
 from __future__ import annotations
@@ -13,21 +20,27 @@ import datetime as dt
 import gzip
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import format_datetime, parsedate_to_datetime
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import or_, update
 
+from calsync import metrics
 from calsync.db.models import User, utcnow
 from calsync.feeds.links import check_feed_token, redacted_feed_path
+from calsync.feeds.memo import FeedMemo, MemoEntry, memo_for
 from calsync.feeds.service import (
     FeedSnapshot,
     FeedValidators,
     current_feed,
     current_validators,
+    feed_window,
 )
 from calsync.secrets import feed_link_keys
 
@@ -105,11 +118,15 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def _not_modified(request: Request, feed: FeedSnapshot | FeedValidators) -> bool:
-    inm = request.headers.get("if-none-match")
+def _not_modified(request: Request, feed: FeedSnapshot | FeedValidators | MemoEntry) -> bool:
+    return _conditional_match(request.headers.get("if-none-match"),
+                              request.headers.get("if-modified-since"), feed)
+
+
+def _conditional_match(inm: str | None, ims: str | None,
+                       feed: FeedSnapshot | FeedValidators | MemoEntry) -> bool:
     if inm is not None:  # takes precedence over If-Modified-Since (RFC 9110 13.2.2)
         return _etag_matches(inm, feed.etag)
-    ims = request.headers.get("if-modified-since")
     if ims:
         try:
             since = parsedate_to_datetime(ims)
@@ -119,6 +136,11 @@ def _not_modified(request: Request, feed: FeedSnapshot | FeedValidators) -> bool
             since = since.replace(tzinfo=dt.timezone.utc)
         return feed.last_modified.replace(microsecond=0) <= since
     return False
+
+
+def _memo(request: Request) -> FeedMemo:
+    state = request.app.state
+    return memo_for(state.db.engine, state.settings.feeds.memory_cache_mb * 1024 * 1024)
 
 
 def _record_fetch(request: Request, user: User, now: dt.datetime) -> None:
@@ -132,7 +154,8 @@ def _record_fetch(request: Request, user: User, now: dt.datetime) -> None:
             .values(feed_last_fetched_at=now))
 
 
-def _headers(feed: FeedSnapshot | FeedValidators, use_gzip: bool) -> dict[str, str]:
+def _headers(feed: FeedSnapshot | FeedValidators | MemoEntry,
+             use_gzip: bool) -> dict[str, str]:
     etag = feed.etag[:-1] + '-gzip"' if use_gzip else feed.etag
     return {"ETag": etag, "Last-Modified": format_datetime(feed.last_modified, usegmt=True),
             "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding",
@@ -151,8 +174,17 @@ _FEED_RESPONSES: dict[int | str, dict[str, Any]] = {
             responses=_FEED_RESPONSES)
 def get_feed(user_id: str, token: str, request: Request) -> Response:
     """The user's iCalendar feed (no auth but the signed token in the path)."""
+    response = _serve_feed(user_id, token, request)
+    metrics.FEED_REQUESTS.labels(str(response.status_code), metrics.client_family(
+        request.headers.get("user-agent"))).inc()
+    return response
+
+
+def _serve_feed(user_id: str, token: str, request: Request) -> Response:
     app_state = request.app.state
     now = utcnow()
+    memo = _memo(request)
+    stamp = memo.stamp(user_id)  # before any read: a change after it drops the entry
     with app_state.db.session() as s:
         user = s.get(User, user_id)
         if user is not None:
@@ -162,21 +194,22 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
         return JSONResponse(_NOT_FOUND, status_code=404)
     assert user is not None
     _record_fetch(request, user, now)
+    recorded = time.monotonic()
     use_gzip = _accepts_gzip(request.headers.get("accept-encoding"))
-    # A current cache answers 304, or a gzip hit, without reading the body.
+    # A current cache answers 304 without reading the body.
     validators = current_validators(app_state.settings, app_state.db, user.id, now)
     if validators is not None and _not_modified(request, validators):
         return Response(status_code=304, headers=_headers(validators, use_gzip))
-    packed = _gzip.peek(validators.etag) if validators is not None and use_gzip else None
-    if validators is not None and packed is not None:
-        headers = _headers(validators, use_gzip)
-        body = packed
-    else:
-        feed = current_feed(app_state.settings, app_state.db, user.id, now)
-        headers = _headers(feed, use_gzip)
-        if _not_modified(request, feed):
-            return Response(status_code=304, headers=headers)
-        body = _gzip.get(feed.etag, feed.body) if use_gzip else feed.body
+    feed = current_feed(app_state.settings, app_state.db, user.id, now)
+    entry = MemoEntry(user.id, user.feed_version, True, feed.etag, feed.last_modified,
+                      feed_window(app_state.settings, now), feed.body, fetch_recorded=recorded)
+    memo.put(entry, stamp)  # the next requests are answered from memory (FeedFastPath)
+    headers = _headers(feed, use_gzip)
+    if _not_modified(request, feed):
+        return Response(status_code=304, headers=headers)
+    body = _gzip.get(feed.etag, feed.body) if use_gzip else feed.body
+    if use_gzip:
+        memo.add_gzip(entry, body)
     if use_gzip:
         headers["Content-Encoding"] = "gzip"
     headers["Content-Disposition"] = 'inline; filename="calendar.ics"'
@@ -187,6 +220,86 @@ def get_feed(user_id: str, token: str, request: Request) -> Response:
 
 
 @router.api_route("/feeds/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
-def feed_not_found(rest: str) -> Response:
+def feed_not_found(rest: str, request: Request) -> Response:
     """Any other path under /feeds/: the same 404 as a bad token."""
+    metrics.FEED_REQUESTS.labels("404", metrics.client_family(
+        request.headers.get("user-agent"))).inc()
     return JSONResponse(_NOT_FOUND, status_code=404)
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_STATIC_HEADERS = [(b"cache-control", b"private, no-cache"), (b"vary", b"Accept-Encoding"),
+                   (b"referrer-policy", b"no-referrer"), (b"x-robots-tag", b"noindex")]
+
+
+class FeedFastPath:
+    """ASGI middleware: feed requests the memo can answer are answered here, the rest (and
+    every other path) go to ``app``. Same answers as :func:`get_feed`, byte for byte in
+    body and validators."""
+
+    def __init__(self, app: ASGIApp, settings: Any, db: Any) -> None:
+        self.app, self.settings, self.db = app, settings, db
+        self.memo = memo_for(db.engine, settings.feeds.memory_cache_mb * 1024 * 1024)
+        self._keys: Any = None
+        self._window: tuple[dt.date, tuple[dt.datetime, dt.datetime]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") \
+                and scope["path"].startswith("/feeds/"):
+            answer = self._answer(scope)
+            if answer is not None:
+                status, headers, body = answer
+                await send({"type": "http.response.start", "status": status,
+                            "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _current_window(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        today = now.date()
+        if self._window is None or self._window[0] != today:
+            self._window = (today, feed_window(self.settings, now))
+        return self._window[1]
+
+    def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        user_id, slash, name = scope["path"][len("/feeds/"):].partition("/")
+        if not slash or "/" in name or not name.endswith(".ics"):
+            return None
+        entry = self.memo.get(user_id)
+        if entry is None or time.monotonic() - entry.fetch_recorded \
+                >= FETCH_WRITE_INTERVAL.total_seconds():
+            return None
+        now = utcnow()
+        if entry.window != self._current_window(now):
+            return None
+        if self._keys is None:
+            self._keys = feed_link_keys(self.settings)
+        holder = SimpleNamespace(id=entry.user_id, feed_version=entry.feed_version,
+                                 feed_enabled=entry.servable, deleted_at=None)
+        if not check_feed_token(self._keys, holder, name[:-len(".ics")]):  # type: ignore[arg-type]
+            return None  # the route answers 404 (and logs it)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        use_gzip = _accepts_gzip(headers.get("accept-encoding"))
+        if use_gzip and entry.gzip_body is None:
+            return None
+        family = metrics.client_family(headers.get("user-agent"))
+        etag = entry.etag[:-1] + '-gzip"' if use_gzip else entry.etag
+        out = [(b"etag", etag.encode()),
+               (b"last-modified", format_datetime(entry.last_modified, usegmt=True).encode()),
+               *_STATIC_HEADERS]
+        if _conditional_match(headers.get("if-none-match"), headers.get("if-modified-since"),
+                              entry):
+            metrics.FEED_REQUESTS.labels("304", family).inc()
+            return 304, out, b""
+        body = entry.gzip_body if use_gzip and entry.gzip_body is not None else entry.body
+        out += [(b"content-type", CONTENT_TYPE.encode()),
+                (b"content-disposition", b'inline; filename="calendar.ics"'),
+                (b"content-length", str(len(body)).encode())]
+        if use_gzip:
+            out.append((b"content-encoding", b"gzip"))
+        metrics.FEED_REQUESTS.labels("200", family).inc()
+        return 200, out, b"" if scope["method"] == "HEAD" else body

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.db.models import FeedCache
+from calsync.feeds.memo import note_feeds_changed
 
 
 def mark_feeds_dirty(session: Session, user_ids: Iterable[str]) -> None:
@@ -15,6 +16,7 @@ def mark_feeds_dirty(session: Session, user_ids: Iterable[str]) -> None:
     if not ids:
         return
     session.execute(update(FeedCache).where(FeedCache.user_id.in_(ids)).values(dirty=True))
+    note_feeds_changed(session, ids)  # serving processes drop what they hold of these
     existing = set(session.scalars(select(FeedCache.user_id).where(FeedCache.user_id.in_(ids))))
     for uid in ids:
         if uid not in existing:
