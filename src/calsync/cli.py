@@ -413,8 +413,11 @@ def token_revoke(app: AppContext, token_id: int, as_json: bool) -> None:
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--no-worker", is_flag=True, help="Serve HTTP only; run `calsync worker` apart.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="HTTP worker processes sharing the port (the scheduler runs once).")
 @pass_app
-def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) -> None:
+def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool,
+          workers: int) -> None:
     """Serve the HTTP API and feeds (and the scheduler unless --no-worker)."""
     import uvicorn
 
@@ -432,8 +435,21 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool) 
         scheduler = build_scheduler(settings, db, blocking=False)
         scheduler.start()
     try:
-        uvicorn.run(create_app(settings, db), host=host,
-                    port=port or settings.server.port, log_level="info", access_log=False)
+        if workers > 1:
+            import os
+
+            from calsync.api import serving
+
+            os.environ[serving.CONFIG_ENV] = app.config_path or ""
+            os.environ[serving.HOST_ENV] = host
+            os.environ[serving.PORT_ENV] = str(port or settings.server.port)
+            uvicorn.run("calsync.api.serving:app_from_environment", factory=True,
+                        workers=workers, host=host, port=port or settings.server.port,
+                        log_level="info", access_log=False)
+        else:
+            uvicorn.run(create_app(settings, db), host=host,
+                        port=port or settings.server.port, log_level="info",
+                        access_log=False)
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)

@@ -1,0 +1,30 @@
+"""``calsync serve --workers N``: the application factory each HTTP worker process runs.
+
+uvicorn starts N processes that share the listening socket; each builds its own
+application, database engine and feed memo from the same configuration the command was
+given (``CALSYNC_SERVE_CONFIG``, ``CALSYNC_SERVE_HOST``, ``CALSYNC_SERVE_PORT``, set by the
+command), so the workers serve the same thing. The scheduler stays in the parent process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+CONFIG_ENV, HOST_ENV, PORT_ENV = "CALSYNC_SERVE_CONFIG", "CALSYNC_SERVE_HOST", "CALSYNC_SERVE_PORT"
+
+
+def app_from_environment() -> FastAPI:
+    """Build the app of one worker process (a uvicorn factory)."""
+    from calsync.api.app import create_app
+    from calsync.cli import follow_port
+    from calsync.config import load_settings
+    from calsync.db.session import Database
+    from calsync.secrets import resolve_secret_key
+
+    settings = resolve_secret_key(load_settings(os.environ.get(CONFIG_ENV) or None))
+    port = os.environ.get(PORT_ENV)
+    settings = follow_port(settings, os.environ.get(HOST_ENV), int(port) if port else None)
+    return create_app(settings, Database(settings.database.url,
+                                         echo=settings.database.echo))
