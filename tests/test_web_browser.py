@@ -121,7 +121,10 @@ def test_technician_and_dispatcher_in_chromium(sqlite_db, radicale_server) -> No
         feed.get_by_role("button", name="Turn on feed").click()
         first = page.get_by_role("textbox", name="Feed link").input_value()
         assert httpx.get(first).status_code == 200
-        assert page.get_by_role("button", name="Copy link").is_visible()
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+        page.get_by_role("button", name="Copy link").click()
+        feed.get_by_role("status").filter(has_text="Link copied.").wait_for()
+        assert page.evaluate("navigator.clipboard.readText()") == first
         assert re.search(r"Last fetched", feed.inner_text())
         assert "Google Calendar refreshes every 4 to 24 hours" in feed.inner_text()
         page.get_by_role("button", name="Regenerate link").click()
