@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 
+from calsync import metrics
 from calsync.api.auth import Principal, PrincipalDep
 from calsync.availability.booking import BookingRefused, book, parse_booking
 from calsync.availability.check import check_availability, schedule_of, search_availability
@@ -86,6 +87,8 @@ def post_booking(request: Request, body: Any = Body(...),
         outcome = book(request.app.state.db, req, who, who.actor, utcnow(),
                        _stale_after(request))
     except BookingRefused as exc:
+        metrics.BOOKINGS.labels("stale" if exc.reason == "stale" else "conflict").inc()
         return JSONResponse({"error": exc.code, "reason": exc.reason, "detail": exc.message,
                              "conflicts": exc.conflicts}, status_code=409)
+    metrics.BOOKINGS.labels("forced" if outcome.forced else "created").inc()
     return {**outcome.job, "forced": outcome.forced}
