@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from calsync.errors import NeedsReauth, UserError
+from calsync.errors import CalsyncError, NeedsReauth, UserError
 from calsync.sync.connector import ConnectContext, RemoteCalendar
 from calsync.sync.retry import RetryPolicy
-from calsync_google import oauth
+from calsync_google import delegation, oauth
 from calsync_google.client import RequestRunner, make_credentials, make_http
 from calsync_google.connector import GoogleConnector
 from calsync_google.mapping import event_id_for_key
@@ -65,6 +65,8 @@ class GoogleFactory:
     providers: tuple[str, ...] = ("google",)
 
     def connect(self, ctx: ConnectContext) -> GoogleConnector:
+        if delegation.is_domain_wide(ctx.credentials):
+            return self._connect_domain_wide(ctx)
         if not ctx.credentials.get("refresh_token") and not ctx.credentials.get("token"):
             raise NeedsReauth(f"Google account {ctx.account or '?'} has no stored sign-in; "
                               "reconnect with `calsync connect google USER`")
@@ -74,7 +76,48 @@ class GoogleFactory:
         creds = make_credentials(settings, ctx.credentials)
         return GoogleConnector(settings, ctx.account, creds, http, runner)
 
+    def _connect_domain_wide(self, ctx: ConnectContext) -> GoogleConnector:
+        """A user of a Google Workspace domain, impersonated by the domain's service
+        account (``subject`` = the user's e-mail)."""
+        if not ctx.account or "@" not in ctx.account:
+            raise UserError(f"a Google Workspace connection needs the user's e-mail address "
+                            f"as its account, got {ctx.account!r}")
+        creds = delegation.impersonating(ctx.credentials, ctx.account)
+        runner = RequestRunner(ctx.account, retry_policy(ctx))
+        key = ctx.credentials.get("service_account_key") or {}
+        domain = str(ctx.credentials.get("domain") or ctx.account.rsplit("@", 1)[1])
+        runner.refusal = lambda error: delegation.refused(
+            ctx.account, domain, str(key.get("client_id") or "?"), error)
+        return GoogleConnector(ctx.settings, ctx.account, creds,  # type: ignore[arg-type]
+                               make_http(ctx.settings, ctx.http), runner,
+                               store_credentials=False)
+
+    def check_delegation(self, ctx: ConnectContext) -> None:
+        """Before a Workspace domain is connected: impersonate one of its users
+        (``ctx.account``); a delegation that is not authorised at all (or a key Google
+        refuses) raises UserError with what the admin must do. A refusal of that one user
+        is left to their own connection. The key file is checked first, with or without
+        a user to try."""
+        delegation.check_key(ctx.credentials.get("service_account_key"))
+        if not ctx.account:
+            return
+        connector = self.connect(ctx)
+        try:
+            connector.list_calendars()
+        except delegation.NotAuthorised as exc:
+            raise UserError(exc.message) from exc
+        except CalsyncError:
+            pass
+        finally:
+            connector.close()
+
     def verify(self, ctx: ConnectContext) -> tuple[ConnectContext, list[RemoteCalendar]]:
+        if delegation.is_domain_wide(ctx.credentials):
+            connector = self.connect(ctx)
+            try:
+                return ctx, connector.list_calendars()
+            finally:
+                connector.close()
         connector = self.connect(ctx)
         try:
             try:

@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import google_auth_httplib2
@@ -169,6 +170,8 @@ class RequestRunner:
         self.requests = 0
         self.dead: NeedsReauth | None = None
         self.http: Any = None  # the connector's AuthorizedHttp (see bind)
+        # domain-wide delegation: a refused token is the admin's to fix, not a re-sign-in
+        self.refusal: Callable[[str], CalsyncError] | None = None
 
     def bind(self, http: Any) -> None:
         self.http = http
@@ -211,6 +214,10 @@ class RequestRunner:
     def _refresh_failed(self, exc: RefreshError, where: str) -> CalsyncError:
         text = str(exc)
         data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        if self.refusal is not None:
+            return self.refusal(str(data.get("error") or
+                                    ("unauthorized_client" if "unauthorized_client" in text
+                                     else "invalid_grant")))
         if data.get("error") in ("invalid_grant", "invalid_client", "unauthorized_client") \
                 or "invalid_grant" in text or not getattr(exc, "retryable", False):
             self.dead = NeedsReauth(f"{where}: Google refused the stored sign-in "

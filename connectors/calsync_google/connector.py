@@ -63,7 +63,7 @@ class GoogleConnector:
     Calendar resources."""
 
     def __init__(self, settings: Any, account: str, creds: Credentials, http: Any,
-                 runner: RequestRunner) -> None:
+                 runner: RequestRunner, store_credentials: bool = True) -> None:
         self.settings = settings
         self.account = account
         self.creds = creds
@@ -71,7 +71,9 @@ class GoogleConnector:
         self.runner = runner
         self.api = calendar_api(settings)
         runner.bind(authorized_http(creds, http))
-        self._initial = stored_credentials(creds)
+        # False for domain-wide delegation: its per-user tokens are never stored
+        self.store_credentials = store_credentials
+        self._initial = stored_credentials(creds) if store_credentials else None
         self._calendar_tz: dict[str, str] = {}
 
     # --- reading ----------------------------------------------------------------------
@@ -240,6 +242,8 @@ class GoogleConnector:
     # --- credentials --------------------------------------------------------------------
 
     def credentials(self) -> dict[str, Any] | None:
+        if not self.store_credentials:
+            return None
         current = stored_credentials(self.creds)
         if current == self._initial:
             return None

@@ -115,3 +115,23 @@ class GoogleBackend:
 
     def close(self) -> None:
         self.emulator.stop()
+
+
+class GoogleDomainBackend(GoogleBackend):
+    """The same account reached through Google Workspace domain-wide delegation: a service
+    account's signed JWT grant with ``sub`` = the user, through google-auth (connector:
+    calsync_google's domain-wide mode). No user sign-in."""
+
+    def __init__(self, tmp_path: Path, request: Any = None) -> None:
+        from tests.emulators.google import google_settings
+
+        self.emulator = GoogleEmulator().start()
+        if request is not None:
+            request.addfinalizer(self.emulator.stop)
+        self.emulator.add_account(ACCOUNT, timezone="UTC")
+        key = self.emulator.add_service_account()
+        self.emulator.delegate(key["client_id"], ACCOUNT.split("@")[1])
+        self._ctx = ConnectContext(provider="google", url=None, account=ACCOUNT, credentials={
+            "mode": "domain_wide", "domain": ACCOUNT.split("@")[1],
+            "service_account_key": key}, settings=google_settings(self.emulator),
+            options={"sleep": lambda _s: None})

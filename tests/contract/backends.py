@@ -54,10 +54,12 @@ BACKENDS: dict[str, BackendFactory] = {
     "radicale": lazy("tests.contract.backend_caldav:RadicaleBackend"),
     "xandikos": lazy("tests.contract.backend_caldav:XandikosBackend"),
     "google": lazy("tests.contract.backend_google:GoogleBackend"),
+    "google-domain": lazy("tests.contract.backend_google:GoogleDomainBackend"),
     "graph": lazy("tests.contract.backend_graph:GraphBackend"),
     "graph-tenant": lazy("tests.contract.backend_graph:GraphTenantBackend"),
 }
 
 # Backends whose fixture can make a read-only calendar (Xandikos serves none here); the
 # read-only case runs on these, and the engine's read-only rule is one central check.
-READ_ONLY_BACKENDS = ("google", "graph", "graph-tenant", "memory", "radicale")
+READ_ONLY_BACKENDS = ("google", "google-domain", "graph", "graph-tenant", "memory",
+                      "radicale")

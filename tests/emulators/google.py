@@ -19,6 +19,16 @@ OAuth 2.0 (developers.google.com/identity/protocols/oauth2):
   ``400 invalid_grant`` ("Token has been expired or revoked."); expired or revoked access
   tokens get ``401`` from the API.
 
+- service accounts with domain-wide delegation ("Using OAuth 2.0 for Server to Server
+  Applications", "Delegating domain-wide authority"): :meth:`add_service_account` makes a
+  key file (RSA key, ``token_uri`` here); ``grant_type=urn:ietf:params:oauth:grant-type:
+  jwt-bearer`` with an RS256 ``assertion`` (``iss`` the service account, ``scope``, ``aud``
+  ``https://oauth2.googleapis.com/token``, ``exp`` at most an hour after ``iat``, ``sub`` the user impersonated) answers
+  an access token for ``sub`` (no refresh token); a bad signature -> 400 ``invalid_grant``
+  "Invalid JWT Signature."; a client the Workspace admin did not authorise for the scope
+  (:meth:`delegate`) -> 401 ``unauthorized_client``; a subject outside the delegated domain
+  or unknown -> 400 ``invalid_grant`` "Invalid email or User ID".
+
 Calendar API v3 (developers.google.com/calendar/api/v3/reference), under ``/calendar/v3``:
 - ``calendarList.list``, ``calendars.get`` (``primary`` is the account's own calendar,
   whose id is the e-mail address);
@@ -165,6 +175,10 @@ class GoogleEmulator:
         self.requests: list[tuple[str, str]] = []
         self.outbox: list[dict[str, Any]] = []
         self.auto_deliver = True
+        # domain-wide delegation: service accounts, the admin's authorisations, the domain
+        self.service_accounts: dict[str, dict[str, Any]] = {}  # client_email -> entry
+        self.delegations: dict[str, set[str]] = {}  # service account client_id -> scopes
+        self.workspace_domains: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -603,10 +617,73 @@ class GoogleEmulator:
             {"code": code, "state": q.get("state", ""), "scope": q.get("scope", "")})
         return 302, {"Location": location}, b""
 
+    # domain-wide delegation ----------------------------------------------------------
+
+    def add_service_account(self, name: str = "calsync-sync",
+                            project: str = "calsync-test") -> dict[str, Any]:
+        """A service account and its JSON key file (what Google Cloud's console downloads)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        email = f"{name}@{project}.iam.gserviceaccount.com"
+        client_id = str(10**20 + len(self.service_accounts) + 1)
+        key_id = secrets.token_hex(20)
+        with self.lock:
+            self.service_accounts[email] = {"public_key": key.public_key(),
+                                            "client_id": client_id, "key_id": key_id}
+        return {"type": "service_account", "project_id": project, "private_key_id": key_id,
+                "private_key": pem, "client_email": email, "client_id": client_id,
+                "auth_uri": f"{self.root}/o/oauth2/auth", "token_uri": f"{self.root}/token",
+                "universe_domain": "googleapis.com"}
+
+    def delegate(self, client_id: str, domain: str,
+                 scopes: tuple[str, ...] = ("https://www.googleapis.com/auth/calendar",)) -> None:
+        """The Workspace admin authorises ``client_id`` for ``scopes`` in ``domain``."""
+        with self.lock:
+            self.delegations[client_id] = set(scopes)
+            self.workspace_domains.add(domain.lower())
+
+    def _jwt_grant(self, form: dict[str, list[str]]) -> dict[str, Any]:
+        import jwt
+
+        assertion = form.get("assertion", [""])[0]
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+            entry = self.service_accounts.get(str(unverified.get("iss")))
+            if entry is None:
+                raise OAuthError(400, "invalid_grant", "Invalid JWT Signature.")
+            claims = jwt.decode(assertion, entry["public_key"], algorithms=["RS256"],
+                                # the documented audience, wherever the token URI is
+                                audience="https://oauth2.googleapis.com/token",
+                                options={"require": ["iss", "aud", "exp", "iat"]})
+        except jwt.PyJWTError as exc:
+            raise OAuthError(400, "invalid_grant", "Invalid JWT Signature.") from exc
+        if int(claims["exp"]) - int(claims["iat"]) > 3600:
+            raise OAuthError(400, "invalid_grant", "Invalid JWT: Token must be a short-lived "
+                                                   "token (60 minutes) and in a reasonable "
+                                                   "timeframe.")
+        scopes = set(str(claims.get("scope", "")).split())
+        granted = self.delegations.get(entry["client_id"], set())
+        subject = str(claims.get("sub") or "").lower()
+        if not subject or not scopes or not scopes <= granted:
+            raise OAuthError(401, "unauthorized_client",
+                             "Client is unauthorized to retrieve access tokens using this "
+                             "method, or client not authorized for any of the scopes "
+                             "requested.")
+        domain = subject.rsplit("@", 1)[-1]
+        if domain not in self.workspace_domains or subject not in self.accounts:
+            raise OAuthError(400, "invalid_grant", "Invalid email or User ID")
+        return self._issue(subject, "")
+
     def _token(self, form: dict[str, list[str]]) -> dict[str, Any]:
         grant = form.get("grant_type", [""])[0]
         self.counts[f"token:{grant}"] += 1
         with self.lock:
+            if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+                return self._jwt_grant(form)
             if grant == "refresh_token":
                 self._client(form)
                 refresh = form.get("refresh_token", [""])[0]

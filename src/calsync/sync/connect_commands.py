@@ -1,5 +1,6 @@
 """``calsync connect ics`` (a subscribed calendar), the organisation-wide connection
-``connect outlook-tenant`` (progress bar and summary) and ``tenants list|onboard|remove``.
+``connect outlook-tenant`` / ``connect google-domain`` (progress bar and summary) and
+``tenants list|onboard|remove``.
 Registered from ``cli.py`` after :mod:`calsync.sync.commands`."""
 
 from __future__ import annotations
@@ -208,6 +209,49 @@ def connect_outlook_tenant(ctx: click.Context, tenant: str, client_id: str,
     _connect_tenant(ctx, "outlook", tenant, creds, domains, as_json, no_sync)
 
 
+@click.command("google-domain")
+@click.option("--domain", required=True, help="The Google Workspace domain (users' e-mail "
+              "domain), e.g. example.com.")
+@click.option("--service-account-key-file", "key_file", required=True, metavar="FILE",
+              help="The service account's JSON key (its client id authorised for the "
+                   "Calendar scope under domain-wide delegation). Stored encrypted.")
+@click.option("--no-sync", is_flag=True, help="Connect the users, do not sync them yet.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def connect_google_domain(ctx: click.Context, domain: str, key_file: str, no_sync: bool,
+                          as_json: bool) -> None:
+    """Connect a whole Google Workspace domain through domain-wide delegation: every user
+    whose e-mail is in DOMAIN is impersonated by the service account, with no sign-in of
+    their own."""
+    domain = domain.strip().lower().lstrip("@")
+    if not domain or "." not in domain or "/" in domain:
+        raise UserError(f"--domain: expected a domain such as example.com, got {domain!r}")
+    try:
+        key = json.loads(Path(key_file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"--service-account-key-file {key_file}: cannot read it "
+                        f"({exc.strerror})") from exc
+    except ValueError as exc:
+        raise UserError(f"--service-account-key-file {key_file}: not JSON (expected the "
+                        f"service account's key file)") from exc
+    creds = {"mode": "domain_wide", "domain": domain, "service_account_key": key}
+    app = _app(ctx)
+    factory = load_connector_factory("google")
+    db = app.migrated_db()
+    with db.read_session() as s:
+        from calsync.db.models import User
+        from calsync.sync.tenants import email_domain
+
+        first = next((u.email for u in s.scalars(select(User).where(
+            User.deleted_at.is_(None), User.email.is_not(None)).order_by(User.id))
+            if email_domain(u.email) == domain), None)
+    # a bad key, or a delegation that is not set up at all, fails here once for everyone
+    factory.check_delegation(ConnectContext(  # type: ignore[attr-defined]
+        provider="google", url=None, account=str(first or "").lower(), credentials=creds,
+        settings=app.settings))
+    _connect_tenant(ctx, "google", domain, creds, [domain], as_json, no_sync)
+
+
 @click.group("tenants")
 def tenants_group() -> None:
     """Organisation-wide connections (Microsoft 365 tenants, Google Workspace domains)."""
@@ -282,5 +326,6 @@ def tenants_remove(ctx: click.Context, tenant: str) -> None:
 def register(cli: click.Group) -> None:
     add_connect_command(connect_ics)
     add_connect_command(connect_outlook_tenant)
+    add_connect_command(connect_google_domain)
     if tenants_group.name not in cli.commands:
         cli.add_command(tenants_group)

@@ -117,9 +117,12 @@ def matching_users(s: Session, tenant: Tenant) -> list[User]:
     return [u for u in users if email_domain(u.email) in domains]
 
 
-def _pick_primary(calendars: list[RemoteCalendar]) -> str | None:
+def _pick_primary(calendars: list[RemoteCalendar], account: str) -> str | None:
+    """The user's own calendar: Google's primary (its id is the address), else the first
+    writable one (Graph lists the default calendar first)."""
     writable = [c for c in calendars if c.supports_events and not c.read_only]
-    return writable[0].id if writable else None
+    own = [c for c in writable if c.id.lower() == account.lower()]
+    return (own or writable)[0].id if writable else None
 
 
 def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
@@ -173,7 +176,7 @@ def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
                 report.refused[user_id] = error
                 log.warning("tenant %s: user %s not connected: %s", report.tenant, user_id,
                             error)
-            primary = _pick_primary(calendars)
+            primary = _pick_primary(calendars, conn.account)
             for cal in calendars:
                 if not cal.supports_events:
                     continue
@@ -208,7 +211,7 @@ def retry_refused(settings: Settings, db: Database, tenant_id: int, now: dt.date
         with db.session() as s:
             conn = s.get(Connection, conn_id)
             assert conn is not None
-            primary = _pick_primary(calendars)
+            primary = _pick_primary(calendars, conn.account)
             for cal in calendars:
                 if cal.supports_events:
                     s.add(Calendar(connection_id=conn_id, remote_id=cal.id, name=cal.name,
