@@ -15,8 +15,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
+import pytz
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
@@ -221,7 +222,7 @@ def _board(request: Request, visit: Visit, query: Mapping[str, Any],
         search.tz = people[0][2]
     booked = None
     if query.get("booked"):
-        booked = _booked_entry(rows, results, str(query["booked"]))
+        booked = _booked_entry(results, str(query["booked"]))
     search_query = {k: v for k, v in query.items() if k in SEARCH_KEYS}
     return render(request, "dispatch.html", {
         "title": "Dispatch board", "week": week, "days": days, "rows": rows,
@@ -234,8 +235,8 @@ def _board(request: Request, visit: Visit, query: Mapping[str, Any],
     }, status_code, visit)
 
 
-def _booked_entry(rows: list[BoardRow], results: list[dict[str, Any]],
-                  job_id: str) -> str:
+def _booked_entry(results: list[dict[str, Any]], job_id: str) -> str:
+    """The confirmation of a booking, from the board's own data for the week."""
     for r in results:
         for item in r["items"]:
             if item.get("id") == job_id:
@@ -246,8 +247,6 @@ def _booked_entry(rows: list[BoardRow], results: list[dict[str, Any]],
 
 
 def _zones() -> list[str]:
-    import pytz
-
     return list(pytz.common_timezones)
 
 
@@ -266,8 +265,6 @@ async def dispatch_page(request: Request) -> Response:
 
 
 def _back_query(form: FormData) -> dict[str, Any]:
-    from urllib.parse import parse_qs
-
     parsed = parse_qs(str(form.get("back") or ""))
     out: dict[str, Any] = {k: v[0] for k, v in parsed.items() if k in SEARCH_KEYS and v}
     out["users"] = parsed.get("users", [])

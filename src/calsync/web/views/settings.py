@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytz
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -134,8 +135,6 @@ def _page(request: Request, visit: Visit, state: FormState | None = None,
     hours = {d: _hours_text(profile["working_hours"].get(d, [])) for d in WEEKDAYS}
     if state.form == "hours":
         hours.update({d: str(state.values.get(f"hours_{d}", "")) for d in WEEKDAYS})
-    import pytz
-
     return render(request, "settings.html", {
         "title": "Calendar settings", "user": profile, "feed_link": link,
         "last_fetched": fetched, "connections": connections, "calendars": calendars,
