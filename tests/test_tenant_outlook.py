@@ -7,6 +7,7 @@ imported later, a fixed policy, and removing the tenant."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import sys
@@ -16,10 +17,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from calsync.config import load_settings
 from calsync.db.models import Calendar, Connection, Link, Tenant
 from calsync.db.session import Database
 from calsync.schedule.store import import_document
 from calsync.secrets import CredentialBox
+from calsync.sync.runner import run_due_syncs
 from calsync_outlook.app_only import forget_tenant_tokens
 from tests.conftest import SECRET
 from tests.emulators.graph import GraphEmulator, registered_outlook
@@ -161,10 +164,18 @@ def test_users_imported_later_and_a_fixed_policy_are_onboarded_and_removal_disco
                                                "email": "newhire@contoso.com",
                                                "timezone": "UTC"}]})
     assert report.ok
+    # the worker's next tick onboards the new user and the mailbox the admin let in, and
+    # syncs them
+    settings = load_settings()
+    results = run_due_syncs(settings, org, dt.datetime.now(dt.timezone.utc))
+    synced = {r.user_id: r.status for r in results}
+    assert synced.get("newhire") == "ok" and synced.get("tech002") == "ok"
+    [tech002_job] = graph.events_in(REFUSED, graph.calendar_id(REFUSED))  # synced now
+    assert tech002_job["subject"].startswith("Install")
     code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--json")
     assert code == 0, err
     [onboarded] = json.loads(out)
-    assert onboarded["connected"] == 1 and onboarded["refused"] == []
+    assert onboarded["connected"] == 0 and onboarded["already_connected"] == 7
     with org.read_session() as s:
         fixed = s.scalar(select(Connection).where(Connection.account == REFUSED))
         assert fixed is not None and fixed.status == "ok"

@@ -525,6 +525,25 @@ def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, 
     return result
 
 
+def _onboard_tenant_users(settings: Settings, db: Database, now: dt.datetime) -> None:
+    """Users imported since get their organisation-wide connection (calsync.sync.tenants);
+    a failure here is logged and never stops the syncs."""
+    from calsync.sync.tenants import onboard_due
+
+    def discover(conn: Connection) -> list[Any]:
+        connector = build_connector(settings, conn)
+        try:
+            return connector.list_calendars()
+        finally:
+            connector.close()
+
+    try:
+        onboard_due(settings, db, now, discover)
+    except Exception as exc:  # noqa: BLE001 - onboarding must not stop the syncs
+        log.error("onboarding users of organisation-wide connections failed: %s",
+                  describe_failure(exc))
+
+
 def run_due_syncs(settings: Settings, db: Database, now: dt.datetime, *,
                   worker_id: str | None = None, sleep: Callable[[float], None] = time.sleep,
                   max_connections: int | None = None,
@@ -546,6 +565,7 @@ def run_due_syncs(settings: Settings, db: Database, now: dt.datetime, *,
     threads = max(1, concurrency or settings.sync.concurrency)
     lease = settings.sync.lease_seconds
     results: list[ConnectionResult] = []
+    _onboard_tenant_users(settings, db, now)
     claimed = 0
 
     def room() -> int:

@@ -10,8 +10,8 @@ per technician.
   tenant may not open (an application access policy, a user outside the delegation) is
   reported on that user's connection (status ``error``, with what the admin must do), and
   the others go on. Users imported later are onboarded by the next :func:`onboard`
-  (:func:`onboard_all` runs it for every tenant; ``calsync tenants onboard`` and
-  ``calsync sync`` call it).
+  (:func:`onboard_due` runs it for every tenant from the worker's sync tick, at most once
+  per ``sync.interval_seconds``; ``calsync tenants onboard`` at once).
 - :func:`tenant_credentials` is what the runner merges into a tenant connection's own
   credentials when it builds its connector.
 - :func:`remove_tenant` disconnects every user of the tenant (their calendars, links and
@@ -230,6 +230,28 @@ def onboard_all(settings: Settings, db: Database, now: dt.datetime,
     return [onboard(settings, db, tid, now, discover, actor="sync:onboard") for tid in ids]
 
 
+_last_onboard: dict[str, dt.datetime] = {}
+
+
+def onboard_due(settings: Settings, db: Database, now: dt.datetime,
+                discover: Discover) -> list[OnboardReport]:
+    """What the worker runs each tick: at most once every ``sync.interval_seconds`` per
+    database, onboard users imported since and retry refused mailboxes of every tenant.
+    Costs one query when there are no tenants."""
+    last = _last_onboard.get(db.url)
+    if last is not None and dt.timedelta(0) <= now - last < dt.timedelta(
+            seconds=settings.sync.interval_seconds):
+        return []
+    _last_onboard[db.url] = now
+    with db.read_session() as s:
+        ids = list(s.scalars(select(Tenant.id).order_by(Tenant.id)))
+    reports = []
+    for tid in ids:
+        reports.append(onboard(settings, db, tid, now, discover, actor="worker:onboard"))
+        retry_refused(settings, db, tid, now, discover)
+    return reports
+
+
 def tenant_connections(s: Session, tenant_id: int) -> list[Connection]:
     return list(s.scalars(select(Connection).where(Connection.tenant_id == tenant_id)
                           .order_by(Connection.user_id)))
@@ -264,6 +286,6 @@ def remove_tenant(settings: Settings, db: Database, tenant_id: int, now: dt.date
 
 
 __all__ = ["OnboardReport", "email_domain", "find_tenant", "matching_users", "onboard",
-           "onboard_all",
+           "onboard_all", "onboard_due",
            "remove_tenant", "retry_refused", "save_tenant", "tenant_connections",
            "tenant_credentials"]
