@@ -116,3 +116,32 @@ def test_icloud_through_the_form(page_client, radicale, icloud_root,
     with db.session() as s:
         conn = s.scalar(select(Connection))
         assert conn.provider == "icloud" and acct.password.encode() not in conn.credentials
+
+
+def test_subscribe_to_a_calendar_link(page_client, not_caldav_url,
+                                      db) -> None:  # type: ignore[no-untyped-def]
+    from tests.ics_feed_server import FeedServer
+
+    client, csrf = page_client
+    feed = FeedServer()
+    feed.serve("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//school//EN\r\n"
+               "X-WR-CALNAME:Timetable\r\nBEGIN:VEVENT\r\nUID:lesson-1\r\n"
+               "DTSTAMP:20260101T000000Z\r\nDTSTART:20270105T140000Z\r\n"
+               "DTEND:20270105T150000Z\r\nSUMMARY:Parents evening\r\nEND:VEVENT\r\n"
+               "END:VCALENDAR\r\n")
+    feed.start()
+    try:
+        r = client.post("/app/settings/connect/ics", data={"csrf_token": csrf,
+                                                           "url": not_caldav_url})
+        assert r.status_code == 422
+        assert _error(r.text, "ics", "url")
+        assert 'id="ics-panel" class="panel" data-open' in r.text
+        r = client.post("/app/settings/connect/ics", data={"csrf_token": csrf, "url": feed.url},
+                        follow_redirects=False)
+        assert r.status_code == 303 and "done=subscribed" in r.headers["location"]
+        page = client.get(r.headers["location"]).text
+        assert "Calendar link added" in page
+        assert re.search(r'name="conflict" value="cal_\w+" checked>Timetable</label>', page)
+        assert "secret-key" not in page  # the link's key is not shown back
+    finally:
+        feed.stop()

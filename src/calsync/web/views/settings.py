@@ -30,6 +30,7 @@ from calsync.selfservice.access import live_user
 from calsync.selfservice.connections import (
     connect_caldav,
     connect_icloud,
+    connect_ics,
     disconnect,
     list_calendars,
     list_connections,
@@ -55,13 +56,15 @@ router = APIRouter(include_in_schema=False)
 
 BUSY_AHEAD = dt.timedelta(days=7)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-PROVIDERS = {"outlook": "Outlook", "google": "Google", "icloud": "iCloud", "caldav": "CalDAV"}
+PROVIDERS = {"outlook": "Outlook", "google": "Google", "icloud": "iCloud", "caldav": "CalDAV",
+             "ics": "Calendar link"}
 DONE = {
     "feed_regenerated": "New feed link made. The old link no longer works: subscribe "
                         "again with the new one.",
     "feed_off": "Your feed is turned off. Calendar apps subscribed to it stop updating.",
     "feed_on": "Your feed is on. Subscribe to the link below in your calendar app.",
     "connected": "Calendar account connected. Now choose your calendars below.",
+    "subscribed": "Calendar link added: its events now count as busy (it is read-only).",
     "disconnected": "Calendar account disconnected.",
     "calendars": "Calendars saved. Your schedule is being synced now.",
     "private_on": "Private mode is on: others see your own events only as Busy.",
@@ -205,6 +208,7 @@ async def feed_action(action: str, request: Request) -> Response:
 _CONNECT_FIELDS = {
     "caldav": {"url": "url", "username": "username", "password": "password"},
     "icloud": {"apple_id": "apple_id", "app_password": "app_password"},
+    "ics": {"url": "url"},
 }
 
 
@@ -239,12 +243,16 @@ def _connect(request: Request, visit: Visit, form: FormData, provider: str) -> R
             connect_caldav(settings, app_db(request), uid, visit.principal, url=fields["url"],
                            username=fields["username"], password=fields["password"],
                            now=utcnow(), http=http)
-        else:
+        elif provider == "icloud":
             connect_icloud(settings, app_db(request), uid, visit.principal,
                            apple_id=fields["apple_id"], app_password=fields["app_password"],
                            now=utcnow(), http=http)
+        else:
+            connect_ics(settings, app_db(request), uid, visit.principal, url=fields["url"],
+                        now=utcnow(), http=http)
+            return _done("subscribed", "connected-calendars")
     except CalsyncError as exc:
-        default = "url" if provider == "caldav" else "apple_id"
+        default = "apple_id" if provider == "icloud" else "url"
         return _page(request, visit, _error_state(provider, exc, shown, default), 422)
     return _done("connected", "calendar-configuration")
 
