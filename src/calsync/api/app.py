@@ -66,7 +66,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.include_router(platform.router)
     for name in ("calsync.api.feeds", "calsync.api.availability", "calsync.api.oauth",
                  "calsync.api.webhooks", "calsync.api.webhook_endpoints",
-                 "calsync.api.changes"):
+                 "calsync.api.changes", "calsync.api.tenants"):
         _include_optional(app, name)
     for name in ("calsync.api.login_links", "calsync.web.routes"):  # sign-in, pages (4.6)
         _include_optional(app, name)
