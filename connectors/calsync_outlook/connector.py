@@ -97,7 +97,10 @@ class OutlookConnector:
             resp = self.graph.request("GET", url)
             if resp.status != 200:
                 raise self._fail(resp, "listing calendars")
-            for cal in resp.body.get("value", []):
+            # the mailbox's default calendar first (a tenant's users get it as primary)
+            listed = sorted(resp.body.get("value", []),
+                            key=lambda c: not c.get("isDefaultCalendar", False))
+            for cal in listed:
                 out.append(RemoteCalendar(id=cal["id"], name=cal.get("name") or "",
                                           read_only=not cal.get("canEdit", True),
                                           color=cal.get("hexColor") or cal.get("color")))
