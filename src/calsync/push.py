@@ -83,6 +83,14 @@ def open_connector(settings: Settings, conn: Connection, http: Any = None) -> An
     factory = load_connector_factory(conn.provider)
     creds = CredentialBox.from_settings(settings).open(conn.credentials) \
         if conn.credentials else {}
+    if conn.tenant_id is not None:  # organisation-wide: the tenant's credentials too
+        from sqlalchemy.orm import object_session
+
+        from calsync.sync.tenants import tenant_credentials
+
+        session = object_session(conn)
+        if session is not None:
+            creds = {**tenant_credentials(settings, session, conn.tenant_id), **creds}
     ctx = ConnectContext(provider=conn.provider, url=conn.url, account=conn.account,
                          credentials=creds, settings=settings, http=http)
     return factory, factory.connect(ctx)
