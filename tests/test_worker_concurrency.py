@@ -230,3 +230,36 @@ def test_memory_factory_takes_latency_from_the_connection_settings(settings: Set
     connector = MemoryFactory().connect(ctx)
     assert server.latency == 0.02
     assert [c.id for c in connector.list_calendars()] == ["work"]
+
+
+def test_writes_to_one_calendar_run_in_parallel_up_to_the_bound(
+        db: Database, settings: Settings) -> None:
+    """A connector that allows parallel writes gets up to sync.calendar_write_concurrency
+    of one calendar's creates in flight; each item is created once and linked."""
+    from calsync.db.models import Link
+    from tests.test_sync_runner import add_connection, add_user
+
+    add_user(db)
+    cid, server, ids = add_connection(db, settings)
+    jobs = [{"id": f"j{i}", "title": "Install", "job_type": "Install", "account": "Acme",
+             "start": f"2026-12-{1 + i % 20:02d}T09:00:00+00:00",
+             "end": f"2026-12-{1 + i % 20:02d}T10:00:00+00:00", "assignees": ["u1"]}
+            for i in range(12)]
+    assert import_document(db, {"jobs": jobs}, now=NOW).ok
+
+    class ParallelMemory(MemoryConnector):
+        parallel_writes = True
+
+    server.latency = LATENCY
+    bounded = replace(settings, sync=replace(settings.sync, calendar_write_concurrency=3))
+    [result] = run_due_syncs(bounded, db, NOW, sleep=Sleeps(),
+                             connector_for=lambda _cid: ParallelMemory(server))
+    assert result.status == "ok", result.error
+    assert result.totals()["created"] == 12
+    assert 2 <= server.max_in_flight <= 3
+    assert sorted(o.key or "" for o in server.objects("work")) == \
+        sorted(f"job-j{i}" for i in range(12))
+    with db.read_session() as s:
+        links = list(s.query(Link).filter(Link.calendar_id == ids["work"]))
+        assert len(links) == 12 and len({link.remote_id for link in links}) == 12
+    assert cid == result.connection_id

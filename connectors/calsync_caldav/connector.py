@@ -160,6 +160,10 @@ PROCESS_LEDGER = WriteLedger()
 class CaldavConnector:
     """One CalDAV account. ``url`` is where discovery starts (or the home set found)."""
 
+    # Its httpx client and write ledger may be used from several threads: the engine runs
+    # up to sync.calendar_write_concurrency writes to one calendar at once.
+    parallel_writes = True
+
     def __init__(self, session: DavSession, url: str, parse_options: ParseOptions, *,
                  use_sync_collection: bool = True,
                  clock: Callable[[], dt.datetime] | None = None,

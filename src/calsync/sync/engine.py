@@ -24,11 +24,14 @@ provider shows a deleted event the same way, and the feed drops cancelled items 
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import functools
 import logging
+import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,7 +158,20 @@ class CalendarResult:
     public_id: str = ""  # cal_…
 
     def add(self, what: str, n: int = 1) -> None:
-        self.counts[what] = self.counts.get(what, 0) + n
+        with _COUNT_LOCK:  # writes of one calendar may run in parallel threads
+            self.counts[what] = self.counts.get(what, 0) + n
+
+
+_COUNT_LOCK = threading.Lock()
+
+
+def write_bound(connector: Connector, settings: Settings) -> int:
+    """Remote writes to one calendar in flight at once: ``sync.calendar_write_concurrency``
+    for connectors that declare ``parallel_writes = True`` (their HTTP client may be used
+    from several threads, e.g. CalDAV's httpx client), else 1."""
+    if not getattr(connector, "parallel_writes", False):
+        return 1
+    return max(1, settings.sync.calendar_write_concurrency)
 
 
 @dataclass
@@ -725,10 +741,28 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
                         type(action).__name__, exc)
 
     batched = hasattr(connector, "create_many")
-    for action in actions:
-        if isinstance(action, external_kinds) or (batched and isinstance(action, CreateRemote)):
+    steps = [a for a in actions if not (isinstance(a, external_kinds)
+                                        or (batched and isinstance(a, CreateRemote)))]
+    bound = write_bound(connector, settings)
+    writes = [a for a in steps if isinstance(a, (CreateRemote, UpdateRemote, DeleteRemote))] \
+        if bound > 1 and len(steps) > 1 else []
+    for action in steps:
+        if writes and isinstance(action, (CreateRemote, UpdateRemote, DeleteRemote)):
             continue
         guarded(action, functools.partial(executor.apply, action))
+    if writes:  # each item's write and link on its own, up to `bound` in flight
+        with ThreadPoolExecutor(bound, thread_name_prefix="calsync-write") as pool:
+            # each task in a copy of this thread's context: log lines and metrics keep
+            # the connection (calsync.runcontext)
+            futures = [pool.submit(contextvars.copy_context().run, guarded, a,
+                                   functools.partial(executor.apply, a)) for a in writes]
+            try:
+                for future in futures:
+                    future.result()
+            except ProviderError:
+                for future in futures:
+                    future.cancel()
+                raise
     creates = [a for a in actions if isinstance(a, CreateRemote)] if batched else []
     if creates:
         executor.create_batch(creates, guarded)
