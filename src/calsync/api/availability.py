@@ -27,6 +27,7 @@ from calsync.api.auth import Principal, PrincipalDep
 from calsync.availability.booking import BookingRefused, book, parse_booking
 from calsync.availability.check import check_availability, schedule_of, search_availability
 from calsync.availability.requests import parse_check, parse_schedule_query, parse_search
+from calsync.availability.store import reading
 from calsync.db.models import utcnow
 
 router = APIRouter()
@@ -48,7 +49,7 @@ def get_schedule(request: Request, users: str | None = Query(None),
     """Per user: schedule items and external busy blocks, masked for the caller."""
     q = parse_schedule_query(users, start, end)
     _may_read(who, q.user_ids)
-    with request.app.state.db.session() as s:
+    with reading(request.app.state.db) as s:
         results = schedule_of(s, q.user_ids, q.start, q.end, who, utcnow(),
                               _stale_after(request))
     return {"start": q.start.isoformat(), "end": q.end.isoformat(), "users": results}
@@ -59,7 +60,7 @@ def post_check(request: Request, body: Any = Body(...),
                who: Principal = PrincipalDep) -> dict[str, Any]:
     q = parse_check(body)
     _may_read(who, q.user_ids)
-    with request.app.state.db.session() as s:
+    with reading(request.app.state.db) as s:
         results = check_availability(s, q.user_ids, q.start, q.end, who, utcnow(),
                                      _stale_after(request))
     return {"results": results}
@@ -71,7 +72,7 @@ def post_search(request: Request, body: Any = Body(...),
     q = parse_search(body)
     _may_read(who, q.user_ids)
     assert q.duration is not None
-    with request.app.state.db.session() as s:
+    with reading(request.app.state.db) as s:
         results = search_availability(s, q.user_ids, q.start, q.end, q.duration, utcnow(),
                                       _stale_after(request))
     return {"results": results}

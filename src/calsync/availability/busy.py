@@ -131,16 +131,27 @@ class UserBusyInput:
 
 # --- rules ------------------------------------------------------------------------------
 
+def schedule_status_is_busy(status: str | None) -> bool:
+    """The rule for a schedule item's ``status`` (loaders that skip the entry use it)."""
+    return status in BUSY_SCHEDULE_STATUSES
+
+
+def external_fields_are_busy(busy_status: str | None, status: str | None,
+                             response: str | None) -> bool:
+    """The rule for an external event's busy status, status and the user's answer."""
+    if (status or "").lower() == "cancelled":
+        return False
+    if (response or "").lower() == "declined":
+        return False
+    return (busy_status or "").lower() in BUSY_EXTERNAL_STATUSES
+
+
 def schedule_is_busy(entry: ScheduleEntry) -> bool:
-    return entry.status in BUSY_SCHEDULE_STATUSES
+    return schedule_status_is_busy(entry.status)
 
 
 def external_is_busy(entry: ExternalEntry) -> bool:
-    if (entry.status or "").lower() == "cancelled":
-        return False
-    if (entry.response or "").lower() == "declined":
-        return False
-    return (entry.busy_status or "").lower() in BUSY_EXTERNAL_STATUSES
+    return external_fields_are_busy(entry.busy_status, entry.status, entry.response)
 
 
 # --- intervals --------------------------------------------------------------------------
@@ -242,6 +253,33 @@ def busy_intervals(data: UserBusyInput, start: dt.datetime, end: dt.datetime) ->
     return merge((b.start, b.end) for b in busy_blocks(data, start, end))
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = dt.timedelta(microseconds=1)
+_MINUTE = 60_000_000  # microseconds
+
+
+def micros(instant: dt.datetime) -> int:
+    """An instant as whole microseconds since the Unix epoch (exact, unlike timestamp())."""
+    return (instant - EPOCH) // MICROSECOND
+
+
+def instant_of(us: int) -> dt.datetime:
+    """The UTC instant ``us`` microseconds after the Unix epoch."""
+    return EPOCH + us * MICROSECOND
+
+
+def free_slot_micros(busy: Sequence[Interval], start: dt.datetime, end: dt.datetime,
+                     duration: dt.timedelta) -> list[tuple[int, int]]:
+    """:func:`free_slots` as microseconds since the epoch: a search formats each distinct
+    boundary once instead of building and formatting two datetimes per slot."""
+    step = duration // MICROSECOND
+    slots: list[tuple[int, int]] = []
+    for s, e in complement(merge(busy), start, end):
+        first, stop = -(-micros(s) // _MINUTE) * _MINUTE, micros(e)  # up to a whole minute
+        slots.extend((a, a + step) for a in range(first, stop - step + 1, step))
+    return slots
+
+
 def free_slots(busy: Sequence[Interval], start: dt.datetime, end: dt.datetime,
                duration: dt.timedelta) -> list[Interval]:
     """Back-to-back slots of ``duration`` inside each free interval of ``[start, end)``.
@@ -249,15 +287,10 @@ def free_slots(busy: Sequence[Interval], start: dt.datetime, end: dt.datetime,
     Slots are aligned to the start of each free interval (the start of a working span, or
     the end of whatever was busy before it), rounded up to a whole minute, and tile it:
     for 30-minute slots in a free 08:00-10:15 that gives 08:00, 08:30, 09:00, 09:30.
+    Instants are returned in UTC.
     """
-    slots: list[Interval] = []
-    for s, e in complement(merge(busy), start, end):
-        if s.second or s.microsecond:
-            s = s.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        while s + duration <= e:
-            slots.append((s, s + duration))
-            s += duration
-    return slots
+    return [(instant_of(a), instant_of(b))
+            for a, b in free_slot_micros(busy, start, end, duration)]
 
 
 # --- staleness (fail closed) ------------------------------------------------------------

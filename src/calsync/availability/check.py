@@ -19,14 +19,19 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from calsync.availability.busy import (
+    CalendarHealth,
+    Interval,
     UserBusyInput,
+    UserProfile,
     busy_blocks,
     external_is_busy,
-    free_slots,
+    free_slot_micros,
+    instant_of,
     merge,
+    outside_hours,
     stale_calendars,
 )
-from calsync.availability.store import load_busy_inputs
+from calsync.availability.store import load_busy_inputs, load_busy_times, load_people
 from calsync.availability.views import (
     block_view,
     conflict_entry,
@@ -67,14 +72,39 @@ def search_results(inputs: Mapping[str, UserBusyInput], start: dt.datetime,
                    stale_after: dt.timedelta) -> list[dict[str, Any]]:
     """One ``{"user_id", "stale", "stale_calendars", "slots"}`` per user; stale users get
     no slots (fail closed)."""
+    busy = {uid: [(b.start, b.end) for b in busy_blocks(data, start, end,
+                                                         include_outside_hours=False)]
+            for uid, data in inputs.items()}
+    return slot_results({u: d.profile for u, d in inputs.items()},
+                        {u: d.calendars for u, d in inputs.items()}, busy, start, end,
+                        duration, now, stale_after)
+
+
+def slot_results(profiles: Mapping[str, UserProfile],
+                 calendars: Mapping[str, Sequence[CalendarHealth]],
+                 busy: Mapping[str, Sequence[Interval]], start: dt.datetime,
+                 end: dt.datetime, duration: dt.timedelta, now: dt.datetime,
+                 stale_after: dt.timedelta) -> list[dict[str, Any]]:
+    """:func:`search_results` from each user's busy spans (items and external events,
+    as :func:`calsync.availability.store.load_busy_times` gives them): working hours are
+    added here. Users who share a timezone and hours share one working-hours computation,
+    and each instant is formatted once."""
+    hours_memo: dict[tuple[str, str], list[Interval]] = {}
+    texts: dict[int, str] = {}  # slot boundary (microseconds since the epoch) -> ISO text
     results = []
-    for uid, data in inputs.items():
-        stale = _stale(data, now, stale_after)
+    for uid, profile in profiles.items():
+        stale = stale_calendars(calendars.get(uid, ()), now, stale_after)
         slots: list[dict[str, str]] = []
         if not stale:
-            busy = merge((b.start, b.end) for b in busy_blocks(data, start, end))
-            slots = [{"start": iso(s), "end": iso(e)}
-                     for s, e in free_slots(busy, start, end, duration)]
+            key = (profile.timezone, repr(profile.working_hours))
+            off = hours_memo.get(key)
+            if off is None:
+                off = hours_memo[key] = outside_hours(profile.working_hours,
+                                                      profile.timezone, start, end)
+            merged = merge([*busy.get(uid, ()), *off])
+            for a, b in free_slot_micros(merged, start, end, duration):
+                slots.append({"start": texts.get(a) or texts.setdefault(a, iso(instant_of(a))),
+                              "end": texts.get(b) or texts.setdefault(b, iso(instant_of(b)))})
         results.append({"user_id": uid, "stale": bool(stale), "stale_calendars": stale,
                         "slots": slots})
     return results
@@ -108,8 +138,13 @@ def check_availability(session: Session, user_ids: Sequence[str], start: dt.date
 def search_availability(session: Session, user_ids: Sequence[str], start: dt.datetime,
                         end: dt.datetime, duration: dt.timedelta, now: dt.datetime,
                         stale_after: dt.timedelta) -> list[dict[str, Any]]:
-    inputs = load_busy_inputs(session, user_ids, start, end)
-    return search_results(inputs, start, end, duration, now, stale_after)
+    """Load (people, then busy spans only) and search. Raises NotFound for an unknown
+    user."""
+    ids = list(dict.fromkeys(user_ids))
+    profiles, calendars = load_people(session, ids)
+    busy = load_busy_times(session, ids, start, end)
+    return slot_results({u: profiles[u] for u in ids}, calendars, busy, start, end,
+                        duration, now, stale_after)
 
 
 def schedule_of(session: Session, user_ids: Sequence[str], start: dt.datetime,

@@ -1,32 +1,57 @@
-"""Loading what the busy model needs for users x range: four queries, whatever the count.
+"""Loading what the busy model needs for users x range: two statements, whatever the count.
 
-- users: ``users`` by primary key;
-- schedule items: ``item_assignees`` (index user_id, item_pk) joined to ``schedule_items``,
-  overlapping the range, not deleted;
-- external busy blocks: ``external_busy`` (index user_id, start_at, end_at) joined to the
-  event and its calendar, overlapping the range, from primary/conflict calendars only;
-- calendar health: the users' primary/conflict calendars with their connection's status.
+- people: the users by primary key, outer-joined to their primary/conflict calendars and
+  each calendar's connection status (one row per watched calendar, or one without);
+- busy rows: schedule items through ``item_assignees`` and external occurrences from
+  ``external_busy``, in one ``UNION ALL``.
 
-Ids are sent in chunks so an ``IN`` list stays small. Returns plain frozen records from
+Both busy tables carry a copy of each row's span and a ``long_span`` mark (longer than
+:data:`SHORT_SPAN`), kept right by database triggers (migration 0009), with the index
+``(user_id, long_span, start_at, end_at)``. A short row that overlaps ``[start, end)``
+starts after ``start - SHORT_SPAN``, so each user costs two narrow index ranges (short
+rows from ``start - LOOKBACK``, long rows up to ``end``), not a walk over all their rows;
+only the rows found are joined to their item or event.
+
+Details (titles, notes, attendees...) are read only when asked: checks and schedules
+show conflicts, a slot search needs times and the fields the busy rules read. Ids are
+sent in chunks so an ``IN`` list stays small. Returns plain frozen records from
 :mod:`calsync.availability.busy`; nothing here decides who is busy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    CompoundSelect,
+    and_,
+    bindparam,
+    false,
+    literal_column,
+    null,
+    select,
+    true,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.types import JSON, Boolean, String, Text
 
 from calsync.availability.busy import (
     WATCHED_ROLES,
     CalendarHealth,
     ExternalEntry,
+    Interval,
     ScheduleEntry,
     UserBusyInput,
     UserProfile,
+    external_fields_are_busy,
+    schedule_status_is_busy,
 )
 from calsync.db.models import (
     Calendar,
@@ -37,46 +62,138 @@ from calsync.db.models import (
     ScheduleItem,
     User,
 )
+from calsync.db.session import Database
 from calsync.errors import NotFound
+from calsync.timezones import UTC
 
 CHUNK = 500
-
+# The ``long_span`` bound of migration 0009 (its triggers hard-code one day).
+SHORT_SPAN = dt.timedelta(days=1)
+# A minute more than the bound: SQLite's julianday() rounds to milliseconds.
+LOOKBACK = SHORT_SPAN + dt.timedelta(minutes=1)
 
 # Statements are built once; ids, start and end are bound per call (expanding IN lists).
 _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _START: BindParameter[Any] = bindparam("start")
 _END: BindParameter[Any] = bindparam("end")
+_FROM: BindParameter[Any] = bindparam("lookback_from")
 
-_PROFILES = (select(User.id, User.name, User.timezone, User.working_hours, User.private_mode)
-             .where(User.id.in_(_IDS), User.deleted_at.is_(None)))
+_PEOPLE = (select(User.id, User.name, User.timezone, User.working_hours, User.private_mode,
+                  Calendar.name, Calendar.role, Calendar.status, Calendar.last_success_at,
+                  Connection.status, Connection.provider)
+           .outerjoin(Connection, Connection.user_id == User.id)
+           .outerjoin(Calendar, and_(Calendar.connection_id == Connection.id,
+                                     Calendar.role.in_(WATCHED_ROLES)))
+           .where(User.id.in_(_IDS), User.deleted_at.is_(None)))
 
-_ITEMS = (select(ItemAssignee.user_id.label("uid"), ScheduleItem.pk, ScheduleItem.kind,
-                 ScheduleItem.ext_id, ScheduleItem.start_at, ScheduleItem.end_at,
-                 ScheduleItem.status, ScheduleItem.title, ScheduleItem.job_type,
-                 ScheduleItem.account, ScheduleItem.location, ScheduleItem.notes,
-                 ScheduleItem.reason, ScheduleItem.all_day, ScheduleItem.tzid)
-          .join(ScheduleItem, ScheduleItem.pk == ItemAssignee.item_pk)
-          .where(ItemAssignee.user_id.in_(_IDS), ScheduleItem.deleted_at.is_(None),
-                 ScheduleItem.start_at < _END, ScheduleItem.end_at > _START))
+
+def _windows(user_id: Any, long_span: Any, start_at: Any,
+             end_at: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """(short rows, long rows) of the users overlapping [start, end): each an index range."""
+    overlap = and_(user_id.in_(_IDS), start_at < _END, end_at > _START)
+    return (and_(overlap, long_span == false(), start_at >= _FROM),
+            and_(overlap, long_span == true()))
+
+
+def _raw(column: Any) -> Any:
+    """A datetime column read as the driver gives it (no per-value type processing);
+    :func:`_instant_reader` turns it into aware UTC, once per distinct value."""
+    return type_coerce(column, String)
+
+
+def _busy_statement(details: bool) -> CompoundSelect[Any]:
+    """Item rows then event rows, in one column layout (``src`` says which)::
+
+        src, uid, row_id, kind, ext_id, start_at, end_at, status, all_day,
+        busy_status, response, private_at_source[, title, job_type, account, location,
+        notes, reason, tzid, description, organizer, attendees, calendar_name]
+    """
+    nothing = null()
+    item_cols: list[Any] = [
+        literal_column("'item'").label("src"), ItemAssignee.user_id.label("uid"),
+        ScheduleItem.pk.label("row_id"), ScheduleItem.kind.label("kind"),
+        ScheduleItem.ext_id.label("ext_id"), _raw(ItemAssignee.start_at).label("start_at"),
+        _raw(ItemAssignee.end_at).label("end_at"), ScheduleItem.status.label("status"),
+        ScheduleItem.all_day.label("all_day"),
+        nothing.cast(String).label("busy_status"), nothing.cast(String).label("response"),
+        nothing.cast(Boolean).label("private_at_source")]
+    event_cols: list[Any] = [
+        literal_column("'event'").label("src"), ExternalBusy.user_id.label("uid"),
+        ExternalEvent.id.label("row_id"), nothing.cast(String).label("kind"),
+        ExternalEvent.remote_id.label("ext_id"), _raw(ExternalBusy.start_at).label("start_at"),
+        _raw(ExternalBusy.end_at).label("end_at"), ExternalEvent.status.label("status"),
+        ExternalEvent.all_day.label("all_day"), ExternalEvent.busy_status.label("busy_status"),
+        ExternalEvent.response.label("response"),
+        ExternalEvent.private_at_source.label("private_at_source")]
+    if details:
+        item_cols += [ScheduleItem.title.label("title"), ScheduleItem.job_type,
+                      ScheduleItem.account, ScheduleItem.location.label("location"),
+                      ScheduleItem.notes, ScheduleItem.reason, ScheduleItem.tzid,
+                      nothing.cast(Text).label("description"),
+                      nothing.cast(Text).label("organizer"),
+                      nothing.cast(JSON).label("attendees"),
+                      nothing.cast(Text).label("calendar_name")]
+        event_cols += [ExternalEvent.summary.label("title"), nothing.cast(String),
+                       nothing.cast(Text), ExternalEvent.location.label("location"),
+                       nothing.cast(Text), nothing.cast(Text), nothing.cast(String),
+                       ExternalEvent.description.label("description"),
+                       ExternalEvent.organizer.label("organizer"),
+                       ExternalEvent.attendees.label("attendees"),
+                       Calendar.name.label("calendar_name")]
+    parts = []
+    for window in _windows(ItemAssignee.user_id, ItemAssignee.long_span,
+                           ItemAssignee.start_at, ItemAssignee.end_at):
+        parts.append(select(*item_cols).select_from(ItemAssignee)
+                     .join(ScheduleItem, ScheduleItem.pk == ItemAssignee.item_pk)
+                     .where(window, ScheduleItem.deleted_at.is_(None)))
+    for window in _windows(ExternalBusy.user_id, ExternalBusy.long_span,
+                           ExternalBusy.start_at, ExternalBusy.end_at):
+        parts.append(select(*event_cols).select_from(ExternalBusy)
+                     .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
+                     .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
+                     .where(window, Calendar.role.in_(WATCHED_ROLES)))
+    return union_all(*parts)
+
+
+_BUSY_DETAILED = _busy_statement(details=True)
+_BUSY_TIMES = _busy_statement(details=False)
 
 _TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
           .where(ItemAssignee.item_pk.in_(bindparam("pks", expanding=True))))
 
-_EXTERNAL = (select(ExternalBusy.user_id, ExternalBusy.start_at, ExternalBusy.end_at,
-                    ExternalEvent.id, ExternalEvent.remote_id, ExternalEvent.summary,
-                    ExternalEvent.description, ExternalEvent.location,
-                    ExternalEvent.organizer, ExternalEvent.attendees,
-                    ExternalEvent.busy_status, ExternalEvent.status, ExternalEvent.response,
-                    ExternalEvent.private_at_source, ExternalEvent.all_day, Calendar.name)
-             .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
-             .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
-             .where(ExternalBusy.user_id.in_(_IDS), ExternalBusy.start_at < _END,
-                    ExternalBusy.end_at > _START, Calendar.role.in_(WATCHED_ROLES)))
 
-_CALENDARS = (select(Connection.user_id, Calendar.name, Calendar.role, Calendar.status,
-                     Calendar.last_success_at, Connection.status, Connection.provider)
-              .join(Connection, Connection.id == Calendar.connection_id)
-              .where(Connection.user_id.in_(_IDS), Calendar.role.in_(WATCHED_ROLES)))
+def _instant_reader() -> Callable[[Any], dt.datetime]:
+    """Driver value -> aware UTC datetime, as :class:`calsync.db.models.UTCDateTime`
+    reads it. SQLite gives naive UTC text, parsed once per distinct string (the rows of
+    one range repeat few instants); PostgreSQL gives aware datetimes."""
+    memo: dict[str, dt.datetime] = {}
+
+    def read(value: Any) -> dt.datetime:
+        if isinstance(value, str):
+            got = memo.get(value)
+            if got is None:
+                got = memo[value] = dt.datetime.fromisoformat(value).replace(tzinfo=UTC)
+            return got
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    return read
+
+
+@contextlib.contextmanager
+def reading(db: Database) -> Iterator[Session]:
+    """A session for one check or search (reads only). On PostgreSQL it runs in autocommit:
+    a READ COMMITTED transaction gives each statement its own snapshot anyway, so the
+    ``BEGIN`` and ``ROLLBACK`` would only add two round trips to a request. On SQLite it is
+    :meth:`Database.read_session` (WAL: never waits for a writer)."""
+    if db.dialect == "sqlite":
+        with db.read_session() as session:
+            yield session
+        return
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with Session(bind=conn) as session:
+            yield session
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
@@ -84,87 +201,137 @@ def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         yield list(ids[i:i + CHUNK])
 
 
-def load_profiles(session: Session, user_ids: Sequence[str]) -> dict[str, UserProfile]:
-    """Live users by id. Raises NotFound naming the first unknown id."""
+def load_people(session: Session, user_ids: Sequence[str]
+                ) -> tuple[dict[str, UserProfile], dict[str, list[CalendarHealth]]]:
+    """Live users by id and their primary/conflict calendars' health. Raises NotFound
+    naming the first unknown (or deleted) id."""
     wanted = list(dict.fromkeys(user_ids))
-    found: dict[str, UserProfile] = {}
+    profiles: dict[str, UserProfile] = {}
+    calendars: dict[str, list[CalendarHealth]] = {u: [] for u in wanted}
+    conn = session.connection()
     for chunk in _chunks(wanted):
-        rows = session.execute(_PROFILES, {"ids": chunk})
-        for uid, name, tzid, hours, private in rows:
-            found[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
-    missing = [u for u in wanted if u not in found]
+        for (uid, name, tzid, hours, private, cal_name, role, cal_status, success,
+             conn_status, provider) in conn.execute(_PEOPLE, {"ids": chunk}):
+            if uid not in profiles:
+                profiles[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
+            if role is not None:
+                calendars[uid].append(CalendarHealth(cal_name or "", role, cal_status or "ok",
+                                                     success, conn_status or "ok",
+                                                     provider or ""))
+    missing = [u for u in wanted if u not in profiles]
     if missing:
         raise NotFound(f"user {missing[0]!r} not found")
-    return found
+    return profiles, calendars
 
 
-def load_schedule(session: Session, user_ids: Sequence[str], start: dt.datetime,
-                  end: dt.datetime, with_assignees: bool = False
-                  ) -> dict[str, list[ScheduleEntry]]:
-    """Schedule items overlapping ``[start, end)`` per user (cancelled ones included).
-    ``with_assignees`` also fills each job's full assignee list (one more query)."""
-    out: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
-    rows: list[Any] = []
-    for chunk in _chunks(list(user_ids)):
-        rows.extend(session.execute(_ITEMS, {"ids": chunk, "start": start, "end": end}))
-    team: dict[int, list[str]] = {}
-    if with_assignees:
-        pks = sorted({r.pk for r in rows if r.kind == "job"})
-        for i in range(0, len(pks), CHUNK):
-            for pk, uid in session.execute(_TEAMS, {"pks": pks[i:i + CHUNK]}):
-                team.setdefault(pk, []).append(uid)
-    for r in rows:
-        out[r.uid].append(ScheduleEntry(
-            kind=r.kind, id=r.ext_id, user_id=r.uid, start=r.start_at, end=r.end_at,
-            status=r.status, title=r.title or "", job_type=r.job_type, account=r.account,
-            location=r.location, notes=r.notes, reason=r.reason, all_day=bool(r.all_day),
-            tzid=r.tzid, assignees=tuple(sorted(team.get(r.pk, [r.uid])))))
-    for entries in out.values():
-        entries.sort(key=lambda x: (x.start, x.end, x.id))
-    return out
-
-
-def load_external(session: Session, user_ids: Sequence[str], start: dt.datetime,
-                  end: dt.datetime) -> dict[str, list[ExternalEntry]]:
-    """External busy occurrences overlapping ``[start, end)`` per user, with details."""
-    out: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
-    for chunk in _chunks(list(user_ids)):
-        rows = session.execute(_EXTERNAL, {"ids": chunk, "start": start, "end": end})
-        for (uid, s, e, eid, rid, summary, desc, loc, org, att, busy, status, resp, private,
-             all_day, cal_name) in rows:
-            out[uid].append(ExternalEntry(
-                owner_id=uid, start=s, end=e, busy_status=busy or "busy",
-                status=status or "confirmed", response=resp,
-                private_at_source=bool(private), all_day=bool(all_day),
-                calendar_name=cal_name or "", summary=summary, description=desc,
-                location=loc, organizer=org, attendees=tuple(att or ()), remote_id=rid,
-                event_id=eid))
-    for entries in out.values():
-        entries.sort(key=lambda x: (x.start, x.end, x.event_id or 0))
-    return out
+def load_profiles(session: Session, user_ids: Sequence[str]) -> dict[str, UserProfile]:
+    """Live users by id. Raises NotFound naming the first unknown id."""
+    return load_people(session, user_ids)[0]
 
 
 def load_calendar_health(session: Session,
                          user_ids: Sequence[str]) -> dict[str, list[CalendarHealth]]:
     """Each user's primary and conflict calendars with their connection's status."""
-    out: dict[str, list[CalendarHealth]] = {u: [] for u in user_ids}
+    return load_people(session, user_ids)[1]
+
+
+def load_busy_rows(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                   end: dt.datetime, details: bool = True, with_assignees: bool = False
+                   ) -> tuple[dict[str, list[ScheduleEntry]], dict[str, list[ExternalEntry]]]:
+    """Schedule items (cancelled ones included) and external busy occurrences overlapping
+    ``[start, end)`` per user, each list sorted by start. Without ``details`` only the
+    times and the fields the busy rules need are filled; ``with_assignees`` also fills
+    each job's full assignee list (one more query)."""
+    items: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
+    events: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
+    statement = _BUSY_DETAILED if details else _BUSY_TIMES
+    params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
+    instant = _instant_reader()
+    conn = session.connection()
+    item_rows: list[Any] = []
     for chunk in _chunks(list(user_ids)):
-        rows = session.execute(_CALENDARS, {"ids": chunk})
-        for uid, name, role, status, success, conn_status, provider in rows:
-            out[uid].append(CalendarHealth(name or "", role, status or "ok", success,
-                                           conn_status or "ok", provider or ""))
+        for row in conn.execute(statement, {"ids": chunk, **params}):
+            (src, uid, row_id, kind, ext_id, s, e, status, all_day, busy, response,
+             private) = row[:12]
+            if src == "item":
+                item_rows.append(row)
+                continue
+            more: dict[str, Any] = {}
+            if details:
+                (title, _, _, location, _, _, _, description, organizer, attendees,
+                 cal_name) = row[12:]
+                more = {"calendar_name": cal_name or "", "summary": title,
+                        "description": description, "location": location,
+                        "organizer": organizer, "attendees": tuple(attendees or ()),
+                        "remote_id": ext_id}
+            events[uid].append(ExternalEntry(
+                owner_id=uid, start=instant(s), end=instant(e), busy_status=busy or "busy",
+                status=status or "confirmed", response=response,
+                private_at_source=bool(private), all_day=bool(all_day), event_id=row_id,
+                **more))
+    team: dict[int, list[str]] = {}
+    if with_assignees:
+        pks = sorted({row[2] for row in item_rows if row[3] == "job"})
+        for i in range(0, len(pks), CHUNK):
+            for pk, uid in conn.execute(_TEAMS, {"pks": pks[i:i + CHUNK]}):
+                team.setdefault(pk, []).append(uid)
+    for row in item_rows:
+        _, uid, pk, kind, ext_id, s, e, status, all_day = row[:9]
+        more = {}
+        if details:
+            title, job_type, account, location, notes, reason, tzid = row[12:19]
+            more = {"title": title or "", "job_type": job_type, "account": account,
+                    "location": location, "notes": notes, "reason": reason, "tzid": tzid}
+        items[uid].append(ScheduleEntry(
+            kind=kind, id=ext_id, user_id=uid, start=instant(s), end=instant(e),
+            status=status, all_day=bool(all_day),
+            assignees=tuple(sorted(team.get(pk, [uid]))), **more))
+    for entries in items.values():
+        entries.sort(key=lambda x: (x.start, x.end, x.id))
+    for occurrences in events.values():
+        occurrences.sort(key=lambda x: (x.start, x.end, x.event_id or 0))
+    return items, events
+
+
+def load_busy_times(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                    end: dt.datetime) -> dict[str, list[Interval]]:
+    """Per user, the spans of the items and external occurrences that make them busy
+    inside ``[start, end)`` (the busy rules of :mod:`calsync.availability.busy` applied;
+    not clipped, not merged, working hours not included). What a slot search needs,
+    without building an entry per row."""
+    out: dict[str, list[Interval]] = {u: [] for u in user_ids}
+    params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
+    instant = _instant_reader()
+    conn = session.connection()
+    for chunk in _chunks(list(user_ids)):
+        for (src, uid, _, _, _, s, e, status, _, busy, response,
+             _) in conn.execute(_BUSY_TIMES, {"ids": chunk, **params}):
+            if (schedule_status_is_busy(status) if src == "item"
+                    else external_fields_are_busy(busy or "busy", status, response)):
+                out[uid].append((instant(s), instant(e)))
     return out
 
 
+def load_schedule(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                  end: dt.datetime, with_assignees: bool = False
+                  ) -> dict[str, list[ScheduleEntry]]:
+    """Schedule items overlapping ``[start, end)`` per user (cancelled ones included)."""
+    return load_busy_rows(session, user_ids, start, end, True, with_assignees)[0]
+
+
+def load_external(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                  end: dt.datetime) -> dict[str, list[ExternalEntry]]:
+    """External busy occurrences overlapping ``[start, end)`` per user, with details."""
+    return load_busy_rows(session, user_ids, start, end, True)[1]
+
+
 def load_busy_inputs(session: Session, user_ids: Sequence[str], start: dt.datetime,
-                     end: dt.datetime, with_assignees: bool = False
+                     end: dt.datetime, with_assignees: bool = False, details: bool = True
                      ) -> dict[str, UserBusyInput]:
     """Everything the busy model needs for ``user_ids`` over ``[start, end)``, in the order
-    given. Raises NotFound for an unknown or deleted user."""
+    given (two statements). Raises NotFound for an unknown or deleted user."""
     ids = list(dict.fromkeys(user_ids))
-    profiles = load_profiles(session, ids)
-    items = load_schedule(session, ids, start, end, with_assignees)
-    externals = load_external(session, ids, start, end)
-    calendars = load_calendar_health(session, ids)
+    profiles, calendars = load_people(session, ids)
+    items, externals = load_busy_rows(session, ids, start, end, details, with_assignees)
     return {u: UserBusyInput(profiles[u], items[u], externals[u], tuple(calendars[u]))
             for u in ids}

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -132,8 +134,13 @@ class ScheduleItem(Base):
 
 
 class ItemAssignee(Base):
+    """One assignee of an item. ``start_at``/``end_at``/``long_span`` are copies of the
+    item's span kept by database triggers (migration 0009), for availability reads."""
+
     __tablename__ = "item_assignees"
-    __table_args__ = (Index("ix_item_assignees_user", "user_id", "item_pk"),)
+    __table_args__ = (Index("ix_item_assignees_user", "user_id", "item_pk"),
+                      Index("ix_item_assignees_span", "user_id", "long_span", "start_at",
+                            "end_at"))
 
     item_pk: Mapped[int] = mapped_column(
         ForeignKey("schedule_items.pk", ondelete="CASCADE"), primary_key=True
@@ -141,6 +148,11 @@ class ItemAssignee(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
+    start_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime,
+                                                         server_default=FetchedValue())
+    end_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime,
+                                                       server_default=FetchedValue())
+    long_span: Mapped[bool] = mapped_column(Boolean, server_default=false())
     item: Mapped[ScheduleItem] = relationship(back_populates="assignees")
 
 
@@ -319,13 +331,17 @@ class ExternalBusy(Base):
 
     __tablename__ = "external_busy"
     __table_args__ = (Index("ix_external_busy_user_window", "user_id", "start_at", "end_at"),
-                      Index("ix_external_busy_event", "event_id"))
+                      Index("ix_external_busy_event", "event_id"),
+                      Index("ix_external_busy_span", "user_id", "long_span", "start_at",
+                            "end_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("external_events.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(String(128))
     start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Longer than a day; set by a database trigger (migration 0009).
+    long_span: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     event: Mapped[ExternalEvent] = relationship(back_populates="occurrences")
 
