@@ -212,3 +212,42 @@ def test_refused_app_credentials_are_one_line_and_store_nothing(
     with org.read_session() as s:
         assert s.scalar(select(func.count()).select_from(Tenant)) == 0
         assert s.scalar(select(func.count()).select_from(Connection)) == 0
+
+
+@pytest.mark.parametrize("org_size", [3])
+def test_a_certificate_instead_of_a_secret(
+        org: Database, graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "calsync app")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365)).sign(key, hashes.SHA256()))
+    graph.enable_app_only(secret=None)  # only the certificate is registered
+    graph.add_app_certificate(cert.public_bytes(serialization.Encoding.PEM))
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption())
+                    + cert.public_bytes(serialization.Encoding.PEM))
+    code, out, err = calsync(monkeypatch, capsys, "connect", "outlook-tenant", "--tenant",
+                             graph.tenant, "--client-id", graph.client_id, "--certificate",
+                             str(pem), "--json")
+    assert code == 0, (err, graph.assertion_errors)
+    summary = json.loads(out)
+    assert summary["connected"] == 2 and summary["synced"] == {"ok": 2, "failed": 0}
+    assert "PRIVATE KEY" not in out
+    with org.read_session() as s:
+        tenant = s.scalar(select(Tenant))
+        assert tenant is not None and b"PRIVATE KEY" not in tenant.credentials
+    code, out, err = calsync(monkeypatch, capsys, "connect", "outlook-tenant", "--tenant",
+                             graph.tenant, "--client-id", graph.client_id, "--certificate",
+                             str(tmp_path / "missing.pem"))
+    assert code != 0 and "cannot read it" in err

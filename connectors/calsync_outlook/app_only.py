@@ -3,7 +3,8 @@
 An admin consents once to the application permission ``Calendars.ReadWrite`` for calsync's
 app registration; calsync then reaches every mailbox of the tenant through
 ``/users/{email}/…`` with an app token from msal's ``ConfidentialClientApplication``
-(client secret, or a certificate: ``{"private_key": PEM, "thumbprint": hex}``).
+(client secret, or a certificate: ``{"private_key": PEM, "public_certificate": PEM}``,
+which msal names by its SHA-256 thumbprint).
 
 :class:`AppTokens` is one tenant's token: cached in this process and shared by the
 connectors of all its users (:func:`tenant_tokens`), so 200 technicians cost one token
@@ -116,8 +117,10 @@ _tenants_lock = threading.Lock()
 
 def _credential(creds: dict[str, Any]) -> Any:
     cert = creds.get("certificate")
-    if isinstance(cert, dict) and cert.get("private_key") and cert.get("thumbprint"):
-        return {"private_key": str(cert["private_key"]), "thumbprint": str(cert["thumbprint"])}
+    if isinstance(cert, dict) and cert.get("private_key") and (
+            cert.get("public_certificate") or cert.get("thumbprint")):
+        return {k: str(v) for k, v in cert.items()
+                if k in ("private_key", "public_certificate", "thumbprint")}
     secret = creds.get("client_secret")
     if not secret:
         raise NeedsReauth("Microsoft 365 tenant connection has no client secret or certificate "

@@ -23,11 +23,12 @@ OAuth 2.0 (developers.google.com/identity/protocols/oauth2):
   Applications", "Delegating domain-wide authority"): :meth:`add_service_account` makes a
   key file (RSA key, ``token_uri`` here); ``grant_type=urn:ietf:params:oauth:grant-type:
   jwt-bearer`` with an RS256 ``assertion`` (``iss`` the service account, ``scope``, ``aud``
-  ``https://oauth2.googleapis.com/token``, ``exp`` at most an hour after ``iat``, ``sub`` the user impersonated) answers
-  an access token for ``sub`` (no refresh token); a bad signature -> 400 ``invalid_grant``
-  "Invalid JWT Signature."; a client the Workspace admin did not authorise for the scope
-  (:meth:`delegate`) -> 401 ``unauthorized_client``; a subject outside the delegated domain
-  or unknown -> 400 ``invalid_grant`` "Invalid email or User ID".
+  ``https://oauth2.googleapis.com/token``, ``exp`` at most an hour after ``iat``, ``sub``
+  the user impersonated) answers an access token for ``sub`` (no refresh token); a bad
+  signature -> 400 ``invalid_grant`` "Invalid JWT Signature."; a client the Workspace
+  admin did not authorise for the scope (:meth:`delegate`) -> 401 ``unauthorized_client``;
+  a subject outside the delegated domain or unknown -> 400 ``invalid_grant`` "Invalid email
+  or User ID".
 
 Calendar API v3 (developers.google.com/calendar/api/v3/reference), under ``/calendar/v3``:
 - ``calendarList.list``, ``calendars.get`` (``primary`` is the account's own calendar,

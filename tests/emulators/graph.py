@@ -245,7 +245,8 @@ class GraphEmulator:
         self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
         # app-only access (client credentials), off until enable_app_only()
         self.app_secret: str | None = None
-        self.app_certificates: dict[str, Any] = {}  # x5t thumbprint -> public key
+        self.app_certificates: dict[str, Any] = {}  # x5t / x5t#S256 -> public key
+        self.assertion_errors: list[str] = []  # why client assertions were refused
         self.app_permissions: set[str] = set()
         self.access_policy: set[str] | None = None  # mailboxes the app may reach; None: all
         self.app_token_lifetime = 3600
@@ -664,12 +665,16 @@ class GraphEmulator:
             self.app_secret = secret
             self.app_permissions = set(permissions)
 
-    def add_app_certificate(self, thumbprint_hex: str, public_key_pem: bytes) -> None:
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    def add_app_certificate(self, certificate_pem: bytes) -> None:
+        """Upload a certificate to the app registration: assertions signed by its key and
+        naming it by ``x5t`` (SHA-1) or ``x5t#S256`` (SHA-256) thumbprint are accepted."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
 
-        x5t = _b64url(bytes.fromhex(thumbprint_hex))
+        cert = x509.load_pem_x509_certificate(certificate_pem)
         with self.lock:
-            self.app_certificates[x5t] = load_pem_public_key(public_key_pem)
+            for algorithm in (hashes.SHA1(), hashes.SHA256()):
+                self.app_certificates[_b64url(cert.fingerprint(algorithm))] = cert.public_key()
 
     def _client_credentials(self, form: dict[str, str]) -> tuple[int, dict[str, str], Any]:
         def refuse(status: int, error: str, desc: str) -> tuple[int, dict[str, str], Any]:
@@ -698,13 +703,16 @@ class GraphEmulator:
 
         try:
             header = jwt.get_unverified_header(assertion)
-            key = self.app_certificates.get(str(header.get("x5t", "")))
+            named = str(header.get("x5t#S256") or header.get("x5t") or "").rstrip("=")
+            key = self.app_certificates.get(named)
             if key is None:
+                self.assertion_errors.append(f"unknown certificate {named!r}")
                 return False
             claims = jwt.decode(assertion, key, algorithms=["RS256", "PS256"],
                                 audience=f"{self.base_url}/{self.tenant}/oauth2/v2.0/token",
                                 options={"require": ["exp", "aud", "iss", "sub"]})
-        except jwt.PyJWTError:
+        except jwt.PyJWTError as exc:
+            self.assertion_errors.append(repr(exc))
             return False
         return bool(claims.get("iss") == claims.get("sub") == self.client_id)
 

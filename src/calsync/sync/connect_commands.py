@@ -153,7 +153,7 @@ def _matching(s: Any, tenant: Tenant) -> list[Any]:
 def _certificate(path: str) -> dict[str, str]:
     """A PEM file with the private key and its certificate -> msal's client credential."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
 
     try:
         data = Path(path).read_bytes()
@@ -167,7 +167,9 @@ def _certificate(path: str) -> dict[str, str]:
                         f"(unencrypted) and its certificate") from exc
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
-    return {"private_key": pem, "thumbprint": cert.fingerprint(hashes.SHA1()).hex()}
+    # msal names the certificate by its SHA-256 thumbprint (x5t#S256, PS256) from this
+    return {"private_key": pem,
+            "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
 
 @click.command("outlook-tenant")
