@@ -551,13 +551,17 @@ def secrets_rotate(ctx: click.Context) -> None:
             box.open(conn.credentials)  # fails clearly when no configured key opens it
             conn.credentials = box.rotate(conn.credentials)
             count += 1
+        for tenant in s.scalars(select(Tenant)):  # organisation-wide secrets and keys
+            box.open(tenant.credentials)
+            tenant.credentials = box.rotate(tenant.credentials)
+            count += 1
         for state in s.scalars(select(OAuthState)):
             try:
                 state.verifier = box.rotate(state.verifier)
             except InvalidToken:  # a pending sign-in under a dropped key: let it expire
                 s.delete(state)
         audit(s, "cli", "secrets.rotate", "connections", "*", {"count": count})
-    click.echo(f"re-encrypted the credentials of {count} connection(s)")
+    click.echo(f"re-encrypted the credentials of {count} connection(s) and organisation(s)")
 
 
 def register(cli: click.Group) -> None:
