@@ -31,13 +31,17 @@ def discover(conn: Connection) -> list[RemoteCalendar]:
 def test_admin_lists_organisations_with_their_users_health_and_removes_one(
         settings: Settings, db: Database, app_client: Any, make_token: Any) -> None:
     users = [{"id": u, "name": u, "email": f"{u}@contoso.com", "timezone": "UTC"}
-             for u in ("a", "b", "c")]
+             for u in ("a", "b", "c", "d")]
     assert import_document(db, {"users": users}).ok
+    with db.session() as s:  # d signed in to their own mailbox before: they keep that
+        s.add(Connection(user_id="d", provider="outlook", account="d@contoso.com",
+                         settings={}))
     tid, _ = save_tenant(settings, db, "outlook", "contoso-tenant-id",
                          {"mode": "app_only", "client_secret": "s3cret-value-xyz"},
                          ["contoso.com"], NOW)
     report = onboard(settings, db, tid, NOW, discover)
     assert len(report.connected) == 2 and set(report.refused) == {"b"}
+    assert report.own == ["d"]
 
     for role in ("admin", "dispatcher"):
         resp = app_client.get("/api/tenants",
@@ -61,4 +65,4 @@ def test_admin_lists_organisations_with_their_users_health_and_removes_one(
                              headers={"Authorization": f"Bearer {make_token('admin')}"})
     assert resp.status_code == 204
     with db.read_session() as s:
-        assert s.scalar(select(func.count()).select_from(Connection)) == 0
+        assert [c.user_id for c in s.scalars(select(Connection))] == ["d"]

@@ -138,6 +138,8 @@ def _connect_tenant(ctx: click.Context, provider: str, name: str, creds: dict[st
                f"{report.already} already connected, {len(report.refused)} refused")
     for user, error in sorted(report.refused.items()):
         click.echo(f"  refused {user}: {error}")
+    if report.own:
+        click.echo(f"  kept their own sign-in: {', '.join(sorted(report.own))}")
     if not no_sync:
         click.echo(f"  synced: {synced_ok} ok, {len(failed)} failed")
         for r in failed:

@@ -56,10 +56,12 @@ class OnboardReport:
     connected: list[str] = field(default_factory=list)  # user ids newly connected
     already: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # user id -> what to do
+    own: list[str] = field(default_factory=list)  # users with their own sign-in to it
 
     def as_dict(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "matched": self.matched,
                 "connected": len(self.connected), "already_connected": self.already,
+                "own_sign_in": sorted(self.own),
                 "refused": [{"user": u, "error": e} for u, e in sorted(self.refused.items())]}
 
 
@@ -144,6 +146,11 @@ def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
         users = [(u.id, str(u.email).strip()) for u in matching_users(s, tenant)]
         have = set(s.scalars(select(Connection.user_id).where(
             Connection.tenant_id == tenant_id)))
+        # a user who connected this mailbox themselves keeps that connection (two
+        # connections would sync the same calendar twice)
+        own_rows = s.execute(select(Connection.user_id, Connection.account).where(
+            Connection.provider == provider, Connection.tenant_id.is_(None))).all()
+        signed_in = {(u, (a or "").lower()) for u, a in own_rows}
         own = {"mode": "app_only"} if provider == "outlook" else {"mode": "domain_wide"}
     report.matched = len(users)
     for user_id, email in users:
@@ -151,6 +158,9 @@ def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
             progress(user_id)
         if user_id in have:
             report.already += 1
+            continue
+        if (user_id, email.lower()) in signed_in:
+            report.own.append(user_id)
             continue
         with db.session() as s:
             conn = Connection(user_id=user_id, provider=provider, account=email.lower(),
