@@ -461,3 +461,24 @@ def test_subscribing_to_an_ics_feed(client: TestClient, db: Database,
         assert bad.status_code == 422 and bad.json()["error"] == "connect_failed"
     finally:
         feed.stop()
+
+
+def test_cli_connect_says_what_to_do_in_the_same_words(
+        db: Database, radicale: PasswordRadicale, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    from tests.conftest import SECRET
+    from tests.test_sync_cli import calsync
+
+    with db.session() as s:
+        s.add(User(id="u1", name="Anna", timezone="UTC", working_hours={}))
+    acct = radicale.account("Work")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
+    monkeypatch.setenv("CALSYNC_DATABASE_URL", db.url)
+    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
+    code, _out, err = calsync(monkeypatch, capsys, "connect", "caldav", "u1", "--url",
+                              radicale.base_url, "--username", acct.username,
+                              "--password-stdin", stdin="wrong-password-123\n")
+    assert code != 0 and "did not accept this username and password" in err
+    assert "wrong-password-123" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

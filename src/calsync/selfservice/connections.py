@@ -165,8 +165,10 @@ def check_server_url(record: str, url: Any) -> str:
     return text
 
 
-def _verify(ctx: ConnectContext) -> tuple[ConnectContext, list[Any]]:
-    """``factory.verify`` with the connect-time errors given the user's words."""
+def verify_account(ctx: ConnectContext) -> tuple[ConnectContext, list[Any]]:
+    """``factory.verify(ctx)`` with the connect-time errors (AuthFailed, NotCaldav,
+    Unreachable) put in words a technician understands, naming the field to fix. Used by
+    the API, the pages and ``calsync connect``."""
     factory = load_connector_factory(ctx.provider)
     try:
         try:
@@ -177,15 +179,19 @@ def _verify(ctx: ConnectContext) -> tuple[ConnectContext, list[Any]]:
         kind = type(exc)
         advice = next((text for (provider, cls), text in _ADVICE.items()
                        if provider == ctx.provider and issubclass(kind, cls)), "")
-        field = _SECRET_FIELD[ctx.provider] if issubclass(kind, AuthFailed) else \
-            ("url" if ctx.provider == "caldav" else "")
+        if issubclass(kind, AuthFailed):
+            field = _SECRET_FIELD.get(ctx.provider, "password")
+        elif ctx.provider == "icloud":
+            field = ""  # iCloud's address is not the technician's to fix
+        else:
+            field = exc.field or "url"
         message = f"{advice} ({exc.message})" if advice else exc.message
         raise kind(message, field=field, advice=advice) from exc
 
 
 def _store(settings: Settings, db: Database, user_id: str, viewer: Viewer,
            ctx: ConnectContext, now: dt.datetime) -> dict[str, Any]:
-    ctx, calendars = _verify(ctx)
+    ctx, calendars = verify_account(ctx)
     conn_id, created = save_connection(settings, db, user_id, ctx, calendars, now,
                                        actor=viewer.actor)
     with db.read_session() as s:

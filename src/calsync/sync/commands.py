@@ -33,7 +33,7 @@ from calsync.db.session import Database
 from calsync.errors import CalsyncError, NotFound, UserError
 from calsync.secrets import CredentialBox
 from calsync.sync.connections import GONE_ADVICE, merge_calendars, save_connection
-from calsync.sync.connector import ConnectContext, RemoteCalendar, load_connector_factory
+from calsync.sync.connector import ConnectContext, RemoteCalendar
 
 
 def _now() -> dt.datetime:
@@ -69,11 +69,13 @@ def _read_secret(flag: bool, option: str, what: str) -> str:
 
 def connect_account(settings: Settings, db: Database, user_id: str, ctx: ConnectContext,
                     now: dt.datetime, actor: str = "cli:connect") -> dict[str, Any]:
-    """Verify ``ctx`` with its provider's factory (a wrong password or URL raises UserError)
-    and store the connection. Returns a summary for printing (:func:`connection_summary`)."""
+    """Verify ``ctx`` with its provider's factory (a wrong password or URL raises UserError,
+    in the same words as the self-service API) and store the connection. Returns a summary
+    for printing (:func:`connection_summary`)."""
+    from calsync.selfservice.connections import verify_account
+
     _user(db, user_id)
-    factory = load_connector_factory(ctx.provider)
-    ctx, calendars = factory.verify(ctx)
+    ctx, calendars = verify_account(ctx)
     conn_id, created = save_connection(settings, db, user_id, ctx, calendars, now, actor)
     return connection_summary(db, conn_id, created, calendars)
 
