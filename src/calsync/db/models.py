@@ -451,8 +451,10 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event"),
-        Index("ix_webhook_deliveries_due", "endpoint_id", "status", "next_attempt_at"),
+        # Claims walk an endpoint's pending deliveries in seq order and stop at the limit.
+        Index("ix_webhook_deliveries_due", "endpoint_id", "status", "seq"),
         Index("ix_webhook_deliveries_order", "endpoint_id", "order_key", "seq"),
+        Index("ix_webhook_deliveries_leased", "endpoint_id", "lease_until"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -5,8 +5,9 @@ Flow (each step its own transaction):
 1. :func:`calsync.outbox.events.sequence` numbers committed events and adds a delivery per
    endpoint;
 2. :func:`claim_deliveries` leases due deliveries (``lease_owner``/``lease_until``, as
-   syncs are leased). Per endpoint, under a lock on the endpoint's row (``FOR UPDATE SKIP
-   LOCKED`` on PostgreSQL, the write lock on SQLite): at most
+   syncs are leased). Per endpoint, under a lock for that endpoint (a transaction-scoped
+   advisory lock taken with ``pg_try_advisory_xact_lock`` on PostgreSQL, so a busy
+   endpoint is skipped rather than waited for; the write lock on SQLite): at most
    ``webhooks.max_concurrency_per_endpoint`` in flight across all workers, and a delivery
    is claimed only when no earlier delivery of the same subject (``order_key``: one item,
    one connection) to that endpoint is still pending, so one subject's events arrive in
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, or_, select, text, update
 from sqlalchemy.orm import aliased
 from standardwebhooks.webhooks import Webhook
 
@@ -64,6 +65,10 @@ Clock = Callable[[], dt.datetime]
 # (Svix's schedule, one more 10 h): ~37.6 h in all, >= 24 h even with the jitter below.
 DEFAULT_DELAYS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0, 36000.0)
 USER_AGENT = "calsync-webhooks/1"
+# pg_advisory_xact_lock(space, endpoint id): one claimer per endpoint at a time, without
+# locking the endpoint's row (which recording outcomes updates).
+_CLAIM_LOCK_SPACE = 0x77686B  # "whk"
+HEALTH_PRECISION = dt.timedelta(seconds=1)  # last_success_at is rewritten at most this often
 
 
 @dataclass
@@ -126,22 +131,20 @@ def claim_deliveries(settings: Settings, db: Database, owner: str, now: dt.datet
     lease_until = now + dt.timedelta(seconds=cfg.lease_seconds)
     earlier = aliased(WebhookDelivery)
     with db.session() as s:
-        due_endpoints = select(WebhookDelivery.endpoint_id).where(
-            WebhookDelivery.status == "pending",
-            WebhookDelivery.next_attempt_at <= now).distinct()
-        q = (select(WebhookEndpoint)
-             .where(WebhookEndpoint.disabled_at.is_(None),
-                    WebhookEndpoint.id.in_(due_endpoints))
+        # Endpoints are few; each one's due deliveries are found through its indexes.
+        q = (select(WebhookEndpoint).where(WebhookEndpoint.disabled_at.is_(None))
              .order_by(WebhookEndpoint.id))
-        if db.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)  # one claimer per endpoint at a time
         for ep in list(s.scalars(q)):
             if len(claimed) >= limit:
                 break
+            if db.dialect == "postgresql" and not s.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:space, :id)"),
+                    {"space": _CLAIM_LOCK_SPACE, "id": ep.id}):
+                continue  # another worker is claiming for this endpoint right now
             leased = s.execute(select(WebhookDelivery.lease_owner, WebhookDelivery.lease_until)
                                .where(WebhookDelivery.endpoint_id == ep.id,
-                                      WebhookDelivery.status == "pending",
-                                      WebhookDelivery.lease_until > now)).all()
+                                      WebhookDelivery.lease_until > now,
+                                      WebhookDelivery.status == "pending")).all()
             in_flight = sum(1 for o, u in leased if not _lease_usable(o, u, now))
             room = min(cfg.max_concurrency_per_endpoint - in_flight, limit - len(claimed))
             if room <= 0:
@@ -160,7 +163,7 @@ def claim_deliveries(settings: Settings, db: Database, owner: str, now: dt.datet
                            WebhookDelivery.lease_until <= now,
                            WebhookDelivery.lease_owner.like(f"{HOST}:%")),
                        ~blocked)
-                .order_by(WebhookDelivery.seq).limit(room * 2)).all()
+                .order_by(WebhookDelivery.seq).limit(room + len(leased))).all()
             secret: str | None = None
             for delivery, message_id, payload in candidates:
                 if room <= 0:
@@ -218,7 +221,10 @@ def record_outcome(db: Database, claimed: ClaimedDelivery, outcome: Outcome, own
         delivery.lease_owner, delivery.lease_until = None, None
         if outcome.delivered:
             delivery.status, delivery.delivered_at = "delivered", now
-            endpoint.last_success_at, endpoint.failures_in_a_row = now, 0
+            last = endpoint.last_success_at
+            if endpoint.failures_in_a_row or last is None or now - last >= HEALTH_PRECISION:
+                # a busy endpoint's row is not rewritten by every success
+                endpoint.last_success_at, endpoint.failures_in_a_row = now, 0
             ATTEMPTS.labels("delivered").inc()
             return "delivered"
         endpoint.last_failure_at = now

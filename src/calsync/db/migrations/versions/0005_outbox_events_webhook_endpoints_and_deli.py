@@ -73,9 +73,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_webhook_deliveries_due',
-                              ['endpoint_id', 'status', 'next_attempt_at'], unique=False)
+                              ['endpoint_id', 'status', 'seq'], unique=False)
         batch_op.create_index('ix_webhook_deliveries_order',
                               ['endpoint_id', 'order_key', 'seq'], unique=False)
+        batch_op.create_index('ix_webhook_deliveries_leased',
+                              ['endpoint_id', 'lease_until'], unique=False)
     op.create_table('webhook_attempts',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('delivery_id', sa.Integer(), nullable=False),
@@ -99,6 +101,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_webhook_attempts_endpoint')
     op.drop_table('webhook_attempts')
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_deliveries_leased')
         batch_op.drop_index('ix_webhook_deliveries_order')
         batch_op.drop_index('ix_webhook_deliveries_due')
     op.drop_table('webhook_deliveries')
