@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from calsync.db.session import Database
 from calsync.outbox.delivery import Deliverer, RetrySchedule
@@ -175,3 +176,28 @@ def test_cli_add_list_test_deliveries_remove(cli_env: Database, receiver: Receiv
     code, out, err = calsync(monkeypatch, capsys, "webhooks", "add", receiver.url,
                              "--events", "nope")
     assert code != 0 and "unknown event type 'nope'" in err
+
+
+def test_secrets_rotate_reseals_endpoint_secrets(cli_env: Database, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from calsync.config import load_settings
+    from calsync.db.models import WebhookEndpoint
+    from calsync.outbox.endpoints import endpoint_secret
+
+    code, out, err = calsync(monkeypatch, capsys, "webhooks", "add",
+                             "https://example.com/hook", "--json")
+    assert code == 0, err
+    secret = json.loads(out)["secret"]
+    new_key = "a-brand-new-secret-key-0123456789"
+    monkeypatch.setenv("CALSYNC_SECRET_KEY", new_key)
+    (tmp_path / "calsync.toml").write_text(
+        f'[security]\nprevious_secret_keys = ["{SECRET}"]\n')
+    code, out, err = calsync(monkeypatch, capsys, "secrets", "rotate")
+    assert code == 0, err
+    only_new = replace(load_settings(env={"CALSYNC_SECRET_KEY": new_key}))
+    with cli_env.read_session() as s:
+        endpoint = s.scalars(select(WebhookEndpoint)).one()
+        assert endpoint_secret(only_new, endpoint) == secret  # opens without the old key

@@ -557,6 +557,11 @@ def secrets_rotate(ctx: click.Context) -> None:
             box.open(tenant.credentials)
             tenant.credentials = box.rotate(tenant.credentials)
             count += 1
+        from calsync.db.models import WebhookEndpoint
+
+        for endpoint in s.scalars(select(WebhookEndpoint)):  # webhook signing secrets
+            box.open(endpoint.secret)
+            endpoint.secret = box.rotate(endpoint.secret)
         for state in s.scalars(select(OAuthState)):
             try:
                 state.verifier = box.rotate(state.verifier)
