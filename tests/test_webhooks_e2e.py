@@ -6,7 +6,7 @@ the ``standardwebhooks`` library, and in the change feed in the same order.
 - editing their block there -> ``schedule_item.changed`` with the new title;
 - editing a job's copy there -> ``job.reverted`` (the copy is put back);
 - a password changed on the server -> ``connection.status_changed`` to ``needs_reauth``
-  with what to do and the settings page;
+  with what to do and the settings page; reconnecting -> back to ``ok``;
 - a booking through the API -> ``booking.created`` (``forced`` false, then true).
 """
 
@@ -38,6 +38,7 @@ from calsync.outbox.endpoints import create_endpoint
 from calsync.schedule.store import import_document
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, load_connector_factory
+from calsync.sync.connections import save_connection
 from calsync.sync.runner import sync_connection
 from tests.caldav_servers import free_port
 from tests.conftest import need
@@ -210,6 +211,19 @@ def test_technician_changes_reach_the_platform_signed(
         time.sleep(0.05)
         fourth = sync_connection(settings, db, cid, now + dt.timedelta(minutes=15))
         assert fourth.status == "needs_reauth", fourth.error
+        # the technician reconnects with the new password
+        ctx = ConnectContext(provider="caldav", url=radicale.base, account=USER,
+                             credentials={"username": USER, "password": "second-password"},
+                             settings=settings, options={})
+        connector = load_connector_factory("caldav").connect(ctx)
+        try:
+            calendars = connector.list_calendars()
+        finally:
+            connector.close()
+        assert save_connection(settings, db, "u1", ctx, calendars,
+                               now + dt.timedelta(minutes=20)) == (cid, False)
+        fifth = sync_connection(settings, db, cid, now + dt.timedelta(minutes=25))
+        assert fifth.status == "ok", fifth.error
 
 
         deliverer = Deliverer(settings, db, schedule=RetrySchedule(delays=(0.05,) * 3))
@@ -240,8 +254,10 @@ def test_technician_changes_reach_the_platform_signed(
     assert reverted.data["source"] == cal_public and reverted.data["user"] == "u1"
     assert "Not my job" not in reverted.body  # the remote edit itself is not repeated
 
-    (status,) = receiver.of_type("connection.status_changed")
-    s_data = status.data
+    lost, back = receiver.of_type("connection.status_changed")  # one subject: in order
+    assert (back.data["old_status"], back.data["new_status"]) == ("needs_reauth", "ok")
+    assert back.data["action"].startswith("Nothing")
+    s_data = lost.data
     assert (s_data["connection"], s_data["user"], s_data["provider"]) == \
         (conn_public, "u1", "caldav")
     assert (s_data["old_status"], s_data["new_status"]) == ("ok", "needs_reauth")
@@ -261,6 +277,6 @@ def test_technician_changes_reach_the_platform_signed(
     assert sorted(feed_types) == sorted(types)
     assert {c["id"] for c in page.changes} == {r.message_id for r in receiver.received}
     assert feed_types[3:] == ["booking.created", "booking.created",
-                              "connection.status_changed"]
+                              "connection.status_changed", "connection.status_changed"]
     assert sorted(feed_types[:3]) == ["job.reverted", "schedule_item.changed",
                                       "schedule_item.deleted"]

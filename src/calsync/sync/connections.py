@@ -15,6 +15,7 @@ from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
 from calsync.errors import NotFound
+from calsync.outbox.events import emit_connection_status
 from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, RemoteCalendar
 
@@ -43,6 +44,11 @@ def save_connection(settings: Settings, db: Database, user_id: str, ctx: Connect
             s.add(conn)
         conn.url = ctx.url
         conn.credentials = box.seal(ctx.credentials)
+        if not created:  # a reconnect: the platform hears the connection works again
+            emit_connection_status(s, connection=conn.public_id, user_id=user_id,
+                                   provider=conn.provider, account=conn.account,
+                                   old_status=conn.status, new_status="ok", detail=None,
+                                   base_url=settings.server.base_url, now=now)
         conn.status, conn.last_error = "ok", None
         conn.next_sync_at = now
         conn.updated_at = now
