@@ -37,8 +37,8 @@ from calsync.outbox.delivery import Deliverer, RetrySchedule
 from calsync.outbox.endpoints import create_endpoint
 from calsync.schedule.store import import_document
 from calsync.secrets import CredentialBox
-from calsync.sync.connector import ConnectContext, load_connector_factory
 from calsync.sync.connections import save_connection
+from calsync.sync.connector import ConnectContext, load_connector_factory
 from calsync.sync.runner import sync_connection
 from tests.caldav_servers import free_port
 from tests.conftest import need
