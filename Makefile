@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/js/node_modules/.installed
 
-.PHONY: run test bench install lint clean chromium
+.PHONY: run test bench bench-tools install lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,17 @@ chromium:
 test: $(STAMP) $(NODE_STAMP) chromium lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+# Benchmarks compare with vdirsyncer (pip, the bench extra), nginx and wrk (Debian).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,postgres,bench]'
+	touch $(BENCH_STAMP)
+
+bench-tools:
+	(command -v nginx || test -x /usr/sbin/nginx) >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light wrk)
+
+bench: $(BENCH_STAMP) bench-tools
 	$(BIN)/python -m bench.run $(ARGS)
 
 # ruff and mypy --strict over the product code (src/ and connectors/), as STYLE asks.

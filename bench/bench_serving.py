@@ -1,0 +1,174 @@
+"""Serving a big feed, against nginx serving the same bytes, in the same run.
+
+One user with a ~620 KB feed (1,200 jobs with long notes, three zones). ``calsync serve
+--no-worker --workers 2`` (SQLite) on loopback, and nginx (Debian's package; ``make bench``
+installs it when missing) serving the feed's exact bytes from a file with its own ETag,
+also with 2 worker processes. Load: wrk (Debian's package), 16 connections, 2 threads,
+10 s each (``--quick``: 4 s), for 200 (plain GET) and 304 (If-None-Match with the server's
+own ETag). calsync's share of nginx's requests per second is the figure that counts: the
+machine is shared, so absolute numbers move with its load (noted).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BIN = Path(sys.executable).parent
+SECRET = "bench-secret-key-0123456789abcdef"
+NGINX_CONF = """
+worker_processes 2;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    types {{ text/calendar ics; }}
+    sendfile on; tcp_nopush on; keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {tmp}/www;
+        etag on;
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on {url}")
+
+
+def _wrk(url: str, seconds: int, headers: dict[str, str]) -> dict[str, Any]:
+    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency"]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    p50 = re.search(r"50%\s+([\d.]+\w+)", out.stdout)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    return {"requests_per_second": float(rate.group(1)) if rate else None,
+            "p50": p50.group(1) if p50 else None,
+            "non_2xx_3xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _documents(n: int) -> dict[str, Any]:
+    zones = ("-06:00", "-05:00", "+01:00")
+    jobs = []
+    for i in range(n):
+        day = 1 + i % 28
+        hour = 8 + i % 9
+        jobs.append({"id": f"j{i}", "title": f"Fiber install #{i}", "job_type": "Install",
+                     "account": f"Acme Corp, branch {i}; Müller & Söhne",
+                     "location": f"{100 + i} Main St, Springfield, IL 62701",
+                     "notes": (f"Gate code {1000 + i}; call ahead, ring twice. Bring ONT and "
+                               f"50 m drop cable. 光ファイバー line {i}\nSecond line"),
+                     "start": f"2026-12-{day:02d}T{hour:02d}:00:00{zones[i % 3]}",
+                     "end": f"2026-12-{day:02d}T{hour:02d}:45:00{zones[i % 3]}",
+                     "assignees": ["tech"]})
+    return {"users": [{"id": "tech", "name": "Tech One", "timezone": "America/Chicago"}],
+            "jobs": jobs}
+
+
+def run(args: Any) -> dict[str, Any]:
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return {"skipped": f"{tool} is not installed (make bench installs it)"}
+    seconds = 4 if getattr(args, "quick", False) else 10
+    from calsync.api.auth import create_api_token
+    from calsync.db.session import Database
+    from calsync.schedule.store import import_document
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        tmp.chmod(0o755)  # nginx's workers run as an unprivileged user
+        url = f"sqlite:///{tmp / 'calsync.db'}"
+        db = Database(url)
+        db.upgrade()
+        assert import_document(db, _documents(1200)).ok
+        with db.session() as s:
+            token = create_api_token(s, "bench", "admin", None)
+        db.dispose()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
+        env.update({"CALSYNC_DATABASE_URL": url, "CALSYNC_SECRET_KEY": SECRET})
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([str(BIN / "calsync"), "serve", "--no-worker", "--workers",
+                                   "2", "--port", str(port)], env=env, cwd=tmp,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nginx_port = _free_port()
+        (tmp / "www").mkdir()
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port))
+        nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = subprocess.Popen([nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait(f"{base}/healthz", server)
+            feed = httpx.post(f"{base}/api/users/tech/feed",
+                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            feed_url = feed.json()["url"].replace("http://127.0.0.1:8080", base)
+            for _ in range(3):  # render, then fill each worker's memory
+                body = httpx.get(feed_url, timeout=60)
+            etag = body.headers["etag"]
+            (tmp / "www" / "feed.ics").write_bytes(body.content)
+            nginx_url = f"http://127.0.0.1:{nginx_port}/feed.ics"
+            _wait(nginx_url, nginx)
+            answer = httpx.get(nginx_url)
+            if answer.status_code != 200 or answer.content != body.content:
+                raise RuntimeError(f"nginx answered {answer.status_code}, not the feed")
+            nginx_etag = answer.headers["etag"]
+            result["feed_bytes"] = len(body.content)
+            for label, target, tag in (("calsync", feed_url, etag),
+                                       ("nginx", nginx_url, nginx_etag)):
+                _wrk(target, 2, {})  # warm-up
+                result[f"{label}_200"] = _wrk(target, seconds, {})
+                result[f"{label}_304"] = _wrk(target, seconds, {"If-None-Match": tag})
+                print(f"  {label}: {result[f'{label}_200']} / {result[f'{label}_304']}",
+                      flush=True)
+        finally:
+            for proc in (server, nginx):
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    for kind in ("200", "304"):
+        ours = result[f"calsync_{kind}"]["requests_per_second"] or 0.0
+        theirs = result[f"nginx_{kind}"]["requests_per_second"] or 1.0
+        result[f"share_of_nginx_{kind}"] = round(ours / theirs, 3)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    result["goal"] = ">= 30% of nginx for 200, >= 20% for 304"
+    return result
