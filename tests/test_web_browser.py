@@ -15,6 +15,7 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import select
@@ -66,7 +67,7 @@ def test_technician_and_dispatcher_in_chromium(sqlite_db, radicale_server) -> No
     server.make_calendar(jobs_cal)
     personal_url = server.make_calendar(personal_cal)
     monday = _next_monday(dt.datetime.now(dt.timezone.utc).date())
-    tz = dt.timezone(dt.timedelta(hours=-6))  # Chicago in winter
+    tz = ZoneInfo(CHICAGO)
     ev_start = dt.datetime.combine(monday, dt.time(10), tz)
     secret_title = f"Dentist {tag}"
     assert import_document(db, {"users": [
@@ -113,7 +114,7 @@ def test_technician_and_dispatcher_in_chromium(sqlite_db, radicale_server) -> No
         results = run_due_syncs(live_settings, db, utcnow())
         assert results and all(r.status == "ok" for r in results), results
         page.reload()
-        busy = page.get_by_role("list", name="Busy from your calendars, next 7 days")
+        busy = page.get_by_role("list", name="Busy from your calendars, next 14 days")
         assert secret_title in busy.inner_text()  # the owner sees their own details
 
         # The feed link: turn it on, regenerate (the old link 404s at once).

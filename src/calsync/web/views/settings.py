@@ -54,7 +54,7 @@ from calsync.web.pages import (
 
 router = APIRouter(include_in_schema=False)
 
-BUSY_AHEAD = dt.timedelta(days=7)
+BUSY_AHEAD = dt.timedelta(days=14)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PROVIDERS = {"outlook": "Outlook", "google": "Google", "icloud": "iCloud", "caldav": "CalDAV",
              "ics": "Calendar link"}
