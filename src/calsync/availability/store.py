@@ -1,9 +1,11 @@
-"""Loading what the busy model needs for users x range: two statements, whatever the count.
+"""Loading what the busy model needs for users x range: one statement, whatever the count.
 
 - people: the users by primary key, outer-joined to their primary/conflict calendars and
   each calendar's connection status (one row per watched calendar, or one without);
 - busy rows: schedule items through ``item_assignees`` and external occurrences from
-  ``external_busy``, in one ``UNION ALL``.
+  ``external_busy``;
+
+all in one ``UNION ALL`` for a check (a slot search reads people, then spans).
 
 Both busy tables carry a copy of each row's span and a ``long_span`` mark (longer than
 :data:`SHORT_SPAN`), kept right by database triggers (migration 0009), with the index
@@ -22,13 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
     CompoundSelect,
+    TypeDecorator,
     and_,
     bindparam,
     false,
@@ -39,8 +43,10 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.types import JSON, Boolean, String, Text
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import JSON, Boolean, DateTime, Integer, NullType, String, Text
 
 from calsync.availability.busy import (
     WATCHED_ROLES,
@@ -72,8 +78,47 @@ SHORT_SPAN = dt.timedelta(days=1)
 # A minute more than the bound: SQLite's julianday() rounds to milliseconds.
 LOOKBACK = SHORT_SPAN + dt.timedelta(minutes=1)
 
-# Statements are built once; ids, start and end are bound per call (expanding IN lists).
-_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+class _IdList(TypeDecorator[list[str]]):
+    """A list of user ids bound as one parameter: JSON text for SQLite's ``json_each``,
+    an array for PostgreSQL."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: Any) -> Any:
+        return json.dumps(value) if dialect.name == "sqlite" else value
+
+
+class _AmongIds(ColumnElement[Any]):
+    """``column`` is one of the bound ids. Unlike an expanding ``IN``, whose SQL is
+    re-rendered on every execution, the statement text stays the same for any number of
+    ids: ``IN (SELECT value FROM json_each(:ids))`` on SQLite, ``= ANY(:ids)`` elsewhere;
+    both probe the index once per id."""
+
+    inherit_cache = True
+    type = NullType()  # a Boolean type would make SQLite write "... = 1" (no index)
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: Any) -> None:
+        self.column = column
+
+
+@compiles(_AmongIds, "sqlite")
+def _among_ids_sqlite(element: _AmongIds, compiler: Any, **kw: Any) -> str:
+    return (f"{compiler.process(element.column, **kw)} IN "
+            f"(SELECT value FROM json_each({compiler.process(_IDS, **kw)}))")
+
+
+@compiles(_AmongIds)
+def _among_ids(element: _AmongIds, compiler: Any, **kw: Any) -> str:
+    return (f"{compiler.process(element.column, **kw)} = "
+            f"ANY(CAST({compiler.process(_IDS, **kw)} AS VARCHAR[]))")
+
+
+# Statements are built once; ids, start and end are bound per call. Fixed values (the
+# watched roles) are written into the SQL, so no execution re-renders it.
+_IDS: BindParameter[Any] = bindparam("ids", type_=_IdList())
+_ROLES: list[Any] = [literal_column(f"'{role}'") for role in WATCHED_ROLES]
 _START: BindParameter[Any] = bindparam("start")
 _END: BindParameter[Any] = bindparam("end")
 _FROM: BindParameter[Any] = bindparam("lookback_from")
@@ -83,14 +128,14 @@ _PEOPLE = (select(User.id, User.name, User.timezone, User.working_hours, User.pr
                   Connection.status, Connection.provider)
            .outerjoin(Connection, Connection.user_id == User.id)
            .outerjoin(Calendar, and_(Calendar.connection_id == Connection.id,
-                                     Calendar.role.in_(WATCHED_ROLES)))
-           .where(User.id.in_(_IDS), User.deleted_at.is_(None)))
+                                     Calendar.role.in_(_ROLES)))
+           .where(_AmongIds(User.id), User.deleted_at.is_(None)))
 
 
 def _windows(user_id: Any, long_span: Any, start_at: Any,
              end_at: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """(short rows, long rows) of the users overlapping [start, end): each an index range."""
-    overlap = and_(user_id.in_(_IDS), start_at < _END, end_at > _START)
+    overlap = and_(_AmongIds(user_id), start_at < _END, end_at > _START)
     return (and_(overlap, long_span == false(), start_at >= _FROM),
             and_(overlap, long_span == true()))
 
@@ -101,12 +146,19 @@ def _raw(column: Any) -> Any:
     return type_coerce(column, String)
 
 
-def _busy_statement(details: bool) -> CompoundSelect[Any]:
+def _busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[Any]:
     """Item rows then event rows, in one column layout (``src`` says which)::
 
         src, uid, row_id, kind, ext_id, start_at, end_at, status, all_day,
         busy_status, response, private_at_source[, title, job_type, account, location,
         notes, reason, tzid, description, organizer, attendees, calendar_name]
+
+    ``with_people`` (details only) adds the rows of :data:`_PEOPLE` in the same layout, so
+    a check is one statement (one round trip): ``src`` 'person', ``kind`` the calendar's
+    role (NULL: no watched calendar), ``start_at`` its last success, ``status`` its status,
+    ``busy_status``/``response`` the connection's status and provider,
+    ``private_at_source`` the user's private mode, ``title``/``job_type``/``attendees`` the
+    user's name, timezone and working hours, ``calendar_name`` the calendar's name.
     """
     nothing = null()
     item_cols: list[Any] = [
@@ -151,11 +203,25 @@ def _busy_statement(details: bool) -> CompoundSelect[Any]:
         parts.append(select(*event_cols).select_from(ExternalBusy)
                      .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
                      .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
-                     .where(window, Calendar.role.in_(WATCHED_ROLES)))
+                     .where(window, Calendar.role.in_(_ROLES)))
+    if with_people:
+        n_text, n_str = nothing.cast(Text), nothing.cast(String)
+        parts.append(select(
+            literal_column("'person'"), User.id, nothing.cast(Integer), Calendar.role, n_str,
+            _raw(Calendar.last_success_at), nothing.cast(DateTime(timezone=True)),
+            Calendar.status, nothing.cast(Boolean), Connection.status, Connection.provider,
+            User.private_mode, User.name, User.timezone, n_text, n_text, n_text, n_text,
+            n_str, n_text, n_text, User.working_hours, Calendar.name)
+            .select_from(User)
+            .outerjoin(Connection, Connection.user_id == User.id)
+            .outerjoin(Calendar, and_(Calendar.connection_id == Connection.id,
+                                      Calendar.role.in_(_ROLES)))
+            .where(_AmongIds(User.id), User.deleted_at.is_(None)))
     return union_all(*parts)
 
 
 _BUSY_DETAILED = _busy_statement(details=True)
+_CHECK = _busy_statement(details=True, with_people=True)
 _BUSY_TIMES = _busy_statement(details=False)
 
 _TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
@@ -201,27 +267,36 @@ def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         yield list(ids[i:i + CHUNK])
 
 
+def _people(rows: Iterable[tuple[Any, ...]], wanted: Sequence[str],
+            instant: Callable[[Any], dt.datetime]
+            ) -> tuple[dict[str, UserProfile], dict[str, list[CalendarHealth]]]:
+    """Profiles and calendar health from ``(uid, name, tz, hours, private, calendar name,
+    role, calendar status, last success, connection status, provider)`` rows."""
+    profiles: dict[str, UserProfile] = {}
+    calendars: dict[str, list[CalendarHealth]] = {u: [] for u in wanted}
+    for (uid, name, tzid, hours, private, cal_name, role, cal_status, success,
+         conn_status, provider) in rows:
+        if uid not in profiles:
+            profiles[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
+        if role is not None:
+            calendars[uid].append(CalendarHealth(
+                cal_name or "", role, cal_status or "ok",
+                None if success is None else instant(success), conn_status or "ok",
+                provider or ""))
+    missing = [u for u in wanted if u not in profiles]
+    if missing:
+        raise NotFound(f"user {missing[0]!r} not found")
+    return profiles, calendars
+
+
 def load_people(session: Session, user_ids: Sequence[str]
                 ) -> tuple[dict[str, UserProfile], dict[str, list[CalendarHealth]]]:
     """Live users by id and their primary/conflict calendars' health. Raises NotFound
     naming the first unknown (or deleted) id."""
     wanted = list(dict.fromkeys(user_ids))
-    profiles: dict[str, UserProfile] = {}
-    calendars: dict[str, list[CalendarHealth]] = {u: [] for u in wanted}
     conn = session.connection()
-    for chunk in _chunks(wanted):
-        for (uid, name, tzid, hours, private, cal_name, role, cal_status, success,
-             conn_status, provider) in conn.execute(_PEOPLE, {"ids": chunk}):
-            if uid not in profiles:
-                profiles[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
-            if role is not None:
-                calendars[uid].append(CalendarHealth(cal_name or "", role, cal_status or "ok",
-                                                     success, conn_status or "ok",
-                                                     provider or ""))
-    missing = [u for u in wanted if u not in profiles]
-    if missing:
-        raise NotFound(f"user {missing[0]!r} not found")
-    return profiles, calendars
+    rows = [tuple(r) for chunk in _chunks(wanted) for r in conn.execute(_PEOPLE, {"ids": chunk})]
+    return _people(rows, wanted, lambda value: value)
 
 
 def load_profiles(session: Session, user_ids: Sequence[str]) -> dict[str, UserProfile]:
@@ -242,11 +317,18 @@ def load_busy_rows(session: Session, user_ids: Sequence[str], start: dt.datetime
     ``[start, end)`` per user, each list sorted by start. Without ``details`` only the
     times and the fields the busy rules need are filled; ``with_assignees`` also fills
     each job's full assignee list (one more query)."""
+    statement = _BUSY_DETAILED if details else _BUSY_TIMES
+    return _load_rows(session, statement, user_ids, start, end, details, with_assignees,
+                      _instant_reader(), None)
+
+
+def _load_rows(session: Session, statement: CompoundSelect[Any], user_ids: Sequence[str],
+               start: dt.datetime, end: dt.datetime, details: bool, with_assignees: bool,
+               instant: Callable[[Any], dt.datetime], people: list[tuple[Any, ...]] | None
+               ) -> tuple[dict[str, list[ScheduleEntry]], dict[str, list[ExternalEntry]]]:
     items: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
     events: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
-    statement = _BUSY_DETAILED if details else _BUSY_TIMES
     params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
-    instant = _instant_reader()
     conn = session.connection()
     item_rows: list[Any] = []
     for chunk in _chunks(list(user_ids)):
@@ -255,6 +337,11 @@ def load_busy_rows(session: Session, user_ids: Sequence[str], start: dt.datetime
              private) = row[:12]
             if src == "item":
                 item_rows.append(row)
+                continue
+            if src == "person":
+                assert people is not None
+                people.append((uid, row[12], row[13], row[21], private, row[22], kind,
+                               status, s, busy, response))
                 continue
             more: dict[str, Any] = {}
             if details:
@@ -331,7 +418,14 @@ def load_busy_inputs(session: Session, user_ids: Sequence[str], start: dt.dateti
     """Everything the busy model needs for ``user_ids`` over ``[start, end)``, in the order
     given (two statements). Raises NotFound for an unknown or deleted user."""
     ids = list(dict.fromkeys(user_ids))
-    profiles, calendars = load_people(session, ids)
-    items, externals = load_busy_rows(session, ids, start, end, details, with_assignees)
+    if details:  # people and busy rows in one statement
+        people: list[tuple[Any, ...]] = []
+        instant = _instant_reader()
+        items, externals = _load_rows(session, _CHECK, ids, start, end, True, with_assignees,
+                                      instant, people)
+        profiles, calendars = _people(people, ids, instant)
+    else:
+        profiles, calendars = load_people(session, ids)
+        items, externals = load_busy_rows(session, ids, start, end, False, with_assignees)
     return {u: UserBusyInput(profiles[u], items[u], externals[u], tuple(calendars[u]))
             for u in ids}
