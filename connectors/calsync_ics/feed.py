@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,52 @@ def _duration(value: Any) -> dt.timedelta | None:
     return delta if isinstance(delta, dt.timedelta) and delta > dt.timedelta(0) else None
 
 
-def _calendars(text: str) -> list[Any]:
+_BLOCK = re.compile(r"^BEGIN:(VEVENT|VTIMEZONE)[ \t]*\r?\n.*?^END:\1[ \t]*(?:\r?\n|\Z)",
+                    re.IGNORECASE | re.MULTILINE | re.DOTALL)
+_HEADER_PROPS = ("X-WR-CALNAME", "X-WR-TIMEZONE", "REFRESH-INTERVAL", "X-PUBLISHED-TTL")
+
+
+def _complete(text: str) -> bool:
+    """The feed ends its last event and then the calendar (not a cut-off download)."""
+    upper = text.upper()
+    last_begin = upper.rfind("BEGIN:VEVENT")
+    return upper.rfind("END:VCALENDAR") > max(upper.rfind("END:VEVENT"), last_begin) \
+        and upper.rfind("END:VEVENT") > last_begin
+
+
+def _salvage(text: str, quarantined: list[Quarantined]) -> list[Any]:
+    """A complete feed icalendar refuses as a whole (one broken component): each VEVENT
+    and VTIMEZONE read on its own, the broken ones quarantined. A feed that does not end
+    with END:VCALENDAR is never salvaged: a cut-off download must not drop events."""
+    cal = icalendar.Calendar()
+    unfolded = re.sub(r"\r?\n[ \t]", "", text)
+    for line in unfolded.splitlines():
+        name, sep, value = line.partition(":")
+        prop = name.split(";", 1)[0].strip().upper()
+        if sep and prop in _HEADER_PROPS and prop not in cal:
+            try:
+                cal.add(prop, icalendar.vDuration.from_ical(value.strip())  # type: ignore[no-untyped-call]
+                        if prop in ("REFRESH-INTERVAL", "X-PUBLISHED-TTL") else value.strip())
+            except Exception:  # noqa: BLE001 - a broken hint is ignored
+                continue
+    for match in _BLOCK.finditer(text):
+        block = match.group(0)
+        try:
+            component = icalendar.Component.from_ical(block)
+        except Exception as exc:  # noqa: BLE001 - this component is the broken one
+            if match.group(1).upper() == "VTIMEZONE":  # its events fall back to the TZID
+                continue
+            uid = re.search(r"^UID:(.*)$", re.sub(r"\r?\n[ \t]", "", block),
+                            re.IGNORECASE | re.MULTILINE)
+            remote_id = uid.group(1).strip() if uid else \
+                "nouid:" + hashlib.sha256(block.encode()).hexdigest()[:16]
+            quarantined.append(Quarantined(remote_id, unreadable_reason(exc, block)))
+            continue
+        cal.add_component(component)
+    return [cal]
+
+
+def _calendars(text: str, quarantined: list[Quarantined]) -> list[Any]:
     if "BEGIN:VCALENDAR" not in text.upper():
         raise FeedInvalid("the answer is not an iCalendar feed (no BEGIN:VCALENDAR); check "
                           "that the address is the calendar's .ics link")
@@ -55,8 +101,10 @@ def _calendars(text: str) -> list[Any]:
         try:
             found = list(icalendar.Calendar.from_ical(text, multiple=True))
         except Exception as exc:  # noqa: BLE001 - the whole file is unreadable
-            raise FeedInvalid(f"the feed cannot be read: {unreadable_reason(exc, text)}") \
-                from exc
+            if not _complete(text):
+                raise FeedInvalid(f"the feed cannot be read: "
+                                  f"{unreadable_reason(exc, text)}") from exc
+            found = _salvage(text, quarantined)
     if not found:
         raise FeedInvalid("the feed cannot be read: no complete VCALENDAR in it (the file "
                           "may be cut off)")
@@ -77,11 +125,15 @@ def _standard(cal: Any, notes: list[str]) -> Any:
 
 
 def _text_of(group: list[Any], timezones: list[Any]) -> str:
+    """One event's own calendar: its components and the VTIMEZONEs they name."""
     wrapper = icalendar.Calendar()
     wrapper.add("PRODID", "-//calsync//subscribed calendar//EN")
     wrapper.add("VERSION", "2.0")
+    named = b"".join(event.to_ical() for event in group)
     for tz in timezones:
-        wrapper.add_component(tz)
+        tzid = str(tz.get("TZID") or "")
+        if tzid and (f"TZID={tzid}".encode() in named or f'TZID="{tzid}"'.encode() in named):
+            wrapper.add_component(tz)
     for event in group:
         wrapper.add_component(event)
     text: str = wrapper.to_ical().decode("utf-8")
@@ -120,7 +172,7 @@ def read_feed(raw: bytes | str, window: Window, options: ParseOptions) -> FeedCo
     out = FeedContents()
     events: list[Any] = []
     timezones: list[Any] = []
-    for cal in _calendars(text):
+    for cal in _calendars(text, out.quarantined):
         if out.name is None and cal.get("X-WR-CALNAME"):
             out.name = str(cal.get("X-WR-CALNAME"))[:200]
         for prop in ("REFRESH-INTERVAL", "X-PUBLISHED-TTL"):
