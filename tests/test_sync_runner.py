@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import uuid
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -358,7 +359,7 @@ def test_the_lease_is_renewed_between_calendars(db: Database, settings: Settings
     import calsync.sync.runner as runner
 
     add_user(db)
-    cid, _, _ = add_connection(db, settings)
+    cid, server, _ = add_connection(db, settings)
     seen: list[tuple[int, str, dt.datetime, str | None]] = []
     real = runner.renew_lease
 
@@ -368,8 +369,13 @@ def test_the_lease_is_renewed_between_calendars(db: Database, settings: Settings
 
     monkeypatch.setattr(runner, "renew_lease", recording)
     result = sync_connection(settings, db, cid, NOW, worker_id="worker-x")
+    assert result.status == "ok" and seen == []  # quick: far from a quarter of the lease
+    # a slow provider: the first calendar takes longer than a quarter of a 1 s lease
+    short = replace(settings, sync=replace(settings.sync, lease_seconds=1))
+    server.latency = 0.3
+    result = sync_connection(short, db, cid, NOW, worker_id="worker-x")
     assert result.status == "ok" and len(result.calendars) == 2
     [(conn_id, owner, until, holder)] = seen
     assert (conn_id, owner, holder) == (cid, "worker-x", "worker-x")
-    assert until >= NOW + dt.timedelta(seconds=settings.sync.lease_seconds)
+    assert until >= NOW + dt.timedelta(seconds=short.sync.lease_seconds)
     assert connection(db, cid).lease_owner is None  # released at the end

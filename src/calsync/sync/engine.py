@@ -242,6 +242,8 @@ def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call,
 
 def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
     """Record unreadable objects; forget the records of objects readable again or gone."""
+    if not (cs.changed or cs.deleted or cs.quarantined or cs.full):
+        return  # a no-change pull records and clears nothing: no write transaction
     with db.session() as s:
         held = set(s.scalars(select(Quarantine.remote_id)
                              .where(Quarantine.calendar_id == info.id)))

@@ -327,8 +327,10 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
         if cid in waiting:
             result.calendars.append(_calendar_result(db, cid, "throttled"))
             continue
-        if owner is not None and i > 0:
-            elapsed = dt.timedelta(seconds=time.monotonic() - started)
+        elapsed = dt.timedelta(seconds=time.monotonic() - started)
+        if owner is not None and i > 0 and \
+                elapsed.total_seconds() > settings.sync.lease_seconds / 4:
+            # a long sync: renew before a quarter of the lease is used (quick ones skip it)
             renew_lease(db, result.connection_id, owner,
                         now + elapsed + dt.timedelta(seconds=settings.sync.lease_seconds))
         ran += 1
