@@ -143,6 +143,11 @@ def test_a_whole_tenant_is_connected_and_synced_in_one_command(
     assert code == 0 and f"users: {USERS} (1 error, {USERS - 1} ok)" in out
     assert "tech002" in out and APP_SECRET not in out
 
+    # a sync of the refused user keeps the error (it has no calendars to sync)
+    code, out, err = calsync(monkeypatch, capsys, "sync", "--user", "tech002", "--json")
+    assert code != 0 and json.loads(out)[0]["status"] == "error"
+    assert "application access policy" in json.loads(out)[0]["error"]
+
     # the app token expires: one refresh for the tenant, not one per user
     graph.expire_access_tokens()
     for user in ("tech001", "tech003", "tech004"):

@@ -467,6 +467,10 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
         result.waits = list(getattr(getattr(connector, "retry", None), "waits", []))
         with db.session() as s:
             conn = s.get(Connection, connection_id)
+            refused = (conn.settings or {}).get("tenant_refused") if conn is not None else None
+            if refused and result.status == "ok" and not result.calendars:
+                # an organisation's mailbox it may not open: stays in error with what to do
+                result.status, result.error = "error", str(refused)
             if conn is not None:
                 emit_connection_status(s, connection=conn.public_id, user_id=conn.user_id,
                                        provider=conn.provider, account=conn.account,

@@ -183,6 +183,8 @@ def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
             conn = conn_row
             if error is not None:
                 conn.status, conn.last_error = "error", error[:2000]
+                # kept through syncs (it has no calendars) until retry_refused succeeds
+                conn.settings = {**(conn.settings or {}), "tenant_refused": error[:2000]}
                 report.refused[user_id] = error
                 log.warning("tenant %s: user %s not connected: %s", report.tenant, user_id,
                             error)
@@ -206,9 +208,10 @@ def retry_refused(settings: Settings, db: Database, tenant_id: int, now: dt.date
     """Try again the tenant's connections that could not list calendars (a policy fixed by
     the admin since): users now reachable get their calendars. Returns their user ids."""
     with db.read_session() as s:
-        ids = list(s.scalars(select(Connection.id).where(
-            Connection.tenant_id == tenant_id, Connection.status == "error",
-            ~select(Calendar.id).where(Calendar.connection_id == Connection.id).exists())))
+        ids = [c.id for c in s.scalars(select(Connection).where(
+            Connection.tenant_id == tenant_id,
+            ~select(Calendar.id).where(Calendar.connection_id == Connection.id).exists()))
+            if (c.settings or {}).get("tenant_refused")]
     fixed = []
     for conn_id in ids:
         with db.read_session() as s:
@@ -228,6 +231,8 @@ def retry_refused(settings: Settings, db: Database, tenant_id: int, now: dt.date
                                    read_only=cal.read_only,
                                    role="primary" if cal.id == primary else "ignored"))
             conn.status, conn.last_error, conn.next_sync_at = "ok", None, now
+            conn.settings = {k: v for k, v in (conn.settings or {}).items()
+                             if k != "tenant_refused"}
             fixed.append(conn.user_id)
     return fixed
 
