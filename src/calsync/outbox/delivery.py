@@ -328,13 +328,6 @@ class Deliverer:
             future.add_done_callback(self._done)
         return len(claimed)
 
-    def pending(self) -> int:
-        """Deliveries not finished yet (any worker's), plus events not numbered yet."""
-        with self.db.read_session() as s:
-            n = s.scalar(select(WebhookDelivery.id).where(
-                WebhookDelivery.status == "pending").limit(1))
-            return int(n is not None or has_unsequenced(s))
-
     def _settled(self, wait_retries: bool) -> bool:
         now = self.clock()
         with self.db.read_session() as s:
