@@ -78,6 +78,7 @@ SHORT_SPAN = dt.timedelta(days=1)
 # A minute more than the bound: SQLite's julianday() rounds to milliseconds.
 LOOKBACK = SHORT_SPAN + dt.timedelta(minutes=1)
 
+
 class _IdList(TypeDecorator[list[str]]):
     """A list of user ids bound as one parameter: JSON text for SQLite's ``json_each``,
     an array for PostgreSQL."""
