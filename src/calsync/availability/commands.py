@@ -16,6 +16,7 @@ import click
 
 from calsync.availability.check import check_availability
 from calsync.availability.requests import parse_check
+from calsync.availability.store import reading
 from calsync.db.models import utcnow
 from calsync.privacy import OPERATOR
 
@@ -46,7 +47,7 @@ def register(cli: click.Group) -> None:
         """Print USER's conflicts between START and END (ISO 8601 with offset)."""
         q = parse_check({"user_ids": [user], "start": start, "end": end}, "check")
         stale_after = dt.timedelta(seconds=app.settings.sync.stale_after_seconds)
-        with app.migrated_db().session() as s:
+        with reading(app.migrated_db()) as s:  # reads only: no write lock
             [result] = check_availability(s, q.user_ids, q.start, q.end, OPERATOR, utcnow(),
                                           stale_after)
         if as_json:
