@@ -181,6 +181,8 @@ SUBSYSTEM_COMMANDS = {
     "connections": "Linked accounts and their health.",
     "secrets": "Encryption of stored credentials.",
     "sync": "Sync now (all connections, or USER's), with a progress bar and a summary.",
+    "tenants": "Organisation-wide connections (Microsoft 365 tenants, Google Workspace "
+               "domains).",
     "webhooks": "Webhook endpoints of the platform (signed events, DESIGN 4.7).",
 }
 
