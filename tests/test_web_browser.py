@@ -85,6 +85,15 @@ def test_technician_and_dispatcher_in_chromium(sqlite_db, radicale_server) -> No
         assert page.url == f"{base}/app/settings"
         page.get_by_role("heading", name="Calendar settings").wait_for()
         connected = page.get_by_role("region", name="Connected calendars")
+        # By keyboard: the iCloud form opens in place, focus on its first field.
+        icloud = connected.get_by_role("button", name="Connect iCloud")
+        assert icloud.get_attribute("aria-expanded") == "false"
+        icloud.focus()
+        page.keyboard.press("Enter")
+        assert icloud.get_attribute("aria-expanded") == "true"
+        assert page.evaluate("document.activeElement.id") == "icloud-apple-id"
+        assert "App-Specific Passwords" in page.get_by_role("form", name="iCloud account") \
+            .inner_text()
         connected.get_by_role("button", name="Connect CalDAV").click()
         caldav = page.get_by_role("form", name="CalDAV account")
         caldav.get_by_label("Server URL").fill(server.base_url)
