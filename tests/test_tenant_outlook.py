@@ -1,9 +1,9 @@
 """A whole Microsoft 365 tenant in one command (DESIGN 6.1), through the real msal
 (ConfidentialClientApplication, client credentials) against the Graph emulator, on SQLite
-and PostgreSQL: 200 technicians (50 on SQLite) connected and synced without a sign-in of their own, one
-mailbox refused by an application access policy reported on that user's connection (the
-others go on), one app token for the whole tenant and one refresh when it expires, users
-imported later, a fixed policy, and removing the tenant."""
+and PostgreSQL: 200 technicians (50 on SQLite) connected and synced without a sign-in of
+their own, one mailbox refused by an application access policy reported on that user's
+connection (the others go on), one app token for the whole tenant and one refresh when it
+expires, users imported later, a fixed policy, a certificate, and removing the tenant."""
 
 from __future__ import annotations
 
