@@ -145,3 +145,41 @@ def test_subscribe_to_a_calendar_link(page_client, not_caldav_url,
         assert "secret-key" not in page  # the link's key is not shown back
     finally:
         feed.stop()
+
+
+def test_disconnect_with_and_without_removing_copies(page_client, radicale, settings,
+                                                     db) -> None:  # type: ignore[no-untyped-def]
+    """The Disconnect form's checkbox decides whether calsync's copies leave the server."""
+    import datetime as dt
+
+    from calsync.db.models import Calendar
+    from calsync.sync.runner import run_due_syncs
+
+    client, csrf = page_client
+    day = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1)
+    start = dt.datetime(day.year, day.month, day.day, 14, tzinfo=dt.timezone.utc)
+    assert import_document(db, {"jobs": [{
+        "id": "j-web", "title": "Fiber install", "assignees": ["u1"],
+        "start": start.isoformat(), "end": (start + dt.timedelta(hours=1)).isoformat()}]}).ok
+    for remove in (True, False):
+        acct = radicale.account("Work")
+        r = client.post("/app/settings/connect/caldav", data={
+            "csrf_token": csrf, "url": radicale.base_url, "username": acct.username,
+            "password": acct.password}, follow_redirects=False)
+        assert r.status_code == 303
+        with db.session() as s:
+            cal = s.scalar(select(Calendar).join(Connection).where(
+                Connection.account == acct.username))
+            cal_id, conn_id = cal.public_id, s.get(Connection, cal.connection_id).public_id
+        r = client.post("/app/settings/calendars", data={"csrf_token": csrf, "primary": cal_id},
+                        follow_redirects=False)
+        assert r.status_code == 303
+        run_due_syncs(settings, db, dt.datetime.now(dt.timezone.utc))
+        assert len(acct.hrefs("Work")) == 1  # the job's copy is on the server
+        data = {"csrf_token": csrf, **({"remove_copies": "on"} if remove else {})}
+        r = client.post(f"/app/settings/connections/{conn_id}/disconnect", data=data,
+                        follow_redirects=False)
+        assert r.status_code == 303, r.text[:300]
+        assert len(acct.hrefs("Work")) == (0 if remove else 1)
+        with db.session() as s:
+            assert s.scalar(select(Connection).where(Connection.public_id == conn_id)) is None
