@@ -125,7 +125,7 @@ def test_sigkill_mid_delivery_loses_nothing_and_keeps_order(sqlite_db: Database,
 def test_a_hanging_receiver_never_delays_syncs(db: Database, settings: Settings) -> None:
     """The worker's scheduler with every delivery thread stuck on a receiver that hangs: a
     connection that becomes due is still synced at the next tick, not after the answers."""
-    receiver = Receiver(behaviour=always(200, 3.0)).start()
+    receiver = Receiver(behaviour=always(200, 4.0)).start()
     fast = replace(settings, webhooks=replace(settings.webhooks, poll_seconds=0.1,
                                               timeout_seconds=5.0, delivery_threads=4))
     add_user(db)
@@ -149,13 +149,13 @@ def test_a_hanging_receiver_never_delays_syncs(db: Database, settings: Settings)
             conn.next_sync_at = _now()  # due now, while the deliveries hang
         started = time.monotonic()
         synced = before
-        while time.monotonic() - started < 10 and synced == before:
+        while time.monotonic() - started < 4 and synced == before:
             time.sleep(0.05)
             with db.read_session() as s:
                 synced = s.scalar(select(Connection.last_sync_at).where(Connection.id == cid))
-        took = time.monotonic() - started
-        assert synced is not None and synced != before and took < 2.5, took
-        assert receiver.max_in_flight == 4 and len(receiver.received) < 40  # still stuck
+        assert synced is not None and synced != before
+        # synced while the first deliveries were still waiting for their answers
+        assert [r.answered for r in receiver.received[:4]] == [0, 0, 0, 0]
     finally:
         scheduler.shutdown(wait=False)
         receiver.stop()

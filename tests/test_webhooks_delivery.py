@@ -135,17 +135,16 @@ def test_a_receiver_hanging_past_the_timeout_is_retried(db: Database, settings: 
     receiver.behaviour = hang_once
     emit_many(db, 1)
     deliverer = Deliverer(fast_settings(settings, timeout_seconds=0.3), db, schedule=FAST)
-    started = time.monotonic()
     try:
         deliverer.run_until_idle(timeout=20, wait_retries=True)
     finally:
         deliverer.close()
-    assert time.monotonic() - started < 1.8  # did not wait for the hanging answer
     (row,) = deliveries(db, ep)
     assert row["status"] == "delivered"
     first, second = row["attempt_log"]
     assert first["status_code"] is None and "timeout" in first["error"]
-    assert first["duration_ms"] < 1500 and second["status_code"] == 200
+    assert first["duration_ms"] < 2000  # gave up before the hanging answer came
+    assert second["status_code"] == 200
 
 
 def _free_port() -> int:
@@ -280,28 +279,24 @@ def test_one_subjects_events_arrive_in_order_despite_failures(
 
 def test_per_endpoint_concurrency_limit_and_a_slow_endpoint_holds_up_no_other(
         db: Database, settings: Settings) -> None:
-    slow, fast = Receiver(behaviour=always(200, 0.4)).start(), Receiver().start()
+    slow, fast = Receiver(behaviour=always(200, 1.0)).start(), Receiver().start()
     try:
         slow_ep, slow.secret = register(db, settings, slow.url)
         fast_ep, fast.secret = register(db, settings, fast.url)
-        emit_many(db, 12)
+        emit_many(db, 6)
         deliverer = Deliverer(fast_settings(settings, max_concurrency_per_endpoint=3,
-                                            timeout_seconds=2.0), db, schedule=FAST,
+                                            timeout_seconds=3.0), db, schedule=FAST,
                               threads=8)
-        started = time.monotonic()
         try:
-            deadline = time.monotonic() + 10
-            while len(fast.received) < 12 and time.monotonic() < deadline:
-                deliverer.pump()
-                time.sleep(0.01)
-            fast_done = time.monotonic() - started
-            deliverer.run_until_idle(timeout=20)
+            deliverer.run_until_idle(timeout=30)
         finally:
             deliverer.close()
-        assert len(fast.received) == 12 and fast_done < 1.0  # not behind the slow one
-        assert len(slow.received) == 12
+        assert len(fast.received) == 6 and len(slow.received) == 6
         assert slow.max_in_flight == 3  # the limit, and it was reached: concurrency pays
-        assert time.monotonic() - started < 12 * 0.4  # faster than one at a time
+        # the slow endpoint's second round (after its first answers, 1 s each) started
+        # only after every delivery to the fast one had arrived
+        second_round = sorted(r.at for r in slow.received)[3]
+        assert max(r.at for r in fast.received) < second_round
     finally:
         slow.stop()
         fast.stop()
