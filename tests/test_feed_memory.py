@@ -54,9 +54,14 @@ def test_a_feed_served_once_is_served_again_without_the_database(
     plain = {"Accept-Encoding": "identity"}
     first = app_client.get(path, headers=plain)  # renders, and writes the fetch time
     assert first.status_code == 200 and "content-encoding" not in first.headers
-    app_client.get(path, headers=plain)  # nothing changed since its reads began: fills
-    statements.clear()
-    again = app_client.get(path, headers=plain)
+    # A request whose reads no change overlapped fills the memo (on PostgreSQL the
+    # NOTIFY of the first request's own render may still arrive and drop one entry).
+    for _ in range(20):
+        statements.clear()
+        again = app_client.get(path, headers=plain)
+        if not statements:
+            break
+        time.sleep(0.1)
     assert statements == []  # answered from memory
     assert again.content == first.content
     for header in ("etag", "last-modified", "content-type", "cache-control", "vary"):
