@@ -5,6 +5,7 @@ that want them; the change feed reads them with opaque cursors that survive rest
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
@@ -204,3 +205,30 @@ def test_endpoint_rows_keep_the_secret_sealed(db: Database, settings) -> None:
         raw = c.execute(select(WebhookEndpoint.__table__.c.secret)
                         .where(WebhookEndpoint.__table__.c.id == ep_id)).scalar_one()
     assert secret.encode() not in bytes(raw) and secret[6:].encode() not in bytes(raw)
+
+
+def test_a_sync_that_crashes_reports_the_connection_status_once(db: Database,
+                                                                settings) -> None:
+    """A connection whose sync fails unexpectedly goes to ``error``: one
+    connection.status_changed, written with the new status; the next failure adds none."""
+    from calsync.outbox.events import CONNECTION_STATUS_CHANGED
+    from calsync.sync.runner import run_due_syncs
+    from tests.test_sync_runner import add_connection, add_user
+
+    add_user(db)
+    cid, _server, _ids = add_connection(db, settings)
+
+    def broken(_cid: int) -> None:
+        raise RuntimeError("a connector bug")
+
+    for minutes in (0, 10):
+        run_due_syncs(settings, db, NOW + dt.timedelta(minutes=minutes), connector_for=broken)
+    events = [e for e in _events(db) if e.type == CONNECTION_STATUS_CHANGED]
+    assert len(events) == 1
+    data = events[0].payload["data"]
+    assert (data["old_status"], data["new_status"], data["provider"]) == ("ok", "error",
+                                                                          "memory")
+    assert "a connector bug" not in json.dumps(data)
+    from calsync.db.models import Connection
+    with db.read_session() as s:
+        assert s.get(Connection, cid).status == "error"  # type: ignore[union-attr]

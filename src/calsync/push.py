@@ -138,6 +138,7 @@ def renew_push_subscriptions(settings: Settings, db: Database,
 
     from calsync.db.models import Calendar, Connection, PushSubscription
     from calsync.errors import CalsyncError, NeedsReauth
+    from calsync.outbox.events import emit_connection_status
     from calsync.sync.connector import load_connector_factory
 
     counts = {"created": 0, "renewed": 0, "removed": 0, "failed": 0}
@@ -180,6 +181,11 @@ def renew_push_subscriptions(settings: Settings, db: Database,
                                     cal.id, conn.id, exc.message)
                 _store_credentials(settings, conn, connector)
             except NeedsReauth as exc:
+                emit_connection_status(s, connection=conn.public_id, user_id=conn.user_id,
+                                       provider=conn.provider, account=conn.account,
+                                       old_status=conn.status, new_status="needs_reauth",
+                                       detail=None, base_url=settings.server.base_url,
+                                       now=now)
                 conn.status = "needs_reauth"
                 conn.last_error = exc.message
                 counts["failed"] += 1

@@ -521,6 +521,11 @@ def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, 
             conn = s.get(Connection, cid)
             if conn is not None:
                 result.provider = conn.provider
+                emit_connection_status(s, connection=conn.public_id, user_id=conn.user_id,
+                                       provider=conn.provider, account=conn.account,
+                                       old_status=conn.status, new_status="error",
+                                       detail=msg, now=now,
+                                       base_url=settings.server.base_url)
                 conn.status, conn.last_error, conn.last_sync_at = "error", msg, now
                 conn.next_sync_at = next_due(settings, now)
     finally:
