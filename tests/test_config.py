@@ -57,6 +57,9 @@ def test_config_env_var_selects_file(tmp_path: Path) -> None:
     ("[nope]\n", "nope", "one of the tables"),
     ("[database]\nurl = 'mysql://x'\n", "database.url", "sqlite"),
     ("[server]\nbase_url = 'ftp://x'\n", "server.base_url", "http"),
+    ("[webhooks]\ntimeout_seconds = 0\n", "webhooks.timeout_seconds", "greater than 0"),
+    ("[webhooks]\nlease_seconds = 5\ntimeout_seconds = 10.0\n", "webhooks.lease_seconds",
+     "more than webhooks.timeout_seconds"),
 ])
 def test_bad_values_name_key_value_and_expectation(tmp_path: Path, body: str, key: str,
                                                    expected: str) -> None:

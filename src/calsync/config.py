@@ -281,6 +281,10 @@ def _validate(s: Settings) -> None:
     positive("webhooks.delivery_threads", s.webhooks.delivery_threads)
     positive("webhooks.lease_seconds", s.webhooks.lease_seconds)
     positive("webhooks.poll_seconds", s.webhooks.poll_seconds)
+    if s.webhooks.lease_seconds <= s.webhooks.timeout_seconds:
+        # a delivery still waiting for its answer must not be claimed by another worker
+        raise ConfigError("webhooks.lease_seconds", s.webhooks.lease_seconds,
+                          f"more than webhooks.timeout_seconds ({s.webhooks.timeout_seconds})")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,
