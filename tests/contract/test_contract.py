@@ -194,7 +194,7 @@ def test_local_edit_and_delete_propagate(harness: SyncHarness) -> None:
     later = h.now + dt.timedelta(minutes=1)
     h.items(doc, now=later)
     result = h.sync(now=later)
-    assert result.totals()["updated"] == 1 and result.totals()["deleted"] == 1
+    assert result.totals()["updated"] == 1 and result.totals()["deleted"] == 1, result.as_dict()
     copies = h.copies(cal)
     assert copies["job-j1"].summary == "Install: Beta LLC"
     assert "block-b1" not in copies
