@@ -47,6 +47,16 @@ def wait_memo_ready(db: Database) -> None:
         time.sleep(0.05)
 
 
+def _from_memory(db: Database, statements: list[str]) -> bool:
+    """Answered from memory: no statement on SQLite; on PostgreSQL only the one primary-key
+    read of the link material (NOTIFY lags a commit of another process, so a regenerated or
+    revoked link is checked synchronously)."""
+    if db.dialect == "sqlite":
+        return statements == []
+    return len(statements) <= 1 and all(q.startswith("SELECT feed_version, feed_enabled")
+                                        for q in statements)
+
+
 def test_a_feed_served_once_is_served_again_without_the_database(
         app_client, admin, db: Database, statements: list[str]) -> None:  # noqa: F811
     path = _issue(app_client, admin)
@@ -59,10 +69,10 @@ def test_a_feed_served_once_is_served_again_without_the_database(
     for _ in range(20):
         statements.clear()
         again = app_client.get(path, headers=plain)
-        if not statements:
+        if _from_memory(db, statements):
             break
         time.sleep(0.1)
-    assert statements == []  # answered from memory
+    assert _from_memory(db, statements)  # answered from memory
     assert again.content == first.content
     for header in ("etag", "last-modified", "content-type", "cache-control", "vary"):
         assert again.headers[header] == first.headers[header]
@@ -75,11 +85,12 @@ def test_a_feed_served_once_is_served_again_without_the_database(
     assert since.status_code == 304
     head = app_client.head(path, headers=plain)
     assert head.status_code == 200 and head.headers["content-length"] == str(len(first.content))
-    assert statements == []
+    assert len([q for q in statements if not q.startswith("SELECT feed_version, feed_enabled")
+                ]) == 0
     packed = app_client.get(path, headers={"Accept-Encoding": "gzip"})  # fills the variant
     statements.clear()
     packed_again = app_client.get(path, headers={"Accept-Encoding": "gzip"})
-    assert statements == []
+    assert _from_memory(db, statements)
     assert packed_again.headers["content-encoding"] == "gzip"
     assert packed_again.headers["etag"] == packed.headers["etag"] != first.headers["etag"]
     assert packed_again.content == first.content  # httpx decodes it

@@ -33,7 +33,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("calsync.feeds")
@@ -77,11 +77,13 @@ class FeedMemo:
         self._probe: sqlite3.Connection | None = None
         self._data_version: int | None = None
         self._listener: _FeedListener | None = None
+        self._engine: Engine | None = None
         if self.dialect == "sqlite":
             path = engine.url.database
             if path and path != ":memory:":
                 self._probe = sqlite3.connect(path, check_same_thread=False)
         elif self.dialect == "postgresql":
+            self._engine = engine
             self._listener = _FeedListener(engine.url.render_as_string(hide_password=False),
                                            self)
             self._listener.start()
@@ -123,8 +125,31 @@ class FeedMemo:
             if entry.stamp != (self._generation, self._user_generation.get(user_id, 0)):
                 self._drop(user_id)
                 return None
-            self._entries.move_to_end(user_id)
-            return entry
+        if self._engine is not None and not self._link_still_valid(entry):
+            with self._lock:
+                self._drop(user_id)
+            return None
+        with self._lock:
+            if user_id in self._entries:
+                self._entries.move_to_end(user_id)
+        return entry
+
+    def _link_still_valid(self, entry: MemoEntry) -> bool:
+        """PostgreSQL: NOTIFY arrives a moment after another process commits, so the link
+        material (feed version, enabled, deleted) is read synchronously by primary key: a
+        regenerated or revoked link is refused at once, not after the notification."""
+        assert self._engine is not None
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(text(
+                    "SELECT feed_version, feed_enabled, deleted_at FROM users WHERE id = :u"),
+                    {"u": entry.user_id}).first()
+        except Exception:  # noqa: BLE001 - no answer: serve nothing from memory
+            return False
+        if row is None:
+            return False
+        servable = bool(row[1]) and row[2] is None
+        return row[0] == entry.feed_version and servable == entry.servable
 
     def put(self, entry: MemoEntry, stamp: tuple[int, int]) -> None:
         """Keep ``entry``, read after ``stamp`` was taken, unless something changed since."""
