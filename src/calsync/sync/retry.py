@@ -13,8 +13,7 @@ connector directly, and a calendar throttled past this layer's cap is reschedule
   (a ``Throttled`` keeps the provider's ``retry_after``, so the caller can reschedule).
 - Everything else (re-auth, not found, preconditions) is raised at once.
 
-``sleep`` and ``rng`` are injectable; :meth:`RetryPolicy.no_wait` is the testing switch
-that keeps the attempt count but never sleeps.
+``sleep`` and ``rng`` are injectable (tests pass a sleep that records instead of waiting).
 
 Every attempt is counted in ``calsync_provider_requests`` (labelled with the provider of
 the sync this thread runs, :mod:`calsync.runcontext`, and the answer's HTTP status where
@@ -81,10 +80,6 @@ class RetryPolicy:
                    max_total_seconds=float(getattr(sync, "retry_max_seconds", 60.0)),
                    sleep=sleep if sleep is not None else time.sleep,
                    rng=rng if rng is not None else random.Random())
-
-    @classmethod
-    def no_wait(cls, max_retries: int = 4) -> RetryPolicy:
-        return cls(max_retries=max_retries, sleep=lambda _s: None)
 
     def backoff(self, attempt: int, hinted: float | None = None) -> float:
         """The wait before retry number ``attempt + 1``: the provider's hint, else
