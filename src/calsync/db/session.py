@@ -83,6 +83,10 @@ class Database:
         self.engine = make_engine(url, echo=echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writing = threading.local()
+        # Threads of this process queue for SQLite's write lock here: a waiter wakes as soon
+        # as the lock is free, where SQLite's busy handler would sleep 1-100 ms between
+        # tries. Other processes still wait in busy_timeout.
+        self._write_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -109,6 +113,7 @@ class Database:
             raise RuntimeError("a write session was opened inside another one on the same "
                                "thread; SQLite would wait for itself")
         self._writing.active = True
+        self._write_lock.acquire()
         try:
             with self.engine.connect() as conn:
                 conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
@@ -121,6 +126,7 @@ class Database:
                     finally:
                         s.close()
         finally:
+            self._write_lock.release()
             self._writing.active = False
 
     # Kept for the callers that say so explicitly; every write session is locked now.
