@@ -421,8 +421,6 @@ def token_revoke(app: AppContext, token_id: int, as_json: bool) -> None:
 def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool,
           workers: int) -> None:
     """Serve the HTTP API and feeds (and the scheduler unless --no-worker)."""
-    import uvicorn
-
     from calsync.api.app import create_app
     from calsync.secrets import require_configured_secret
 
@@ -445,13 +443,11 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool,
             os.environ[serving.CONFIG_ENV] = app.config_path or ""
             os.environ[serving.HOST_ENV] = host
             os.environ[serving.PORT_ENV] = str(port or settings.server.port)
-            uvicorn.run("calsync.api.serving:app_from_environment", factory=True,
-                        workers=workers, host=host, port=port or settings.server.port,
-                        log_level="info", access_log=False)
+            serving.run(None, host, port or settings.server.port, workers)
         else:
-            uvicorn.run(create_app(settings, db), host=host,
-                        port=port or settings.server.port, log_level="info",
-                        access_log=False)
+            from calsync.api import serving
+
+            serving.run(create_app(settings, db), host, port or settings.server.port)
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)

@@ -16,11 +16,14 @@ written) goes to the route below, which refills the memo. Every answer is counte
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
+import hmac
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import format_datetime, parsedate_to_datetime
@@ -233,6 +236,120 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _STATIC_HEADERS = [(b"cache-control", b"private, no-cache"), (b"vary", b"Accept-Encoding"),
                    (b"referrer-policy", b"no-referrer"), (b"x-robots-tag", b"noindex")]
+_REASONS = {200: b"OK", 304: b"Not Modified"}
+_ASKED = ("accept-encoding", "user-agent", "if-none-match", "if-modified-since")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """One answer from memory: status, headers (ASGI form, and the same lines as the
+    bytes uvicorn writes after its own ``date`` and ``server``), body (empty for 304 and
+    HEAD)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    status_line: bytes
+    header_lines: bytes  # every header line, then the blank line
+    body: bytes
+
+
+class MemoAnswers:
+    """Answers feed requests from this process's memo (:mod:`calsync.feeds.memo`), the
+    same answers :func:`get_feed` gives, byte for byte in body and headers. Shared by
+    :class:`FeedFastPath` (ASGI) and ``calsync.api.feedproto`` (straight from the parsed
+    request). ``answer`` returns None for anything the memo cannot answer (the route then
+    does: renders, refills, or answers 404 and logs it)."""
+
+    def __init__(self, settings: Any, db: Any) -> None:
+        self.settings, self.db = settings, db
+        self.memo = memo_for(db.engine, settings.feeds.memory_cache_mb * 1024 * 1024)
+        self._keys: Any = None
+        self._window: tuple[dt.date, tuple[dt.datetime, dt.datetime]] | None = None
+        self._families: dict[str | None, str] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _current_window(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        today = now.date()
+        if self._window is None or self._window[0] != today:
+            self._window = (today, feed_window(self.settings, now))
+        return self._window[1]
+
+    def _count(self, outcome: str, user_agent: str | None) -> None:
+        family = self._families.get(user_agent)
+        if family is None:
+            family = metrics.client_family(user_agent)
+            if len(self._families) >= 1024:
+                self._families.clear()
+            self._families[user_agent] = family
+        counter = self._counters.get((outcome, family))
+        if counter is None:
+            counter = self._counters[(outcome, family)] = metrics.FEED_REQUESTS.labels(
+                outcome, family)
+        counter.inc()
+
+    def _link_ok(self, entry: MemoEntry, token: str) -> bool:
+        for known in entry.tokens:
+            if hmac.compare_digest(known, token):
+                return True
+        if self._keys is None:
+            self._keys = feed_link_keys(self.settings)
+        holder = SimpleNamespace(id=entry.user_id, feed_version=entry.feed_version,
+                                 feed_enabled=entry.servable, deleted_at=None)
+        if not check_feed_token(self._keys, holder, token):  # type: ignore[arg-type]
+            return False
+        if len(entry.tokens) < 4:
+            entry.tokens.append(token)  # checked against this very feed version
+        return True
+
+    def answer(self, method: str, path: str, asked: dict[str, str]) -> Prepared | None:
+        """``asked``: the request's accept-encoding, user-agent, if-none-match and
+        if-modified-since headers (lower-case names, the ones present)."""
+        user_id, slash, name = path[len("/feeds/"):].partition("/")
+        if not slash or "/" in name or not name.endswith(".ics"):
+            return None
+        entry = self.memo.get(user_id)
+        if entry is None or time.monotonic() - entry.fetch_recorded \
+                >= FETCH_WRITE_INTERVAL.total_seconds():
+            return None
+        if entry.window != self._current_window(utcnow()):
+            return None
+        if not self._link_ok(entry, name[:-len(".ics")]):
+            return None  # the route answers 404 (and logs it)
+        use_gzip = _accepts_gzip(asked.get("accept-encoding"))
+        if use_gzip and entry.gzip_body is None:
+            return None
+        agent = asked.get("user-agent")
+        if _conditional_match(asked.get("if-none-match"), asked.get("if-modified-since"),
+                              entry):
+            self._count("304", agent)
+            return self._prepared(entry, use_gzip, 304)
+        self._count("200", agent)
+        return self._prepared(entry, use_gzip, 200 if method == "GET" else 0)
+
+    def _prepared(self, entry: MemoEntry, use_gzip: bool, kind: int) -> Prepared:
+        key = (use_gzip, kind)
+        done: Prepared | None = entry.answers.get(key)
+        if done is not None:
+            return done
+        etag = entry.etag[:-1] + '-gzip"' if use_gzip else entry.etag
+        out = [(b"etag", etag.encode()),
+               (b"last-modified", format_datetime(entry.last_modified, usegmt=True).encode()),
+               *_STATIC_HEADERS]
+        body = b""
+        if kind != 304:
+            full = entry.gzip_body if use_gzip and entry.gzip_body is not None else entry.body
+            out += [(b"content-type", CONTENT_TYPE.encode()),
+                    (b"content-disposition", b'inline; filename="calendar.ics"'),
+                    (b"content-length", str(len(full)).encode())]
+            if use_gzip:
+                out.append((b"content-encoding", b"gzip"))
+            if kind == 200:
+                body = full
+        status = 304 if kind == 304 else 200
+        done = Prepared(status, out, b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+                        b"".join(b"%s: %s\r\n" % pair for pair in out) + b"\r\n", body)
+        entry.answers[key] = done
+        return done
 
 
 class FeedFastPath:
@@ -241,65 +358,31 @@ class FeedFastPath:
     body and validators."""
 
     def __init__(self, app: ASGIApp, settings: Any, db: Any) -> None:
-        self.app, self.settings, self.db = app, settings, db
-        self.memo = memo_for(db.engine, settings.feeds.memory_cache_mb * 1024 * 1024)
-        self._keys: Any = None
-        self._window: tuple[dt.date, tuple[dt.datetime, dt.datetime]] | None = None
+        self.app = app
+        self.answers = answers_for(settings, db)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") \
                 and scope["path"].startswith("/feeds/"):
-            answer = self._answer(scope)
-            if answer is not None:
-                status, headers, body = answer
-                await send({"type": "http.response.start", "status": status,
-                            "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+            asked = {name: v.decode("latin-1") for k, v in scope.get("headers", [])
+                     if (name := k.decode("latin-1").lower()) in _ASKED}
+            done = self.answers.answer(scope["method"], scope["path"], asked)
+            if done is not None:
+                await send({"type": "http.response.start", "status": done.status,
+                            "headers": done.headers})
+                await send({"type": "http.response.body", "body": done.body})
                 return
         await self.app(scope, receive, send)
 
-    def _current_window(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        today = now.date()
-        if self._window is None or self._window[0] != today:
-            self._window = (today, feed_window(self.settings, now))
-        return self._window[1]
 
-    def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        user_id, slash, name = scope["path"][len("/feeds/"):].partition("/")
-        if not slash or "/" in name or not name.endswith(".ics"):
-            return None
-        entry = self.memo.get(user_id)
-        if entry is None or time.monotonic() - entry.fetch_recorded \
-                >= FETCH_WRITE_INTERVAL.total_seconds():
-            return None
-        now = utcnow()
-        if entry.window != self._current_window(now):
-            return None
-        if self._keys is None:
-            self._keys = feed_link_keys(self.settings)
-        holder = SimpleNamespace(id=entry.user_id, feed_version=entry.feed_version,
-                                 feed_enabled=entry.servable, deleted_at=None)
-        if not check_feed_token(self._keys, holder, name[:-len(".ics")]):  # type: ignore[arg-type]
-            return None  # the route answers 404 (and logs it)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
-        use_gzip = _accepts_gzip(headers.get("accept-encoding"))
-        if use_gzip and entry.gzip_body is None:
-            return None
-        family = metrics.client_family(headers.get("user-agent"))
-        etag = entry.etag[:-1] + '-gzip"' if use_gzip else entry.etag
-        out = [(b"etag", etag.encode()),
-               (b"last-modified", format_datetime(entry.last_modified, usegmt=True).encode()),
-               *_STATIC_HEADERS]
-        if _conditional_match(headers.get("if-none-match"), headers.get("if-modified-since"),
-                              entry):
-            metrics.FEED_REQUESTS.labels("304", family).inc()
-            return 304, out, b""
-        body = entry.gzip_body if use_gzip and entry.gzip_body is not None else entry.body
-        out += [(b"content-type", CONTENT_TYPE.encode()),
-                (b"content-disposition", b'inline; filename="calendar.ics"'),
-                (b"content-length", str(len(body)).encode())]
-        if use_gzip:
-            out.append((b"content-encoding", b"gzip"))
-        metrics.FEED_REQUESTS.labels("200", family).inc()
-        return 200, out, b"" if scope["method"] == "HEAD" else body
+_answers: weakref.WeakKeyDictionary[Any, MemoAnswers] = weakref.WeakKeyDictionary()
+_answers_lock = threading.Lock()
+
+
+def answers_for(settings: Any, db: Any) -> MemoAnswers:
+    """The answerer of ``db`` in this process (one per database, like its memo)."""
+    with _answers_lock:
+        found = _answers.get(db)
+        if found is None or found.settings is not settings:
+            found = _answers[db] = MemoAnswers(settings, db)
+        return found

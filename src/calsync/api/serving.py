@@ -4,6 +4,9 @@ uvicorn starts N processes that share the listening socket; each builds its own
 application, database engine and feed memo from the same configuration the command was
 given (``CALSYNC_SERVE_CONFIG``, ``CALSYNC_SERVE_HOST``, ``CALSYNC_SERVE_PORT``, set by the
 command), so the workers serve the same thing. The scheduler stays in the parent process.
+
+Every process speaks HTTP through :class:`calsync.api.feedproto.FeedHttpProtocol`, which
+answers feed requests held in memory as soon as they are read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,22 @@ import os
 from fastapi import FastAPI
 
 CONFIG_ENV, HOST_ENV, PORT_ENV = "CALSYNC_SERVE_CONFIG", "CALSYNC_SERVE_HOST", "CALSYNC_SERVE_PORT"
+HTTP_PROTOCOL = "calsync.api.feedproto:FeedHttpProtocol"
+
+
+def run(app: FastAPI | None, host: str, port: int, workers: int = 1) -> None:
+    """Serve ``app`` in this process, or (``workers`` > 1) ``workers`` processes that each
+    build their own from the environment (:func:`app_from_environment`)."""
+    import uvicorn
+
+    options: dict[str, object] = {"host": host, "port": port, "log_level": "info",
+                                  "access_log": False, "http": HTTP_PROTOCOL}
+    if workers > 1:
+        uvicorn.run("calsync.api.serving:app_from_environment", factory=True,
+                    workers=workers, **options)  # type: ignore[arg-type]
+    else:
+        assert app is not None
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
 
 
 def app_from_environment() -> FastAPI:

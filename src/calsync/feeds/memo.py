@@ -57,6 +57,10 @@ class MemoEntry:
     gzip_body: bytes | None = None
     fetch_recorded: float = 0.0  # time.monotonic() of the last feed_last_fetched_at write
     stamp: tuple[int, int] = (0, 0)
+    # Filled while serving: the link tokens already checked against this entry's feed
+    # version, and each answer's status and headers built once (see calsync.api.feeds).
+    tokens: list[str] = dataclasses.field(default_factory=list)
+    answers: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def size(self) -> int:
