@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -32,9 +34,11 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     CompoundSelect,
+    Engine,
     TypeDecorator,
     and_,
     bindparam,
+    event,
     false,
     literal_column,
     null,
@@ -68,7 +72,7 @@ from calsync.db.models import (
     ScheduleItem,
     User,
 )
-from calsync.db.session import Database
+from calsync.db.session import Database, make_engine
 from calsync.errors import NotFound
 from calsync.timezones import UTC
 
@@ -248,26 +252,45 @@ def _instant_reader() -> Callable[[Any], dt.datetime]:
     return read
 
 
+# PostgreSQL re-plans a prepared statement with its parameters ("custom plans") while it
+# thinks that pays; for the check statement planning costs ~10x running it. Reads get
+# connections of their own that use generic plans from the start (one setting per
+# connection, not a SET and RESET per request) and run in autocommit; the other
+# statements of calsync keep the server's default on the main engine's connections.
+READ_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+_read_engines: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
+_read_engines_lock = threading.Lock()
+
+
+def read_engine(db: Database) -> Engine:
+    """The PostgreSQL engine checks and searches read on (made on first use, disposed
+    with ``db.engine``)."""
+    engine = _read_engines.get(db)
+    if engine is not None:
+        return engine
+    with _read_engines_lock:
+        engine = _read_engines.get(db)
+        if engine is None:
+            engine = make_engine(db.url, echo=bool(db.engine.echo),
+                                 server_settings=READ_SETTINGS, isolation_level="AUTOCOMMIT")
+            _read_engines[db] = engine
+            event.listen(db.engine, "engine_disposed", lambda _e: engine.dispose())
+    return engine
+
+
 @contextlib.contextmanager
 def reading(db: Database) -> Iterator[Session]:
-    """A session for one check or search (reads only). On PostgreSQL it runs in autocommit:
-    a READ COMMITTED transaction gives each statement its own snapshot anyway, so the
-    ``BEGIN`` and ``ROLLBACK`` would only add two round trips to a request. On SQLite it is
-    :meth:`Database.read_session` (WAL: never waits for a writer)."""
+    """A session for one check or search (reads only). On PostgreSQL it runs in autocommit
+    on :func:`read_engine`: a READ COMMITTED transaction gives each statement its own
+    snapshot anyway, so the ``BEGIN`` and ``ROLLBACK`` would only add two round trips to
+    a request. On SQLite it is :meth:`Database.read_session` (WAL: never waits for a
+    writer)."""
     if db.dialect == "sqlite":
         with db.read_session() as session:
             yield session
         return
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        # PostgreSQL re-plans a prepared statement with its parameters ("custom plans")
-        # while it thinks that pays; for the check statement planning costs ~10x running
-        # it. Generic plans for this request only: the pooled connection gets it back.
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        try:
-            with Session(bind=conn) as session:
-                yield session
-        finally:
-            conn.exec_driver_sql("RESET plan_cache_mode")
+    with read_engine(db).connect() as conn, Session(bind=conn) as session:
+        yield session
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:

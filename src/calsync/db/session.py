@@ -7,16 +7,27 @@ when the snapshot it read is stale), so writers queue for the lock up front inst
 Sessions that only read use :meth:`Database.read_session` and never wait for writers (WAL).
 A write session opened inside another one on the same thread would wait for itself: that
 programming error raises at once instead of after the busy timeout.
+
+PostgreSQL pools check a connection on checkout without a round trip when they can: a
+connection whose server went away (a restart, ``pg_terminate_backend``) has its socket
+readable (the server's farewell or EOF), and one that sat idle longer than
+:data:`IDLE_PING_SECONDS` may have been dropped silently; only those are pinged with
+``SELECT 1``. A failed ping invalidates the pool (every connection older than now is
+replaced), as ``pool_pre_ping`` would, without its round trip on every checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, exc, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -30,7 +41,66 @@ def _normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, echo: bool = False) -> Engine:
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 5.0
+
+
+def _has_input(dbapi_conn: Any) -> bool:
+    """Whether the server sent something to an idle connection (its farewell, EOF):
+    a zero-timeout poll of the socket, no round trip."""
+    try:
+        ready, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except (OSError, ValueError, AttributeError):
+        return True  # a closed socket, or none to look at: let the ping decide
+    return bool(ready)
+
+
+def _ping(dbapi_conn: Any) -> bool:
+    try:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("SELECT 1")
+        finally:
+            cur.close()
+    except Exception:  # noqa: BLE001 - any failure means the connection is gone
+        return False
+    return True
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """Ping a connection on checkout only when it may be gone (see the module docstring)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None:
+            return  # fresh from connect
+        if time.monotonic() - idle_since < IDLE_PING_SECONDS and not _has_input(dbapi_conn):
+            return
+        if not _ping(dbapi_conn):
+            raise exc.InvalidatePoolError("the pooled connection is gone")
+
+
+def _with_server_settings(url: str, settings: Mapping[str, str]) -> dict[str, Any]:
+    """libpq ``options`` that start each session with ``settings`` (``-c key=value``)."""
+    if not settings:
+        return {}
+    given = make_url(url).query.get("options") or ""
+    options = " ".join([*([given] if isinstance(given, str) and given else []),
+                        *(f"-c {k}={v}" for k, v in settings.items())])
+    return {"options": options}
+
+
+def make_engine(url: str, echo: bool = False, *,
+                server_settings: Mapping[str, str] | None = None,
+                isolation_level: str | None = None) -> Engine:
+    """An engine for ``url``. PostgreSQL only: ``server_settings`` are set once per
+    connection when it opens; ``isolation_level`` (e.g. ``"AUTOCOMMIT"``) is every
+    connection's default."""
     url = _normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -59,7 +129,14 @@ def make_engine(url: str, echo: bool = False) -> Engine:
             conn.exec_driver_sql(mode)
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    extra: dict[str, Any] = {}
+    if isolation_level is not None:
+        extra["isolation_level"] = isolation_level
+    engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20,
+                           connect_args=_with_server_settings(url, server_settings or {}),
+                           **extra)
+    _check_on_checkout(engine)
+    return engine
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
