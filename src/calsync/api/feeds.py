@@ -338,11 +338,11 @@ class MemoAnswers:
         body = b""
         if kind != 304:
             full = entry.gzip_body if use_gzip and entry.gzip_body is not None else entry.body
-            out += [(b"content-type", CONTENT_TYPE.encode()),
-                    (b"content-disposition", b'inline; filename="calendar.ics"'),
-                    (b"content-length", str(len(full)).encode())]
             if use_gzip:
                 out.append((b"content-encoding", b"gzip"))
+            out += [(b"content-disposition", b'inline; filename="calendar.ics"'),  # the route's
+                    (b"content-length", str(len(full)).encode()),  # order, too
+                    (b"content-type", CONTENT_TYPE.encode())]
             if kind == 200:
                 body = full
         status = 304 if kind == 304 else 200
