@@ -174,6 +174,9 @@ class FeedCache(Base):
     window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     schema_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Digest of what ``body`` was assembled from (header, zones, each item's fragment key):
+    # the rebuild leaves a feed whose sources did not change without reading its fragments.
+    source_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 # --- platform ---------------------------------------------------------------------------
