@@ -5,55 +5,27 @@
 - busy rows: schedule items through ``item_assignees`` and external occurrences from
   ``external_busy``;
 
-all in one ``UNION ALL`` for a check (a slot search reads people, then spans).
-
-Both busy tables carry a copy of each row's span and a ``long_span`` mark (longer than
-:data:`SHORT_SPAN`), kept right by database triggers (migration 0009), with the index
-``(user_id, long_span, start_at, end_at)``. A short row that overlaps ``[start, end)``
-starts after ``start - SHORT_SPAN``, so each user costs two narrow index ranges (short
-rows from ``start - LOOKBACK``, long rows up to ``end``), not a walk over all their rows;
-only the rows found are joined to their item or event.
+all in one ``UNION ALL`` for a check (a slot search reads people, then spans). The
+statements are in :mod:`calsync.availability.statements` and run on the driver
+(:class:`calsync.availability.reads.Prepared`); rows are turned into records here.
 
 Details (titles, notes, attendees...) are read only when asked: checks and schedules
 show conflicts, a slot search needs times and the fields the busy rules read. Ids are
-sent in chunks so an ``IN`` list stays small. Returns plain frozen records from
+sent in chunks so one statement stays bounded. Returns plain frozen records from
 :mod:`calsync.availability.busy`; nothing here decides who is busy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
-    CompoundSelect,
-    Engine,
-    TypeDecorator,
-    and_,
-    bindparam,
-    event,
-    false,
-    literal_column,
-    null,
-    select,
-    true,
-    type_coerce,
-    union_all,
-)
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import JSON, Boolean, DateTime, Integer, NullType, String, Text
 
+from calsync.availability import statements
 from calsync.availability.busy import (
-    WATCHED_ROLES,
     CalendarHealth,
     ExternalEntry,
     Interval,
@@ -63,234 +35,46 @@ from calsync.availability.busy import (
     external_fields_are_busy,
     schedule_status_is_busy,
 )
-from calsync.db.models import (
-    Calendar,
-    Connection,
-    ExternalBusy,
-    ExternalEvent,
-    ItemAssignee,
-    ScheduleItem,
-    User,
-)
-from calsync.db.session import Database, make_engine
+from calsync.availability.reads import Prepared, read_engine, reading
+from calsync.availability.statements import LOOKBACK, SHORT_SPAN
 from calsync.errors import NotFound
 from calsync.timezones import UTC
 
+__all__ = ["LOOKBACK", "SHORT_SPAN", "load_busy_inputs", "load_busy_rows",
+           "load_busy_times", "load_calendar_health", "load_external", "load_people",
+           "load_profiles", "load_schedule", "read_engine", "reading"]
+
 CHUNK = 500
-# The ``long_span`` bound of migration 0009 (its triggers hard-code one day).
-SHORT_SPAN = dt.timedelta(days=1)
-# A minute more than the bound: SQLite's julianday() rounds to milliseconds.
-LOOKBACK = SHORT_SPAN + dt.timedelta(minutes=1)
-
-
-class _IdList(TypeDecorator[list[str]]):
-    """A list of user ids bound as one parameter: JSON text for SQLite's ``json_each``,
-    an array for PostgreSQL."""
-
-    impl = String
-    cache_ok = True
-
-    def process_bind_param(self, value: list[str] | None, dialect: Any) -> Any:
-        return json.dumps(value) if dialect.name == "sqlite" else value
-
-
-class _AmongIds(ColumnElement[Any]):
-    """``column`` is one of the bound ids. Unlike an expanding ``IN``, whose SQL is
-    re-rendered on every execution, the statement text stays the same for any number of
-    ids: ``IN (SELECT value FROM json_each(:ids))`` on SQLite, ``= ANY(:ids)`` elsewhere;
-    both probe the index once per id."""
-
-    inherit_cache = True
-    type = NullType()  # a Boolean type would make SQLite write "... = 1" (no index)
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, column: Any) -> None:
-        self.column = column
-
-
-@compiles(_AmongIds, "sqlite")
-def _among_ids_sqlite(element: _AmongIds, compiler: Any, **kw: Any) -> str:
-    return (f"{compiler.process(element.column, **kw)} IN "
-            f"(SELECT value FROM json_each({compiler.process(_IDS, **kw)}))")
-
-
-@compiles(_AmongIds)
-def _among_ids(element: _AmongIds, compiler: Any, **kw: Any) -> str:
-    return (f"{compiler.process(element.column, **kw)} = "
-            f"ANY(CAST({compiler.process(_IDS, **kw)} AS VARCHAR[]))")
-
-
-# Statements are built once; ids, start and end are bound per call. Fixed values (the
-# watched roles) are written into the SQL, so no execution re-renders it.
-_IDS: BindParameter[Any] = bindparam("ids", type_=_IdList())
-_ROLES: list[Any] = [literal_column(f"'{role}'") for role in WATCHED_ROLES]
-_START: BindParameter[Any] = bindparam("start")
-_END: BindParameter[Any] = bindparam("end")
-_FROM: BindParameter[Any] = bindparam("lookback_from")
-
-_PEOPLE = (select(User.id, User.name, User.timezone, User.working_hours, User.private_mode,
-                  Calendar.name, Calendar.role, Calendar.status, Calendar.last_success_at,
-                  Connection.status, Connection.provider)
-           .outerjoin(Connection, Connection.user_id == User.id)
-           .outerjoin(Calendar, and_(Calendar.connection_id == Connection.id,
-                                     Calendar.role.in_(_ROLES)))
-           .where(_AmongIds(User.id), User.deleted_at.is_(None)))
-
-
-def _windows(user_id: Any, long_span: Any, start_at: Any,
-             end_at: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """(short rows, long rows) of the users overlapping [start, end): each an index range."""
-    overlap = and_(_AmongIds(user_id), start_at < _END, end_at > _START)
-    return (and_(overlap, long_span == false(), start_at >= _FROM),
-            and_(overlap, long_span == true()))
-
-
-def _raw(column: Any) -> Any:
-    """A datetime column read as the driver gives it (no per-value type processing);
-    :func:`_instant_reader` turns it into aware UTC, once per distinct value."""
-    return type_coerce(column, String)
-
-
-def _busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[Any]:
-    """Item rows then event rows, in one column layout (``src`` says which)::
-
-        src, uid, row_id, kind, ext_id, start_at, end_at, status, all_day,
-        busy_status, response, private_at_source[, title, job_type, account, location,
-        notes, reason, tzid, description, organizer, attendees, calendar_name]
-
-    ``with_people`` (details only) adds the rows of :data:`_PEOPLE` in the same layout, so
-    a check is one statement (one round trip): ``src`` 'person', ``kind`` the calendar's
-    role (NULL: no watched calendar), ``start_at`` its last success, ``status`` its status,
-    ``busy_status``/``response`` the connection's status and provider,
-    ``private_at_source`` the user's private mode, ``title``/``job_type``/``attendees`` the
-    user's name, timezone and working hours, ``calendar_name`` the calendar's name.
-    """
-    nothing = null()
-    item_cols: list[Any] = [
-        literal_column("'item'").label("src"), ItemAssignee.user_id.label("uid"),
-        ScheduleItem.pk.label("row_id"), ScheduleItem.kind.label("kind"),
-        ScheduleItem.ext_id.label("ext_id"), _raw(ItemAssignee.start_at).label("start_at"),
-        _raw(ItemAssignee.end_at).label("end_at"), ScheduleItem.status.label("status"),
-        ScheduleItem.all_day.label("all_day"),
-        nothing.cast(String).label("busy_status"), nothing.cast(String).label("response"),
-        nothing.cast(Boolean).label("private_at_source")]
-    event_cols: list[Any] = [
-        literal_column("'event'").label("src"), ExternalBusy.user_id.label("uid"),
-        ExternalEvent.id.label("row_id"), nothing.cast(String).label("kind"),
-        ExternalEvent.remote_id.label("ext_id"), _raw(ExternalBusy.start_at).label("start_at"),
-        _raw(ExternalBusy.end_at).label("end_at"), ExternalEvent.status.label("status"),
-        ExternalEvent.all_day.label("all_day"), ExternalEvent.busy_status.label("busy_status"),
-        ExternalEvent.response.label("response"),
-        ExternalEvent.private_at_source.label("private_at_source")]
-    if details:
-        item_cols += [ScheduleItem.title.label("title"), ScheduleItem.job_type,
-                      ScheduleItem.account, ScheduleItem.location.label("location"),
-                      ScheduleItem.notes, ScheduleItem.reason, ScheduleItem.tzid,
-                      nothing.cast(Text).label("description"),
-                      nothing.cast(Text).label("organizer"),
-                      nothing.cast(JSON).label("attendees"),
-                      nothing.cast(Text).label("calendar_name")]
-        event_cols += [ExternalEvent.summary.label("title"), nothing.cast(String),
-                       nothing.cast(Text), ExternalEvent.location.label("location"),
-                       nothing.cast(Text), nothing.cast(Text), nothing.cast(String),
-                       ExternalEvent.description.label("description"),
-                       ExternalEvent.organizer.label("organizer"),
-                       ExternalEvent.attendees.label("attendees"),
-                       Calendar.name.label("calendar_name")]
-    parts = []
-    for window in _windows(ItemAssignee.user_id, ItemAssignee.long_span,
-                           ItemAssignee.start_at, ItemAssignee.end_at):
-        parts.append(select(*item_cols).select_from(ItemAssignee)
-                     .join(ScheduleItem, ScheduleItem.pk == ItemAssignee.item_pk)
-                     .where(window, ScheduleItem.deleted_at.is_(None)))
-    for window in _windows(ExternalBusy.user_id, ExternalBusy.long_span,
-                           ExternalBusy.start_at, ExternalBusy.end_at):
-        parts.append(select(*event_cols).select_from(ExternalBusy)
-                     .join(ExternalEvent, ExternalEvent.id == ExternalBusy.event_id)
-                     .join(Calendar, Calendar.id == ExternalEvent.calendar_id)
-                     .where(window, Calendar.role.in_(_ROLES)))
-    if with_people:
-        n_text, n_str = nothing.cast(Text), nothing.cast(String)
-        parts.append(select(
-            literal_column("'person'"), User.id, nothing.cast(Integer), Calendar.role, n_str,
-            _raw(Calendar.last_success_at), nothing.cast(DateTime(timezone=True)),
-            Calendar.status, nothing.cast(Boolean), Connection.status, Connection.provider,
-            User.private_mode, User.name, User.timezone, n_text, n_text, n_text, n_text,
-            n_str, n_text, n_text, User.working_hours, Calendar.name)
-            .select_from(User)
-            .outerjoin(Connection, Connection.user_id == User.id)
-            .outerjoin(Calendar, and_(Calendar.connection_id == Connection.id,
-                                      Calendar.role.in_(_ROLES)))
-            .where(_AmongIds(User.id), User.deleted_at.is_(None)))
-    return union_all(*parts)
-
-
-_BUSY_DETAILED = _busy_statement(details=True)
-_CHECK = _busy_statement(details=True, with_people=True)
-_BUSY_TIMES = _busy_statement(details=False)
-
-_TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
-          .where(ItemAssignee.item_pk.in_(bindparam("pks", expanding=True))))
+_PEOPLE = Prepared(statements.PEOPLE)
+_BUSY_DETAILED = Prepared(statements.BUSY_DETAILED)
+_CHECK = Prepared(statements.CHECK)
+_BUSY_TIMES = Prepared(statements.BUSY_TIMES)
 
 
 def _instant_reader() -> Callable[[Any], dt.datetime]:
     """Driver value -> aware UTC datetime, as :class:`calsync.db.models.UTCDateTime`
     reads it. SQLite gives naive UTC text, parsed once per distinct string (the rows of
     one range repeat few instants); PostgreSQL gives aware datetimes."""
-    memo: dict[str, dt.datetime] = {}
+    memo: dict[Any, dt.datetime] = {}
 
     def read(value: Any) -> dt.datetime:
-        if isinstance(value, str):
-            got = memo.get(value)
-            if got is None:
-                got = memo[value] = dt.datetime.fromisoformat(value).replace(tzinfo=UTC)
-            return got
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-        return value.astimezone(UTC)  # type: ignore[no-any-return]
+        got = memo.get(value)
+        if got is None:
+            if isinstance(value, str):
+                got = dt.datetime.fromisoformat(value).replace(tzinfo=UTC)
+            elif value.tzinfo is None:
+                got = value.replace(tzinfo=UTC)
+            else:
+                got = value.astimezone(UTC)
+            memo[value] = got
+        return got
 
     return read
 
 
-# PostgreSQL re-plans a prepared statement with its parameters ("custom plans") while it
-# thinks that pays; for the check statement planning costs ~10x running it. Reads get
-# connections of their own that use generic plans from the start (one setting per
-# connection, not a SET and RESET per request) and run in autocommit; the other
-# statements of calsync keep the server's default on the main engine's connections.
-READ_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
-_read_engines: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
-_read_engines_lock = threading.Lock()
-
-
-def read_engine(db: Database) -> Engine:
-    """The PostgreSQL engine checks and searches read on (made on first use, disposed
-    with ``db.engine``)."""
-    engine = _read_engines.get(db)
-    if engine is not None:
-        return engine
-    with _read_engines_lock:
-        engine = _read_engines.get(db)
-        if engine is None:
-            engine = make_engine(db.url, echo=bool(db.engine.echo),
-                                 server_settings=READ_SETTINGS, isolation_level="AUTOCOMMIT")
-            _read_engines[db] = engine
-            event.listen(db.engine, "engine_disposed", lambda _e: engine.dispose())
-    return engine
-
-
-@contextlib.contextmanager
-def reading(db: Database) -> Iterator[Session]:
-    """A session for one check or search (reads only). On PostgreSQL it runs in autocommit
-    on :func:`read_engine`: a READ COMMITTED transaction gives each statement its own
-    snapshot anyway, so the ``BEGIN`` and ``ROLLBACK`` would only add two round trips to
-    a request. On SQLite it is :meth:`Database.read_session` (WAL: never waits for a
-    writer)."""
-    if db.dialect == "sqlite":
-        with db.read_session() as session:
-            yield session
-        return
-    with read_engine(db).connect() as conn, Session(bind=conn) as session:
-        yield session
+def _json(value: Any) -> Any:
+    """A JSON column as the driver gives it: text on SQLite, decoded on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
@@ -308,7 +92,8 @@ def _people(rows: Iterable[tuple[Any, ...]], wanted: Sequence[str],
     for (uid, name, tzid, hours, private, cal_name, role, cal_status, success,
          conn_status, provider) in rows:
         if uid not in profiles:
-            profiles[uid] = UserProfile(uid, name, tzid, dict(hours or {}), bool(private))
+            profiles[uid] = UserProfile(uid, name, tzid, dict(_json(hours) or {}),
+                                        bool(private))
         if role is not None:
             calendars[uid].append(CalendarHealth(
                 cal_name or "", role, cal_status or "ok",
@@ -325,9 +110,8 @@ def load_people(session: Session, user_ids: Sequence[str]
     """Live users by id and their primary/conflict calendars' health. Raises NotFound
     naming the first unknown (or deleted) id."""
     wanted = list(dict.fromkeys(user_ids))
-    conn = session.connection()
-    rows = [tuple(r) for chunk in _chunks(wanted) for r in conn.execute(_PEOPLE, {"ids": chunk})]
-    return _people(rows, wanted, lambda value: value)
+    rows = [r for chunk in _chunks(wanted) for r in _PEOPLE.rows(session, {"ids": chunk})]
+    return _people(rows, wanted, _instant_reader())
 
 
 def load_profiles(session: Session, user_ids: Sequence[str]) -> dict[str, UserProfile]:
@@ -353,34 +137,34 @@ def load_busy_rows(session: Session, user_ids: Sequence[str], start: dt.datetime
                       _instant_reader(), None)
 
 
-def _load_rows(session: Session, statement: CompoundSelect[Any], user_ids: Sequence[str],
+def _load_rows(session: Session, statement: Prepared, user_ids: Sequence[str],
                start: dt.datetime, end: dt.datetime, details: bool, with_assignees: bool,
                instant: Callable[[Any], dt.datetime], people: list[tuple[Any, ...]] | None
                ) -> tuple[dict[str, list[ScheduleEntry]], dict[str, list[ExternalEntry]]]:
     items: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
     events: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
     params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
-    conn = session.connection()
-    item_rows: list[Any] = []
+    item_rows: list[tuple[Any, ...]] = []
     for chunk in _chunks(list(user_ids)):
-        for row in conn.execute(statement, {"ids": chunk, **params}):
-            (src, uid, row_id, kind, ext_id, s, e, status, all_day, busy, response,
-             private) = row[:12]
+        for row in statement.rows(session, {"ids": chunk, **params}):
+            src = row[0]
             if src == "item":
                 item_rows.append(row)
                 continue
             if src == "person":
                 assert people is not None
-                people.append((uid, row[12], row[13], row[21], private, row[22], kind,
-                               status, s, busy, response))
+                # uid, name, tz, hours, private, calendar name, role, calendar status,
+                # last success, connection status, provider
+                people.append((row[1], row[12], row[13], row[21], row[11], row[22], row[3],
+                               row[7], row[5], row[9], row[10]))
                 continue
+            (_, uid, row_id, _, ext_id, s, e, status, all_day, busy, response,
+             private) = row[:12]
             more: dict[str, Any] = {}
             if details:
-                (title, _, _, location, _, _, _, description, organizer, attendees,
-                 cal_name) = row[12:]
-                more = {"calendar_name": cal_name or "", "summary": title,
-                        "description": description, "location": location,
-                        "organizer": organizer, "attendees": tuple(attendees or ()),
+                more = {"calendar_name": row[22] or "", "summary": row[12],
+                        "description": row[19], "location": row[15],
+                        "organizer": row[20], "attendees": tuple(_json(row[21]) or ()),
                         "remote_id": ext_id}
             events[uid].append(ExternalEntry(
                 owner_id=uid, start=instant(s), end=instant(e), busy_status=busy or "busy",
@@ -390,8 +174,9 @@ def _load_rows(session: Session, statement: CompoundSelect[Any], user_ids: Seque
     team: dict[int, list[str]] = {}
     if with_assignees:
         pks = sorted({row[2] for row in item_rows if row[3] == "job"})
+        conn = session.connection()
         for i in range(0, len(pks), CHUNK):
-            for pk, uid in conn.execute(_TEAMS, {"pks": pks[i:i + CHUNK]}):
+            for pk, uid in conn.execute(statements.TEAMS, {"pks": pks[i:i + CHUNK]}):
                 team.setdefault(pk, []).append(uid)
     for row in item_rows:
         _, uid, pk, kind, ext_id, s, e, status, all_day = row[:9]
@@ -420,10 +205,9 @@ def load_busy_times(session: Session, user_ids: Sequence[str], start: dt.datetim
     out: dict[str, list[Interval]] = {u: [] for u in user_ids}
     params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
     instant = _instant_reader()
-    conn = session.connection()
     for chunk in _chunks(list(user_ids)):
         for (src, uid, _, _, _, s, e, status, _, busy, response,
-             _) in conn.execute(_BUSY_TIMES, {"ids": chunk, **params}):
+             _) in _BUSY_TIMES.rows(session, {"ids": chunk, **params}):
             if (schedule_status_is_busy(status) if src == "item"
                     else external_fields_are_busy(busy or "busy", status, response)):
                 out[uid].append((instant(s), instant(e)))
