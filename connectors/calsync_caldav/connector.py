@@ -13,7 +13,9 @@ with the etags carried in the token. Tokens are versioned strings::
 (``sync-recheck``: a server token plus objects the next pull reads again, see below.)
 
 Write: deterministic href ``<calendar-url>/<key>.ics``; PUT with ``If-None-Match: *`` to
-create, ``If-Match`` to update and delete.
+create, ``If-Match`` to update and delete. Up to ``sync.calendar_write_concurrency`` writes
+to one calendar run at once; a write the server refuses as locked (423: Xandikos takes one
+at a time) is sent again and that calendar's writes go one at a time (``writegate``).
 
 Own writes and tokens: some servers (Xandikos) use a hash of the collection's state as
 sync-token and answer with the difference between two states, so an object created and
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -51,6 +54,7 @@ from calsync.errors import (
     CalsyncError,
     PreconditionFailed,
     ProviderError,
+    ProviderUnavailable,
     SyncError,
     SyncTokenInvalid,
 )
@@ -69,6 +73,7 @@ from calsync_caldav.davxml import CS, DAV, norm_href, q
 from calsync_caldav.discovery import find_home, list_collections
 from calsync_caldav.render import render_event
 from calsync_caldav.transport import DavSession
+from calsync_caldav.writegate import LOCKED, PROCESS_GATE, WriteGate
 
 log = logging.getLogger("calsync.connectors.caldav")
 TOKEN_PREFIX = "caldav1:"
@@ -160,17 +165,20 @@ PROCESS_LEDGER = WriteLedger()
 class CaldavConnector:
     """One CalDAV account. ``url`` is where discovery starts (or the home set found)."""
 
-    # Not yet: with writes in parallel the kept token can miss a later delete on Xandikos
-    # (contract test_local_edit_and_delete_propagate fails about half the time), so the
-    # engine writes to a CalDAV calendar one at a time until that is understood.
-    parallel_writes = False
+    # The engine runs up to sync.calendar_write_concurrency writes to one calendar at
+    # once: the httpx client, the ledger and the write gate are thread-safe, and a server
+    # that refuses concurrent writes (Xandikos: 423 Locked) gets them one at a time
+    # (calsync_caldav.writegate).
+    parallel_writes = True
 
     def __init__(self, session: DavSession, url: str, parse_options: ParseOptions, *,
                  use_sync_collection: bool = True,
                  clock: Callable[[], dt.datetime] | None = None,
-                 ledger: WriteLedger | None = None) -> None:
+                 ledger: WriteLedger | None = None,
+                 gate: WriteGate | None = None) -> None:
         self.session = session
         self.ledger = PROCESS_LEDGER if ledger is None else ledger
+        self.gate = PROCESS_GATE if gate is None else gate
         self.url = url
         self.parse_options = parse_options
         self.use_sync_collection = use_sync_collection
@@ -604,9 +612,20 @@ class CaldavConnector:
         ics = render_event(event, self._clock())
         headers = {"Content-Type": "text/calendar; charset=utf-8", **headers}
         url = self._abs(calendar_id, href)
-        resp = self.session.request("PUT", url, body=ics.encode("utf-8"), headers=headers,
-                                    what=what)
+        resp = self._write(calendar_id, url, what, functools.partial(
+            self.session.request, "PUT", url, body=ics.encode("utf-8"), headers=headers,
+            what=what))
         return resp, ics
+
+    def _write(self, calendar_id: str, url: str, what: str,
+               attempt: Callable[[], httpx.Response]) -> httpx.Response:
+        """One write through the gate (423 Locked: sent again, then one at a time)."""
+        resp = self.gate.send(self._ledger_key(calendar_id), attempt)
+        if resp.status_code == LOCKED:
+            raise ProviderUnavailable(f"{self.session.label}: {what} at {url}: the server "
+                                      f"keeps the calendar locked (HTTP 423); will retry",
+                                      url=url, status=LOCKED)
+        return resp
 
     def create(self, calendar_id: str, event: OutgoingEvent) -> RemoteEvent:
         href = self.href_for_key(calendar_id, event.key)
@@ -634,7 +653,8 @@ class CaldavConnector:
         url = self._abs(calendar_id, norm_href(remote_id))
         headers = {"If-Match": etag} if etag else {}
         self.ledger.wrote(self._ledger_key(calendar_id), url, None)
-        resp = self.session.request("DELETE", url, headers=headers, what="delete")
+        resp = self._write(calendar_id, url, "delete", functools.partial(
+            self.session.request, "DELETE", url, headers=headers, what="delete"))
         if resp.status_code in (200, 202, 204, 404, 410):
             return
         if resp.status_code == 412:

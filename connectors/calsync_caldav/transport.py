@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import logging
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +70,7 @@ class DavSession:
                  max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.label = label  # which connection, for messages
         self.requests = 0
+        self._count_lock = threading.Lock()  # writes to one calendar run in parallel
         self.verifying = False
         self.retry = retry or RetryPolicy()
         self.max_response_bytes = max_response_bytes
@@ -115,7 +117,8 @@ class DavSession:
     def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                  what: str) -> httpx.Response:
         """One HTTP exchange: the answer with its body read (capped), or a typed error."""
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
         request = self._client.build_request(method, url, content=body, headers=headers)
         try:
             streamed = self._client.send(request, auth=self._auth, stream=True)
