@@ -34,10 +34,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, lazyload
 
@@ -45,6 +45,7 @@ from calsync.audit import audit
 from calsync.config import Settings
 from calsync.db.models import (
     Calendar,
+    Connection,
     ExternalBusy,
     ExternalEvent,
     ItemAssignee,
@@ -191,20 +192,43 @@ class _CalendarInfo:
     conflict_policy: str
     window_start: dt.datetime | None
     public_id: str
+    last_error: str | None = None
+    retry_at: dt.datetime | None = None
+
+
+SYNCING_ROLES = ("primary", "conflict")
+
+
+def _info(cal: Calendar, conn: Connection, user_tz: str, settings: Settings) -> _CalendarInfo:
+    policy = (conn.settings or {}).get("conflict_policy") or settings.sync.conflict_policy
+    return _CalendarInfo(cal.id, cal.remote_id, cal.name, cal.role, cal.read_only,
+                         cal.sync_token, cal.known_items, cal.empty_confirmed, cal.status,
+                         conn.id, conn.user_id, user_tz, policy, cal.window_start,
+                         cal.public_id, cal.last_error, cal.retry_at)
+
+
+def calendar_infos(s: Session, settings: Settings, conn: Connection, user_tz: str,
+                   calendar_ids: list[int] | None = None) -> list[_CalendarInfo]:
+    """What syncing the connection's calendars needs to know, read in one statement: the
+    primary and conflict calendars (conflict calendars first), or ``calendar_ids``."""
+    q = select(Calendar).where(Calendar.connection_id == conn.id)
+    q = q.where(Calendar.id.in_(calendar_ids)) if calendar_ids is not None \
+        else q.where(Calendar.role.in_(SYNCING_ROLES))
+    cals = sorted(s.scalars(q), key=lambda c: (c.role != "conflict", c.id))
+    if calendar_ids is not None:
+        order = {cid: i for i, cid in enumerate(calendar_ids)}
+        cals.sort(key=lambda c: order[c.id])
+    return [_info(c, conn, user_tz, settings) for c in cals]
 
 
 def _load_info(db: Database, settings: Settings, calendar_id: int) -> _CalendarInfo:
-    with db.session() as s:
+    with db.read_session() as s:
         cal = s.get(Calendar, calendar_id)
         if cal is None:
             raise NotFound(f"calendar {calendar_id} not found")
         conn = cal.connection
         user = s.get(User, conn.user_id)
-        policy = (conn.settings or {}).get("conflict_policy") or settings.sync.conflict_policy
-        return _CalendarInfo(cal.id, cal.remote_id, cal.name, cal.role, cal.read_only,
-                             cal.sync_token, cal.known_items, cal.empty_confirmed, cal.status,
-                             conn.id, conn.user_id, user.timezone if user else "UTC", policy,
-                             cal.window_start, cal.public_id)
+        return _info(cal, conn, user.timezone if user else "UTC", settings)
 
 
 REEXPAND_STEP = dt.timedelta(days=1)  # stored series are re-expanded once the window slid this
@@ -242,7 +266,7 @@ def _pull(connector: Connector, info: _CalendarInfo, window: Window, call: Call,
 
 def _quarantine(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -> None:
     """Record unreadable objects; forget the records of objects readable again or gone."""
-    if not (cs.changed or cs.deleted or cs.quarantined or cs.full):
+    if _nothing_pulled(cs):
         return  # a no-change pull records and clears nothing: no write transaction
     with db.session() as s:
         held = set(s.scalars(select(Quarantine.remote_id)
@@ -272,7 +296,7 @@ def _emptied_incrementally(db: Database, info: _CalendarInfo, cs: ChangeSet) -> 
         return False
     if len(cs.deleted) < info.known_items:
         return False
-    with db.session() as s:
+    with db.read_session() as s:
         known = set(s.scalars(select(Link.remote_id).where(Link.calendar_id == info.id)))
         known |= set(s.scalars(select(ExternalEvent.remote_id)
                                .where(ExternalEvent.calendar_id == info.id)))
@@ -294,6 +318,11 @@ def _guard(db: Database, info: _CalendarInfo, cs: ChangeSet, now: dt.datetime) -
         assert cal is not None
         cal.status, cal.last_error, cal.last_sync_at = "guarded", msg, now
     raise CalendarSuddenlyEmpty(msg, calendar_id=info.id)
+
+
+def _nothing_pulled(cs: ChangeSet) -> bool:
+    """An incremental pull that brought no change, deletion or unreadable object."""
+    return not (cs.full or cs.changed or cs.deleted or cs.quarantined)
 
 
 def _remote_item(ev: RemoteEvent, linked_key: str | None) -> RemoteItem:
@@ -692,21 +721,28 @@ class _Executor:
                     self.drop_external(s, action.remote_id)
 
 
-def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector: Connector,
-                  now: dt.datetime, call: Call = direct_call) -> CalendarResult:
+Record = Callable[[Session], None]  # a calendar's closing write, run in a given session
+
+
+def sync_calendar(db: Database, settings: Settings, calendar: int | _CalendarInfo,
+                  connector: Connector, now: dt.datetime, call: Call = direct_call,
+                  finish: list[Record] | None = None) -> CalendarResult:
     """Sync one calendar (primary: two-way; conflict: pull-only). Raises
     CalendarSuddenlyEmpty (calendar guarded) and ProviderError subclasses; records health on
-    the calendar for everything else it survives."""
-    info = _load_info(db, settings, calendar_id)
+    the calendar for everything else it survives.
+
+    ``calendar`` is an id or what :func:`calendar_infos` read. With ``finish`` the closing
+    write (token, counts, health) is appended there for the caller to run in its own
+    transaction (the runner records a connection's calendars and the connection at once);
+    a crash before it only means the next run pulls from the previous token again."""
+    info = calendar if isinstance(calendar, _CalendarInfo) \
+        else _load_info(db, settings, calendar)
     result = CalendarResult(info.id, info.name, info.role, public_id=info.public_id)
-    if info.role not in ("primary", "conflict"):
+    if info.role not in SYNCING_ROLES:
         result.status = "skipped"
         return result
     if info.status == "guarded" and not info.empty_confirmed:
-        with db.session() as s:
-            cal = s.get(Calendar, info.id)
-            assert cal is not None
-            result.error = cal.last_error or f"calendar {info.name!r} is guarded"
+        result.error = info.last_error or f"calendar {info.name!r} is guarded"
         result.status = "guarded"
         return result
     window = sync_window(settings, now)
@@ -718,11 +754,17 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
         result.add("quarantined", len(cs.quarantined))
     _guard(db, info, cs, now)
 
-    with db.session() as s:
-        local, remote, records = _plan_inputs(s, info, cs, window)
-    policy = Policy(conflict_policy=info.conflict_policy,  # type: ignore[arg-type]
-                    push=info.role == "primary", writable=not info.read_only)
-    actions = plan_sync(local, remote, records, policy, now)
+    actions: list[Action] = []
+    known_before = info.known_items
+    if info.role == "primary" or not _nothing_pulled(cs):
+        with db.read_session() as s:  # the plan reads; each action writes on its own
+            local, remote, records = _plan_inputs(s, info, cs, window)
+        policy = Policy(conflict_policy=info.conflict_policy,  # type: ignore[arg-type]
+                        push=info.role == "primary", writable=not info.read_only)
+        actions = plan_sync(local, remote, records, policy, now)
+        known_before = len(records)
+    # else: a pull-only calendar that pulled nothing has nothing to plan (plan_sync would
+    # compare the stored records with themselves), so its rows are not even read
     executor = _Executor(db, info, connector, call, now, window, result)
     errors: list[str] = []
     external_kinds = (ImportExternal, RefreshExternal, DropExternal)
@@ -782,37 +824,37 @@ def sync_calendar(db: Database, settings: Settings, calendar_id: int, connector:
     if not executor.replan and hasattr(connector, "token_after_writes"):
         settled = connector.token_after_writes(info.remote_id, cs.token)
 
-    with db.session() as s:
-        cal = s.get(Calendar, info.id)
-        assert cal is not None
-        if cs.full or (expands and slid):
-            cal.window_start = window.start
-        cal.retry_at = None
-        known = (s.scalar(select(func.count()).select_from(Link)
-                          .where(Link.calendar_id == info.id)) or 0) \
-            + (s.scalar(select(func.count()).select_from(ExternalEvent)
-                        .where(ExternalEvent.calendar_id == info.id)) or 0)
-        cal.sync_token = None if executor.replan else encode_token(settled)
-        cal.known_items = known
-        if known > 0:
-            cal.empty_confirmed = False
-        cal.last_sync_at = now
-        if errors:
-            cal.status, cal.last_error = "error", "; ".join(errors)[:2000]
-            result.status, result.error = "error", cal.last_error
-        else:
-            cal.status, cal.last_error, cal.last_success_at = "ok", None, now
+    values: dict[str, Any] = {"retry_at": None, "last_sync_at": now,
+                              "sync_token": None if executor.replan else encode_token(settled)}
+    if cs.full or (expands and slid):
+        values["window_start"] = window.start
+    if errors:
+        values.update(status="error", last_error="; ".join(errors)[:2000])
+        result.status, result.error = "error", values["last_error"]
+    else:
+        values.update(status="ok", last_error=None, last_success_at=now)
+    # nothing applied: what the plan read is what is known (no count queries)
+    known_then = known_before if not actions else None
+
+    def record(s: Session) -> None:
+        known = known_then
+        if known is None:
+            known = (s.scalar(select(func.count()).select_from(Link)
+                              .where(Link.calendar_id == info.id)) or 0) \
+                + (s.scalar(select(func.count()).select_from(ExternalEvent)
+                            .where(ExternalEvent.calendar_id == info.id)) or 0)
+        extra = {"empty_confirmed": False} if known > 0 else {}
+        table = cast(Table, Calendar.__table__)  # Core: no ORM bookkeeping for a row nobody holds
+        s.execute(update(table).where(table.c.id == info.id)
+                  .values(known_items=known, **extra, **values))
+
+    if finish is not None:
+        finish.append(record)
+    else:
+        with db.session() as s:
+            record(s)
     return result
 
 
-def connection_calendars(db: Database, connection_id: int) -> list[int]:
-    """Ids of the connection's calendars that sync (conflict calendars first)."""
-    with db.session() as s:
-        rows = s.execute(select(Calendar.id, Calendar.role).where(
-            Calendar.connection_id == connection_id,
-            Calendar.role.in_(("primary", "conflict"))).order_by(Calendar.id)).all()
-    return [cid for cid, role in sorted(rows, key=lambda r: (r[1] != "conflict", r[0]))]
-
-
-__all__ = ["CalendarResult", "connection_calendars", "decode_token", "encode_token",
+__all__ = ["CalendarResult", "calendar_infos", "decode_token", "encode_token",
            "sync_calendar", "sync_window"]

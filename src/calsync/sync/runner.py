@@ -35,9 +35,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import object_session
 
 from calsync import metrics
@@ -59,7 +59,9 @@ from calsync.secrets import CredentialBox
 from calsync.sync.connector import ConnectContext, Connector, load_connector_factory
 from calsync.sync.engine import (
     CalendarResult,
-    connection_calendars,
+    Record,
+    _CalendarInfo,
+    calendar_infos,
     describe_failure,
     sync_calendar,
 )
@@ -283,49 +285,37 @@ def renew_lease(db: Database, connection_id: int, owner: str, until: dt.datetime
                   .values(lease_until=until))
 
 
-def _gone_message(db: Database, calendar_id: int, exc: CalendarGone) -> str:
-    with db.read_session() as s:
-        cal = s.get(Calendar, calendar_id)
-        name = cal.name if cal is not None else str(calendar_id)
-        user = cal.connection.user_id if cal is not None else "USER"
-        public = cal.public_id if cal is not None else str(calendar_id)
-    return (f"calendar {name!r} ({public}) no longer exists on the server ({exc}); choose "
-            f"another with `calsync calendars set {user} --primary CAL --conflict CAL …` "
-            f"(see `calsync calendars refresh {user}`), or stop using it")
+def _gone_message(info: _CalendarInfo, exc: CalendarGone) -> str:
+    user = info.user_id
+    return (f"calendar {info.name!r} ({info.public_id}) no longer exists on the server "
+            f"({exc}); choose another with `calsync calendars set {user} --primary CAL "
+            f"--conflict CAL …` (see `calsync calendars refresh {user}`), or stop using it")
 
 
-def _calendar_result(db: Database, calendar_id: int, status: str,
+def _calendar_result(info: _CalendarInfo, status: str,
                      error: str | None = None) -> CalendarResult:
     """The result of a calendar that did not sync, named as the CLI shows calendars."""
-    with db.read_session() as s:
-        cal = s.get(Calendar, calendar_id)
-        if cal is None:
-            return CalendarResult(calendar_id, "", "", status=status, error=error)
-        return CalendarResult(calendar_id, cal.name, cal.role, status=status, error=error,
-                              public_id=cal.public_id)
-
-
-def _throttled_calendars(db: Database, calendar_ids: list[int], now: dt.datetime) -> set[int]:
-    """Calendars throttled past the retry cap whose retry time has not come yet."""
-    with db.read_session() as s:
-        return set(s.scalars(select(Calendar.id).where(Calendar.id.in_(calendar_ids),
-                                                       Calendar.retry_at > now)))
+    return CalendarResult(info.id, info.name, info.role, status=status, error=error,
+                          public_id=info.public_id)
 
 
 def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
-                    connector: Connector, calendar_ids: list[int], now: dt.datetime,
-                    result: ConnectionResult, owner: str | None = None) -> dt.datetime | None:
-    """Sync the calendars, each failing on its own. Returns the earliest ``retry_at`` when
+                    connector: Connector, calendars: list[_CalendarInfo], now: dt.datetime,
+                    result: ConnectionResult, owner: str | None = None,
+                    finish: list[Record] | None = None) -> dt.datetime | None:
+    """Sync the calendars, each failing on its own (a failure is recorded at once; a
+    success's closing write goes to ``finish``). Returns the earliest ``retry_at`` when
     every calendar that ran was throttled (the connection is due again then, not sooner).
     Between calendars the lease is renewed by the wall-clock time spent so far."""
     problems: list[str] = []
     retry_times: list[dt.datetime] = []
     ran = 0
     started = time.monotonic()
-    waiting = _throttled_calendars(db, calendar_ids, now)
-    for i, cid in enumerate(calendar_ids):
-        if cid in waiting:
-            result.calendars.append(_calendar_result(db, cid, "throttled"))
+    for i, info in enumerate(calendars):
+        cid = info.id
+        if info.retry_at is not None and info.retry_at > now:
+            # throttled past the retry cap: not before its retry time
+            result.calendars.append(_calendar_result(info, "throttled"))
             continue
         elapsed = dt.timedelta(seconds=time.monotonic() - started)
         if owner is not None and i > 0 and \
@@ -335,9 +325,9 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
                         now + elapsed + dt.timedelta(seconds=settings.sync.lease_seconds))
         ran += 1
         try:
-            cal_result = sync_calendar(db, settings, cid, connector, now)
+            cal_result = sync_calendar(db, settings, info, connector, now, finish=finish)
         except CalendarSuddenlyEmpty as exc:
-            result.calendars.append(_calendar_result(db, cid, "guarded", str(exc)))
+            result.calendars.append(_calendar_result(info, "guarded", str(exc)))
             problems.append(str(exc))
             continue
         except NeedsReauth as exc:
@@ -347,9 +337,9 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
             result.status, result.error = "needs_reauth", msg
             return None
         except CalendarGone as exc:
-            msg = _gone_message(db, cid, exc)
+            msg = _gone_message(info, exc)
             _mark_calendar(db, cid, "gone", msg, now)
-            result.calendars.append(_calendar_result(db, cid, "gone", msg))
+            result.calendars.append(_calendar_result(info, "gone", msg))
             problems.append(msg)
             continue
         except Throttled as exc:
@@ -357,21 +347,21 @@ def _sync_calendars(settings: Settings, db: Database, conn_info: dict[str, Any],
                                           settings.sync.interval_seconds)
             msg = f"Throttled: {exc}; next try at {retry_at.isoformat()}"
             _mark_calendar(db, cid, "error", msg, now, retry_at=retry_at)
-            result.calendars.append(_calendar_result(db, cid, "error", msg))
+            result.calendars.append(_calendar_result(info, "error", msg))
             problems.append(msg)
             retry_times.append(retry_at)
             continue
         except ProviderError as exc:
             msg = f"{type(exc).__name__}: {exc}"
             _mark_calendar(db, cid, "error", msg, now)
-            result.calendars.append(_calendar_result(db, cid, "error", msg))
+            result.calendars.append(_calendar_result(info, "error", msg))
             problems.append(msg)
             continue
         except Exception as exc:  # noqa: BLE001 - one calendar's failure is recorded, not fatal
             msg = describe_failure(exc)
             log.error("connection %s calendar %s failed: %s", result.connection_id, cid, msg)
             _mark_calendar(db, cid, "error", msg, now)
-            result.calendars.append(_calendar_result(db, cid, "error", msg))
+            result.calendars.append(_calendar_result(info, "error", msg))
             problems.append(msg)
             continue
         result.calendars.append(cal_result)
@@ -388,25 +378,31 @@ def sync_connection(settings: Settings, db: Database, connection_id: int, now: d
                     connector: Connector | None = None, *,
                     sleep: Callable[[float], None] = time.sleep,
                     worker_id: str | None = None, calendar_ids: list[int] | None = None,
-                    claim: bool = True, rng: random.Random | None = None) -> ConnectionResult:
+                    claim: bool = True, rng: random.Random | None = None,
+                    release: bool | None = None) -> ConnectionResult:
     """Sync one connection's primary and conflict calendars (or ``calendar_ids``) now.
 
     Returns a :class:`ConnectionResult` (status ``busy`` when another worker holds the
     lease; ``error`` then says which worker and until when). Records health on the
     connection (status ok/error/needs_reauth, last_error, last_sync_at, last_success_at,
     next_sync_at) and on each calendar. Never raises for provider trouble. ``sleep`` and
-    ``rng`` go to the connector's retry layer when the connector is built here.
+    ``rng`` go to the connector's retry layer when the connector is built here. The lease
+    is released at the end when ``release`` (default: when it was claimed here).
+
+    A sync that changes nothing costs one read transaction for the connection and its
+    calendars, one read per calendar for the plan, and one write for every calendar's
+    token and health, the connection's health and the lease.
     """
     with working_on(str(connection_id)):
         return _sync_connection(settings, db, connection_id, now, connector, sleep=sleep,
                                 worker_id=worker_id, calendar_ids=calendar_ids, claim=claim,
-                                rng=rng)
+                                rng=rng, release=claim if release is None else release)
 
 
 def _sync_connection(settings: Settings, db: Database, connection_id: int, now: dt.datetime,
                      connector: Connector | None, *, sleep: Callable[[float], None],
                      worker_id: str | None, calendar_ids: list[int] | None, claim: bool,
-                     rng: random.Random | None) -> ConnectionResult:
+                     rng: random.Random | None, release: bool) -> ConnectionResult:
     owner = worker_id or default_worker_id()
     result = ConnectionResult(connection_id)
     if claim and not claim_connection(db, connection_id, owner, now,
@@ -424,8 +420,10 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
     options: dict[str, Any] = {"sleep": sleep}
     if rng is not None:
         options["rng"] = rng
+    released = False
+    finish: list[Record] = []
     try:
-        with db.session() as s:
+        with db.read_session() as s:
             conn = s.get(Connection, connection_id)
             if conn is None:
                 raise NotFound(f"connection {connection_id} not found")
@@ -435,6 +433,9 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
             CONNECTION.set(conn.public_id)  # log lines and metrics of this sync
             PROVIDER.set(conn.provider)
             conn_info = {"provider": conn.provider, "account": conn.account}
+            user = s.get(User, conn.user_id)
+            infos = calendar_infos(s, settings, conn, user.timezone if user else "UTC",
+                                   calendar_ids)
             try:
                 if connector is None:
                     connector = build_connector(settings, conn, options)
@@ -446,12 +447,10 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
                 result.status, result.error = "error", describe_failure(exc)
                 log.error("building the %s connector of connection %s failed: %s",
                           conn.provider, connection_id, result.error)
-        ids = calendar_ids if calendar_ids is not None else connection_calendars(db,
-                                                                                 connection_id)
+        fresh: dict[str, Any] | None = None
         if connector is not None:
-            later = _sync_calendars(settings, db, conn_info, connector, ids, now, result,
-                                    owner)
-            fresh: dict[str, Any] | None = None
+            later = _sync_calendars(settings, db, conn_info, connector, infos, now, result,
+                                    owner, finish)
             try:
                 fresh = connector.credentials()
             except NeedsReauth as exc:
@@ -459,34 +458,15 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
             except CalsyncError as exc:
                 log.warning("connection %s: reading refreshed credentials failed: %s",
                             connection_id, exc)
-            if fresh:
-                with db.session() as s:
-                    conn = s.get(Connection, connection_id)
-                    if conn is not None:
-                        conn.credentials = CredentialBox.from_settings(settings).seal(fresh)
         result.waits = list(getattr(getattr(connector, "retry", None), "waits", []))
+        sealed = CredentialBox.from_settings(settings).seal(fresh) if fresh else None
         with db.session() as s:
-            conn = s.get(Connection, connection_id)
-            refused = (conn.settings or {}).get("tenant_refused") if conn is not None else None
-            if refused and result.status == "ok" and not result.calendars:
-                # an organisation's mailbox it may not open: stays in error with what to do
-                result.status, result.error = "error", str(refused)
-            if conn is not None:
-                emit_connection_status(s, connection=conn.public_id, user_id=conn.user_id,
-                                       provider=conn.provider, account=conn.account,
-                                       old_status=conn.status, new_status=result.status,
-                                       detail=result.error, now=now,
-                                       base_url=settings.server.base_url)
-                conn.status = result.status
-                conn.last_error = result.error
-                conn.last_sync_at = now
-                if result.status == "ok":
-                    conn.last_success_at = now
-                marked_meanwhile = conn.next_sync_at is not None and \
-                    conn.next_sync_at != due_before  # a push arrived during this sync
-                if (calendar_ids is None and not marked_meanwhile) or conn.next_sync_at is None:
-                    conn.next_sync_at = max(later or now, next_due(settings, now, rng))
-                conn.updated_at = now
+            for record in finish:  # the calendars that synced: tokens, counts, health
+                record(s)
+            _record_connection(settings, s, db.dialect, connection_id, result, now, owner,
+                               sealed=sealed, due_before=due_before, later=later, rng=rng,
+                               reschedule=calendar_ids is None, release=release)
+            released = release
         totals = result.totals()
         log.info("synced connection %s (%s, user %s): %s; %s", connection_id, result.provider,
                  result.user_id, result.status,
@@ -498,8 +478,45 @@ def _sync_connection(settings: Settings, db: Database, connection_id: int, now: 
                 connector.close()
             except Exception:  # noqa: BLE001 - closing must not hide the result
                 log.warning("closing connector of connection %s failed", connection_id)
-        if claim:
+        if release and not released:
             release_connection(db, connection_id, owner)
+
+
+def _record_connection(settings: Settings, s: Any, dialect: str, connection_id: int,
+                       result: ConnectionResult, now: dt.datetime, owner: str, *,
+                       sealed: bytes | None, due_before: dt.datetime | None,
+                       later: dt.datetime | None, rng: random.Random | None,
+                       reschedule: bool, release: bool) -> None:
+    """The connection's side of a finished sync, in the caller's write transaction (Core:
+    one read of the row, locked on PostgreSQL so a push marking it due meanwhile is seen,
+    and one update): health, next due time, refreshed credentials, the lease."""
+    t = cast(Table, Connection.__table__)
+    q = select(t.c.public_id, t.c.user_id, t.c.provider, t.c.account, t.c.status,
+               t.c.settings, t.c.next_sync_at, t.c.lease_owner).where(t.c.id == connection_id)
+    row = s.execute(q.with_for_update() if dialect == "postgresql" else q).first()
+    if row is None:
+        return
+    refused = (row.settings or {}).get("tenant_refused")
+    if refused and result.status == "ok" and not result.calendars:
+        # an organisation's mailbox it may not open: stays in error with what to do
+        result.status, result.error = "error", str(refused)
+    emit_connection_status(s, connection=row.public_id, user_id=row.user_id,
+                           provider=row.provider, account=row.account,
+                           old_status=row.status, new_status=result.status,
+                           detail=result.error, now=now, base_url=settings.server.base_url)
+    values: dict[str, Any] = {"status": result.status, "last_error": result.error,
+                              "last_sync_at": now, "updated_at": now}
+    if result.status == "ok":
+        values["last_success_at"] = now
+    if sealed is not None:
+        values["credentials"] = sealed
+    marked_meanwhile = row.next_sync_at is not None and \
+        row.next_sync_at != due_before  # a push arrived during this sync
+    if (reschedule and not marked_meanwhile) or row.next_sync_at is None:
+        values["next_sync_at"] = max(later or now, next_due(settings, now, rng))
+    if release and row.lease_owner == owner:
+        values.update(lease_owner=None, lease_until=None)
+    s.execute(update(t).where(t.c.id == connection_id).values(**values))
 
 
 def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, owner: str,
@@ -512,7 +529,7 @@ def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, 
     try:
         connector = connector_for(cid) if connector_for else None
         result = sync_connection(settings, db, cid, now, connector, sleep=sleep,
-                                 worker_id=owner, claim=False)
+                                 worker_id=owner, claim=False, release=True)
     except Exception as exc:  # noqa: BLE001 - keep going with the other connections
         msg = describe_failure(exc)
         log.error("sync of connection %s failed: %s", cid, msg)
@@ -528,8 +545,8 @@ def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, 
                                        base_url=settings.server.base_url)
                 conn.status, conn.last_error, conn.last_sync_at = "error", msg, now
                 conn.next_sync_at = next_due(settings, now)
-    finally:
-        release_connection(db, cid, owner)
+                if conn.lease_owner == owner:
+                    conn.lease_owner, conn.lease_until = None, None
     provider = result.provider or "unknown"
     metrics.SYNC_RUNS.labels(provider, result.status).inc()
     metrics.SYNC_DURATION.labels(provider, result.status).observe(time.monotonic() - started)
