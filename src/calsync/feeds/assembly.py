@@ -69,13 +69,12 @@ def vtimezones(tzids: list[str], window: tuple[dt.datetime, dt.datetime]) -> lis
 
 
 def source_digest(header: str, tzids: list[str], window: tuple[dt.datetime, dt.datetime],
-                  items: Iterable[tuple[int, str, dt.datetime]]) -> str:
-    """Digest of a body's sources; ``items`` are (pk, current fragment key, updated_at)
-    in feed order, ``updated_at`` in UTC."""
+                  items: list[str]) -> str:
+    """Digest of a body's sources; ``items`` are ``"pk|fragment key|updated_at"`` in feed
+    order, each with the key its fragment has when the body is assembled."""
     first, last = zone_years(window)
     head = f"{FEED_SCHEMA_VERSION}\x1e{header}\x1e{first}-{last}\x1e{','.join(tzids)}\x1e"
-    lines = "\n".join([f"{pk}|{key}|{updated.isoformat()}" for pk, key, updated in items])
-    return hashlib.sha256((head + lines).encode("utf-8")).hexdigest()
+    return hashlib.sha256((head + "\n".join(items)).encode("utf-8")).hexdigest()
 
 
 def next_last_modified(previous: dt.datetime | None, same_body: bool, newest: dt.datetime,

@@ -18,16 +18,32 @@ import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from calsync.config import Settings
 from calsync.db.models import FeedCache, ItemAssignee, ScheduleItem, User
 from calsync.feeds import assembly, ics
 from calsync.feeds.memo import note_feeds_changed
+from calsync.timezones import UTC
 
 _items = cast(Table, ScheduleItem.__table__)
 _assignees = cast(Table, ItemAssignee.__table__)
@@ -38,7 +54,7 @@ PHASES = ("query", "render", "assemble", "fragments", "feed_cache", "commit")
 IN_BATCH = 4000  # primary keys per IN list (SQLite allows 32,766 parameters)
 _RENDER_NAMES = ("pk", "kind", "ext_id", "title", "job_type", "account", "location", "notes",
                  "reason", "status", "all_day", "start_at", "end_at", "start_date",
-                 "end_date", "tzid", "sequence", "created_at", "updated_at")
+                 "end_date", "tzid", "sequence", "created_at", "updated_at", "content_hash")
 _RENDER_COLUMNS = [_items.c[name] for name in _RENDER_NAMES]
 _RenderRow = namedtuple("_RenderRow", _RENDER_NAMES)  # type: ignore[misc]
 
@@ -68,77 +84,136 @@ def _batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[A
         yield values[i:i + size]
 
 
-class _Item(NamedTuple):
-    """One feed item as ``_feed_rows`` gives it."""
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
-    pk: int
-    key: str  # the fragment key it must have now
-    tzid: str
-    all_day: bool
-    updated_at: dt.datetime
+
+def _among(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``, one parameter however many
+    values (psycopg parses each placeholder of a long IN list)."""
+    if _is_pg(session):
+        kind = Integer() if isinstance(column.type, Integer) else String()
+        return cast(ColumnElement[bool], column == any_(
+            bindparam(None, list(values), type_=postgresql.ARRAY(kind))))
+    return cast(ColumnElement[bool], column.in_(list(values)))
+
+
+_PG_STORE_FRAGMENTS = text(
+    "UPDATE schedule_items AS s SET ics_fragment = v.f, fragment_key = v.k "
+    "FROM unnest(CAST(:pks AS integer[]), CAST(:fragments AS text[]), CAST(:keys AS text[])) "
+    "AS v(pk, f, k) WHERE s.pk = v.pk")
+
+
+@dataclass
+class _Feed:
+    """One user's items in the window, as ``_feed_rows`` reads them."""
+
+    pks: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # "pk|stored fragment key|updated_at"
+    zones: set[str] = field(default_factory=set)
+    stale: bool = False
+
+
+def _key_sql(settings_hash: str) -> ColumnElement[str]:
+    """``ics.fragment_key`` of each row, in SQL (the two must agree)."""
+    head = type_coerce(func.substr(_items.c.content_hash, 1, 32), String())
+    return head.concat(":").concat(sql_cast(_items.c.sequence, String())) \
+        .concat(f":r{ics.RENDERER_VERSION}:{settings_hash}")
+
+
+def _updated_text(session: Session) -> ColumnElement[str]:
+    """``updated_at`` as text, as stored (SQLite) or in UTC (PostgreSQL)."""
+    if _is_pg(session):
+        return cast(ColumnElement[str], func.to_char(
+            func.timezone("UTC", _items.c.updated_at), "YYYY-MM-DD HH24:MI:SS.US"))
+    return type_coerce(_items.c.updated_at, String())
 
 
 def _feed_rows(session: Session, user_ids: Sequence[str],
                window: tuple[dt.datetime, dt.datetime], settings_hash: str,
-               stale: set[int]) -> dict[str, list[_Item]]:
-    """Each user's live items in the window, in feed order: keys and spans only. Adds the
-    items whose stored fragment is missing or out of date to ``stale``."""
+               stale: set[int]) -> dict[str, _Feed]:
+    """Each user's live items in the window, in feed order: one short text per item, its
+    zone, and whether its stored fragment is missing or out of date (added to ``stale``).
+    No fragment text and no datetime is converted here: the warm rebuild reads only this."""
     start, end = window
-    out: dict[str, list[_Item]] = {uid: [] for uid in user_ids}
-    keys: dict[int, str] = {}
-    q = (select(_assignees.c.user_id, _items.c.pk, _items.c.content_hash, _items.c.sequence,
-                _items.c.fragment_key, _items.c.ics_fragment.is_(None).label("no_fragment"),
-                _items.c.tzid, _items.c.all_day, _items.c.updated_at)
+    out = {uid: _Feed() for uid in user_ids}
+    line = sql_cast(_items.c.pk, String()).concat("|") \
+        .concat(func.coalesce(_items.c.fragment_key, "")).concat("|") \
+        .concat(_updated_text(session))
+    out_of_date = case((or_(_items.c.ics_fragment.is_(None), _items.c.fragment_key.is_(None),
+                            _items.c.fragment_key != _key_sql(settings_hash)), 1), else_=0)
+    q = (select(_assignees.c.user_id, _items.c.pk, line, out_of_date, _items.c.tzid,
+                type_coerce(_items.c.all_day, Integer()))
          .select_from(_items.join(_assignees, _assignees.c.item_pk == _items.c.pk))
-         .where(_assignees.c.user_id.in_(list(user_ids)), _items.c.deleted_at.is_(None),
+         .where(_among(session, _assignees.c.user_id, user_ids), _items.c.deleted_at.is_(None),
                 _items.c.status != "cancelled", _items.c.end_at > start,
                 _items.c.start_at < end)
          .order_by(_assignees.c.user_id, _items.c.start_at, _items.c.pk))
-    fragment_key = ics.fragment_key
-    for uid, pk, content_hash, sequence, stored, missing, tzid, all_day, updated in \
-            session.execute(q).all():
-        key = keys.get(pk)
-        if key is None:  # an item with several assignees is looked at once
-            key = keys[pk] = fragment_key(content_hash, sequence, settings_hash)
-            if missing or stored != key:
-                stale.add(pk)
-        out[uid].append(_Item(pk, key, tzid, bool(all_day), updated))
+    utc_zones = ics.UTC_ZONES
+    last, feed = None, _Feed()
+    for uid, pk, text_line, is_stale, tzid, all_day in session.execute(q).all():
+        if uid != last:
+            last, feed = uid, out[uid]
+        feed.pks.append(pk)
+        feed.lines.append(text_line)
+        if is_stale:
+            stale.add(pk)
+            feed.stale = True
+        if not all_day and tzid not in utc_zones:
+            feed.zones.add(tzid)
     return out
 
 
-def _render_fragments(session: Session, pks: list[int], template: str) -> dict[int, bytes]:
-    """Render the fragments of ``pks`` from their full rows (UTF-8)."""
+def _parse_utc(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _render_fragments(session: Session, pks: list[int], template: str, settings_hash: str,
+                      keys: dict[int, str]) -> dict[int, bytes]:
+    """Render the fragments of ``pks`` from their full rows (UTF-8); their new fragment
+    keys go to ``keys``."""
     out: dict[int, bytes] = {}
-    render = ics.render_event
+    render, fragment_key = ics.render_event, ics.fragment_key
     for batch in _batches(pks):
-        for row in session.execute(select(*_RENDER_COLUMNS).where(_items.c.pk.in_(batch))):
+        for row in session.execute(select(*_RENDER_COLUMNS)
+                                   .where(_among(session, _items.c.pk, batch))):
             item: Any = _RenderRow._make(row)  # plain attributes: Row's cost 2x the render
             out[item.pk] = render(item, template).encode("utf-8")
+            keys[item.pk] = fragment_key(item.content_hash, item.sequence, settings_hash)
     return out
 
 
 def _store_fragments(session: Session, fresh: dict[int, bytes], keys: dict[int, str]) -> None:
-    params = [{"b_pk": pk, "ics_fragment": text.decode("utf-8"), "fragment_key": keys[pk]}
-              for pk, text in fresh.items()]
+    """One statement per batch: ``UPDATE ... FROM unnest(arrays)`` on PostgreSQL, an
+    executemany of the prepared UPDATE on SQLite."""
+    conn = session.connection()
+    pks = list(fresh)
+    if _is_pg(session):
+        for batch in _batches(pks, 5000):
+            conn.execute(_PG_STORE_FRAGMENTS, {
+                "pks": list(batch), "fragments": [fresh[pk].decode("utf-8") for pk in batch],
+                "keys": [keys[pk] for pk in batch]})
+        return
     stmt = (update(_items).where(_items.c.pk == bindparam("b_pk"))
             .values(ics_fragment=bindparam("ics_fragment"),
                     fragment_key=bindparam("fragment_key")))
-    for batch in _batches(params, 5000):
-        session.connection().execute(stmt, list(batch))
+    for batch in _batches(pks, 5000):
+        conn.execute(stmt, [{"b_pk": pk, "ics_fragment": fresh[pk].decode("utf-8"),
+                             "fragment_key": keys[pk]} for pk in batch])
 
 
 def _read_fragments(session: Session, pks: list[int]) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     for batch in _batches(pks):
-        for pk, text in session.execute(select(_items.c.pk, _items.c.ics_fragment)
-                                        .where(_items.c.pk.in_(batch))):
-            out[pk] = text.encode("utf-8")
+        for pk, fragment in session.execute(select(_items.c.pk, _items.c.ics_fragment)
+                                            .where(_among(session, _items.c.pk, batch))):
+            out[pk] = fragment.encode("utf-8")
     return out
 
 
 def _upsert(session: Session) -> Any:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" \
-        else sqlite.insert
+    insert = postgresql.insert if _is_pg(session) else sqlite.insert
     stmt = insert(_feeds)
     return stmt.on_conflict_do_update(
         index_elements=[_feeds.c.user_id],
@@ -161,56 +236,64 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
     with phases.timed("query"):
         users = {u.id: u for u in session.execute(
             select(_users.c.id, _users.c.name, _users.c.timezone, _users.c.updated_at)
-            .where(_users.c.id.in_(list(user_ids))))}
+            .where(_among(session, _users.c.id, user_ids)))}
         ids = [uid for uid in user_ids if uid in users]
         caches = {c.user_id: c for c in session.execute(
             select(_feeds.c.user_id, _feeds.c.etag, _feeds.c.last_modified,
                    _feeds.c.schema_version, _feeds.c.source_digest,
                    _feeds.c.body.is_(None).label("body_missing"))
-            .where(_feeds.c.user_id.in_(ids)))} if ids else {}
+            .where(_among(session, _feeds.c.user_id, ids)))} if ids else {}
         rows = _feed_rows(session, ids, window, settings_hash, stale) if ids else {}
 
     with phases.timed("assemble"):
-        plans: list[tuple[Any, str, list[str], str]] = []  # user, header, zones, digest
+        plans: list[tuple[Any, str, list[str]]] = []  # user, header, zones
+        digests: dict[str, str] = {}
         unchanged: list[str] = []
         for uid in ids:
-            user, items = users[uid], rows[uid]
+            user, feed = users[uid], rows[uid]
             header = assembly.header_for(settings, user)
-            tzids = assembly.zones_of([(i.tzid, i.all_day) for i in items])
-            digest = assembly.source_digest(header, tzids, window,
-                                            [(i.pk, i.key, i.updated_at) for i in items])
+            tzids = sorted(feed.zones)
             cache = caches.get(uid)
-            if cache is not None and cache.source_digest == digest and not cache.body_missing \
-                    and cache.etag and cache.last_modified is not None \
-                    and cache.schema_version == assembly.FEED_SCHEMA_VERSION \
-                    and not any(i.pk in stale for i in items):
-                unchanged.append(uid)
-            else:
-                plans.append((user, header, tzids, digest))
+            if not feed.stale:
+                digest = digests[uid] = assembly.source_digest(header, tzids, window,
+                                                               feed.lines)
+                if cache is not None and cache.source_digest == digest \
+                        and not cache.body_missing and cache.etag \
+                        and cache.last_modified is not None \
+                        and cache.schema_version == assembly.FEED_SCHEMA_VERSION:
+                    unchanged.append(uid)
+                    continue
+            plans.append((user, header, tzids))
 
-    needed = sorted({i.pk for plan in plans for i in rows[plan[0].id]} - stale)
+    needed = sorted({pk for plan in plans for pk in rows[plan[0].id].pks} - stale)
     with phases.timed("query"):
         texts = _read_fragments(session, needed) if needed else {}
+    keys: dict[int, str] = {}
     with phases.timed("render"):
-        fresh = _render_fragments(session, sorted(stale), template) if stale else {}
+        fresh = _render_fragments(session, sorted(stale), template, settings_hash, keys) \
+            if stale else {}
     texts.update(fresh)
     with phases.timed("fragments"):
         if fresh:
-            _store_fragments(session, fresh, {i.pk: i.key for items in rows.values()
-                                              for i in items if i.pk in fresh})
+            _store_fragments(session, fresh, keys)
 
     with phases.timed("assemble"):
         full: list[dict[str, Any]] = []
         meta: list[dict[str, Any]] = []
         moved: list[str] = []
-        for user, header, tzids, digest in plans:
-            items = rows[user.id]
+        for user, header, tzids in plans:
+            feed = rows[user.id]
             body = ics.assemble(header, assembly.vtimezones(tzids, window),
-                                [texts[i.pk] for i in items])
+                                [texts[pk] for pk in feed.pks])
             etag = assembly.make_etag(body)
+            stamps = [line.rsplit("|", 1)[1] for line in feed.lines]
+            digest = digests.get(user.id) or assembly.source_digest(
+                header, tzids, window,
+                [f"{pk}|{keys[pk]}|{stamp}" if pk in keys else line
+                 for pk, line, stamp in zip(feed.pks, feed.lines, stamps)])
             cache = caches.get(user.id)
             same = cache is not None and cache.etag == etag
-            newest = max([user.updated_at, *(i.updated_at for i in items)])
+            newest = max([user.updated_at, *(_parse_utc(stamp) for stamp in stamps)])
             values = {"b_uid": user.id, "user_id": user.id, "dirty": False, "etag": etag,
                       "last_modified": assembly.next_last_modified(
                           cache.last_modified if cache else None, same, newest, now),
@@ -238,7 +321,7 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
                                              "window_start", "window_end", "schema_version",
                                              "source_digest")} for p in meta])
         for batch in _batches(unchanged):
-            conn.execute(update(_feeds).where(_feeds.c.user_id.in_(list(batch)))
+            conn.execute(update(_feeds).where(_among(session, _feeds.c.user_id, batch))
                          .values(generated_at=now, window_start=window[0],
                                  window_end=window[1]))
         # The serving processes drop what they hold of these (a feed left unchanged keeps

@@ -59,11 +59,15 @@ class FeedItem(Protocol):
 
 # Control characters other than TAB are not allowed in TEXT values (RFC 5545 3.3.11).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# Anything escape_text changes: most values have none of it and are returned at once.
+_SPECIAL = re.compile("[\\\\;,\x00-\x08\x0a-\x1f\x7f]")
 
 
 def escape_text(value: str) -> str:
     """Escape a TEXT value: backslash, semicolon, comma, newlines (CRLF/CR/LF -> ``\\n``).
     Control characters other than TAB are dropped (RFC 5545 forbids them)."""
+    if _SPECIAL.search(value) is None:
+        return value
     if "\r" in value:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
     if "\\" in value:
@@ -162,19 +166,28 @@ def job_url(job_url_template: str, ext_id: str) -> str | None:
     return job_url_template.replace("{job_id}", quote(ext_id, safe=""))
 
 
-def event_description(item: FeedItem, job_url_template: str = "") -> str:
+def event_description(item: FeedItem, job_url_template: str = "",
+                      url: str | None = None) -> str:
+    """Notes, then the job's link (``url`` when the caller has it already)."""
     parts = [item.notes] if item.notes else []
-    url = job_url(job_url_template, item.ext_id) if item.kind == "job" else None
+    if url is None and item.kind == "job":
+        url = job_url(job_url_template, item.ext_id)
     if url:
         parts.append(url)
     return "\n\n".join(parts)
 
 
+@lru_cache(maxsize=1024)
+def _categories_of(kind: str, job_type: str | None) -> str:
+    cats = [KIND_LABELS.get(kind, kind)]
+    if kind == "job" and job_type:
+        cats.append(job_type)
+    return content_line("CATEGORIES", ",".join(escape_text(c) for c in cats))
+
+
 def _categories(item: FeedItem) -> str:
-    cats = [KIND_LABELS.get(item.kind, item.kind)]
-    if item.kind == "job" and item.job_type:
-        cats.append(item.job_type)
-    return ",".join(escape_text(c) for c in cats)
+    """The CATEGORIES line of ``item`` (kind label, job type)."""
+    return _categories_of(item.kind, item.job_type if item.kind == "job" else None)
 
 
 def render_event(item: FeedItem, job_url_template: str = "") -> str:
@@ -193,13 +206,13 @@ def render_event(item: FeedItem, job_url_template: str = "") -> str:
     out.append(content_line("SUMMARY", escape_text(event_summary(item))))
     if item.location:
         out.append(content_line("LOCATION", escape_text(item.location)))
-    description = event_description(item, job_url_template)
+    url = job_url(job_url_template, item.ext_id) if item.kind == "job" else None
+    description = event_description(item, job_url_template, url)
     if description:
         out.append(content_line("DESCRIPTION", escape_text(description)))
-    url = job_url(job_url_template, item.ext_id) if item.kind == "job" else None
     if url:
         out.append(content_line("URL", url))
-    out.append(content_line("CATEGORIES", _categories(item)))
+    out.append(_categories(item))
     out.append("STATUS:CANCELLED\r\nTRANSP:OPAQUE\r\nEND:VEVENT\r\n"
                if item.status == "cancelled" else
                "STATUS:CONFIRMED\r\nTRANSP:OPAQUE\r\nEND:VEVENT\r\n")
