@@ -24,6 +24,8 @@ from calsync.feeds.memo import memo_for
 from tests.test_feed_http import _issue, admin  # noqa: F401 - the fixture
 from tests.test_feed_memory import wait_memo_ready
 
+KEEP_ALIVE = 2.0  # seconds (uvicorn's keep-alive timeout in these servers)
+
 
 class Seen:
     """The application, noting every HTTP path that reached it (memo hits the protocol
@@ -48,7 +50,8 @@ def server(settings, db: Database) -> Iterator[tuple[int, Seen]]:  # type: ignor
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = uvicorn.Config(seen, host="127.0.0.1", port=port, http=FeedHttpProtocol,
-                            log_level="warning", access_log=False)
+                            log_level="warning", access_log=False,
+                            timeout_keep_alive=KEEP_ALIVE)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -312,3 +315,20 @@ def test_answers_from_memory_are_counted(app_client, admin, server) -> None:  # 
     key304 = key200.replace("200/", "304/")
     assert after[key200] - before.get(key200, 0) == 3
     assert after[key304] - before.get(key304, 0) == 1
+
+
+def test_keep_alive_timeout_counts_from_the_last_answer(app_client, admin, server  # noqa: F811
+                                                        ) -> None:  # type: ignore[no-untyped-def]
+    port, seen = server
+    path = _issue(app_client, admin)
+    served_from_memory(port, seen, request(path, "HEAD"))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        before = len(seen.paths)
+        started = time.monotonic()
+        while time.monotonic() - started < KEEP_ALIVE * 1.5:  # longer than the timeout
+            assert status(exchange(port, [request(path, "HEAD")], sock)[0]) == 200
+            time.sleep(KEEP_ALIVE / 10)
+        assert len(seen.paths) == before  # all from memory, on one connection kept open
+        last = time.monotonic()
+        assert sock.recv(10) == b""  # closed once idle for the timeout
+        assert time.monotonic() - last >= KEEP_ALIVE * 0.9

@@ -97,6 +97,8 @@ class FeedHttpProtocol(H11Protocol):
         self._answers = _find_answers(self.app)
         self._date_of: list[tuple[bytes, bytes]] | None = None
         self._date_lines = b""
+        self._own_timer: asyncio.TimerHandle | None = None
+        self._last_answer = 0.0
 
     def _idle(self) -> bool:
         conn = self.conn
@@ -117,9 +119,10 @@ class FeedHttpProtocol(H11Protocol):
         if answers is None or not self._idle():
             super().data_received(data)
             return
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not self._own_timer:
+            self._unset_keepalive_if_required()  # h11's: it would close a busy connection
         start, size, answered = 0, len(data), 0
-        write = self.transport.write
+        write, heads = self.transport.write, []
         while start < size and not self.flow.write_paused:
             end = data.find(b"\r\n\r\n", start, start + MAX_HEAD)
             if end < 0:
@@ -130,16 +133,36 @@ class FeedHttpProtocol(H11Protocol):
             done = answers.answer(*request)
             if done is None:
                 break
+            heads.append(done.status_line + self._default_lines() + done.header_lines)
             if done.body:
-                write(done.status_line + self._default_lines() + done.header_lines)
+                write(heads[0] if len(heads) == 1 else b"".join(heads))
+                heads.clear()
                 write(done.body)
-            else:
-                write(done.status_line + self._default_lines() + done.header_lines)
             answered += 1
             start = end + 4
+        if heads:
+            write(heads[0] if len(heads) == 1 else b"".join(heads))
         self.server_state.total_requests += answered
         if start < size:
             super().data_received(data[start:] if start else data)
         elif answered:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self._note_activity()
+
+    def _note_activity(self) -> None:
+        """Keep-alive timeout after memo answers: one timer per connection that looks at
+        the time of the last answer when it fires, not a new timer per request."""
+        self._last_answer = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self._arm(self.timeout_keep_alive)
+
+    def _arm(self, delay: float) -> None:
+        self._own_timer = self.timeout_keep_alive_task = self.loop.call_later(
+            delay, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        self._own_timer = self.timeout_keep_alive_task = None
+        idle = self.loop.time() - self._last_answer
+        if idle >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+        elif not self.transport.is_closing():
+            self._arm(self.timeout_keep_alive - idle)
