@@ -268,16 +268,35 @@ def instant_of(us: int) -> dt.datetime:
     return EPOCH + us * MICROSECOND
 
 
+MicroInterval = tuple[int, int]
+
+
+def free_slot_starts(busy: Iterable[MicroInterval], start: int, end: int,
+                     step: int) -> list[int]:
+    """:func:`free_slots` in whole microseconds since the epoch (``busy`` in any order,
+    overlapping or empty intervals allowed): the start of each slot, each ``step`` long.
+    A search works on integers and formats each distinct boundary once."""
+    starts: list[int] = []
+    cursor = start
+    for s, e in sorted(busy):
+        if e <= cursor or e <= s:
+            continue
+        if s >= end:
+            break
+        if s > cursor:  # a free interval [cursor, s): tile it from its first whole minute
+            starts.extend(range(-(-cursor // _MINUTE) * _MINUTE, s - step + 1, step))
+        cursor = e
+    if cursor < end:
+        starts.extend(range(-(-cursor // _MINUTE) * _MINUTE, end - step + 1, step))
+    return starts
+
+
 def free_slot_micros(busy: Sequence[Interval], start: dt.datetime, end: dt.datetime,
                      duration: dt.timedelta) -> list[tuple[int, int]]:
-    """:func:`free_slots` as microseconds since the epoch: a search formats each distinct
-    boundary once instead of building and formatting two datetimes per slot."""
+    """:func:`free_slots` as ``(start, end)`` microseconds since the epoch."""
     step = duration // MICROSECOND
-    slots: list[tuple[int, int]] = []
-    for s, e in complement(merge(busy), start, end):
-        first, stop = -(-micros(s) // _MINUTE) * _MINUTE, micros(e)  # up to a whole minute
-        slots.extend((a, a + step) for a in range(first, stop - step + 1, step))
-    return slots
+    return [(a, a + step) for a in free_slot_starts(
+        ((micros(s), micros(e)) for s, e in busy), micros(start), micros(end), step)]
 
 
 def free_slots(busy: Sequence[Interval], start: dt.datetime, end: dt.datetime,

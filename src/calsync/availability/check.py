@@ -19,19 +19,21 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from calsync.availability.busy import (
+    MICROSECOND,
     CalendarHealth,
     Interval,
+    MicroInterval,
     UserBusyInput,
     UserProfile,
     busy_blocks,
     external_is_busy,
-    free_slot_micros,
+    free_slot_starts,
     instant_of,
-    merge,
+    micros,
     outside_hours,
     stale_calendars,
 )
-from calsync.availability.store import load_busy_inputs, load_busy_times, load_people
+from calsync.availability.store import load_busy_inputs, load_search_inputs
 from calsync.availability.views import (
     block_view,
     conflict_entry,
@@ -87,10 +89,25 @@ def slot_results(profiles: Mapping[str, UserProfile],
                  stale_after: dt.timedelta) -> list[dict[str, Any]]:
     """:func:`search_results` from each user's busy spans (items and external events,
     as :func:`calsync.availability.store.load_busy_times` gives them): working hours are
-    added here. Users who share a timezone and hours share one working-hours computation,
-    and each instant is formatted once."""
-    hours_memo: dict[tuple[str, str], list[Interval]] = {}
-    texts: dict[int, str] = {}  # slot boundary (microseconds since the epoch) -> ISO text
+    added here."""
+    busy_us = {u: [(micros(s), micros(e)) for s, e in spans] for u, spans in busy.items()}
+    return micro_slot_results(profiles, calendars, busy_us, start, end, duration, now,
+                              stale_after)
+
+
+def micro_slot_results(profiles: Mapping[str, UserProfile],
+                       calendars: Mapping[str, Sequence[CalendarHealth]],
+                       busy: Mapping[str, Sequence[MicroInterval]], start: dt.datetime,
+                       end: dt.datetime, duration: dt.timedelta, now: dt.datetime,
+                       stale_after: dt.timedelta) -> list[dict[str, Any]]:
+    """:func:`slot_results` with busy spans in microseconds since the epoch (as
+    :func:`calsync.availability.store.load_search_inputs` gives them). Users who share a
+    timezone and hours share one working-hours computation, slots are worked out on
+    integers and each boundary is formatted once."""
+    step = duration // MICROSECOND
+    start_us, end_us = micros(start), micros(end)
+    hours_memo: dict[tuple[str, str], list[MicroInterval]] = {}
+    texts: dict[int, str] = {}  # slot boundary -> ISO text
     results = []
     for uid, profile in profiles.items():
         stale = stale_calendars(calendars.get(uid, ()), now, stale_after)
@@ -99,12 +116,18 @@ def slot_results(profiles: Mapping[str, UserProfile],
             key = (profile.timezone, repr(profile.working_hours))
             off = hours_memo.get(key)
             if off is None:
-                off = hours_memo[key] = outside_hours(profile.working_hours,
-                                                      profile.timezone, start, end)
-            merged = merge([*busy.get(uid, ()), *off])
-            for a, b in free_slot_micros(merged, start, end, duration):
-                slots.append({"start": texts.get(a) or texts.setdefault(a, iso(instant_of(a))),
-                              "end": texts.get(b) or texts.setdefault(b, iso(instant_of(b)))})
+                off = hours_memo[key] = [
+                    (micros(s), micros(e))
+                    for s, e in outside_hours(profile.working_hours, profile.timezone,
+                                              start, end)]
+            for a in free_slot_starts([*busy.get(uid, ()), *off], start_us, end_us, step):
+                a_text = texts.get(a)
+                if a_text is None:
+                    a_text = texts[a] = iso(instant_of(a))
+                b_text = texts.get(a + step)
+                if b_text is None:
+                    b_text = texts[a + step] = iso(instant_of(a + step))
+                slots.append({"start": a_text, "end": b_text})
         results.append({"user_id": uid, "stale": bool(stale), "stale_calendars": stale,
                         "slots": slots})
     return results
@@ -138,13 +161,11 @@ def check_availability(session: Session, user_ids: Sequence[str], start: dt.date
 def search_availability(session: Session, user_ids: Sequence[str], start: dt.datetime,
                         end: dt.datetime, duration: dt.timedelta, now: dt.datetime,
                         stale_after: dt.timedelta) -> list[dict[str, Any]]:
-    """Load (people, then busy spans only) and search. Raises NotFound for an unknown
-    user."""
-    ids = list(dict.fromkeys(user_ids))
-    profiles, calendars = load_people(session, ids)
-    busy = load_busy_times(session, ids, start, end)
-    return slot_results({u: profiles[u] for u in ids}, calendars, busy, start, end,
-                        duration, now, stale_after)
+    """Load (people and busy spans only, one statement) and search. Raises NotFound for
+    an unknown user."""
+    profiles, calendars, busy = load_search_inputs(session, user_ids, start, end)
+    return micro_slot_results(profiles, calendars, busy, start, end, duration, now,
+                              stale_after)
 
 
 def schedule_of(session: Session, user_ids: Sequence[str], start: dt.datetime,

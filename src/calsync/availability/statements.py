@@ -19,7 +19,8 @@ there is a range):
 - :data:`PEOPLE`: ``uid, name, timezone, working_hours, private_mode, calendar name,
   role, calendar status, last success, connection status, provider`` -- a user outer
   joined to their primary/conflict calendars, one row per watched calendar or one without;
-- :data:`BUSY_DETAILED` / :data:`CHECK` / :data:`BUSY_TIMES`: see :func:`busy_statement`;
+- :data:`BUSY_DETAILED` / :data:`CHECK` / :data:`BUSY_TIMES` / :data:`SEARCH`: see
+  :func:`busy_statement`;
 - :data:`TEAMS`: ``item_pk, user_id`` of the items in ``pks`` (an expanding list).
 """
 
@@ -161,13 +162,14 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
         19 description, 20 organizer, 21 attendees, 22 calendar_name]
 
     Times come as the driver gives them (text on SQLite), flags as 0/1 on SQLite and
-    JSON as text on SQLite. ``with_people`` (details only) adds the rows of
-    :data:`PEOPLE` in the same layout, so a check is one statement (one round trip):
-    ``src`` 'person', ``kind`` the calendar's role (NULL: no watched calendar),
-    ``start_at`` its last success, ``status`` its status, ``busy_status``/``response``
-    the connection's status and provider, ``private_at_source`` the user's private mode,
-    ``title``/``job_type``/``attendees`` the user's name, timezone and working hours,
-    ``calendar_name`` the calendar's name.
+    JSON as text on SQLite. ``with_people`` adds the rows of :data:`PEOPLE`, so a check
+    or a search is one statement (one round trip): ``src`` 'person', ``kind`` the
+    calendar's role (NULL: no watched calendar), ``start_at`` its last success,
+    ``status`` its status, ``busy_status``/``response`` the connection's status and
+    provider, ``private_at_source`` the user's private mode; the user's name, timezone
+    and working hours and the calendar's name are ``title``, ``job_type``, ``attendees``
+    and ``calendar_name`` with ``details``, else four more columns 12-15 (NULL in busy
+    rows) in that order.
     """
     # PostgreSQL resolves a UNION's column types part by part: a NULL in the first part
     # gets the type the rest need, the other parts' NULLs follow it.
@@ -178,14 +180,23 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
     events: list[Any] = [
         literal_column("'event'"), _b.user_id, _e.id, _NULL, _e.remote_id, _b.start_at,
         _b.end_at, _e.status, _e.all_day, _e.busy_status, _e.response, _e.private_at_source]
+    person: list[Any] = [
+        literal_column("'person'"), _u.id, _NULL, _c.role, _NULL, _c.last_success_at, _NULL,
+        _c.status, _NULL, _n.status, _n.provider, _u.private_mode]
     if details:
         first += [_i.title, _i.job_type, _i.account, _i.location, _i.notes, _i.reason,
                   _i.tzid, _typed_null(Text), _typed_null(Text), _typed_null(JSON),
                   _typed_null(Text)]
         events += [_e.summary, _NULL, _NULL, _e.location, _NULL, _NULL, _NULL,
                    _e.description, _e.organizer, _e.attendees, _c.name]
-    later: list[Any] = [literal_column("'item'"), *first[1:9], _NULL, _NULL, _NULL,
-                        *first[12:19], *([_NULL] * 4 if details else [])]
+        person += [_u.name, _u.timezone, *[_NULL] * 7, _u.working_hours, _c.name]
+    elif with_people:
+        first += [_typed_null(Text), _typed_null(Text), _typed_null(JSON), _typed_null(Text)]
+        events += [_NULL] * 4
+        person += [_u.name, _u.timezone, _u.working_hours, _c.name]
+    later = [literal_column("'item'"), *first[1:9], *[_NULL] * 3,
+             *(first[12:19] if details else []), *[_NULL] * (len(first) - 19 if details
+                                                           else len(first) - 12)]
     parts = []
     for n, window in enumerate(_windows(_a.user_id, _a.long_span, _a.start_at, _a.end_at)):
         parts.append(select(*(first if n == 0 else later)).select_from(_a)
@@ -197,16 +208,13 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
                      .join(_c, _c.id == _e.calendar_id)
                      .where(window, _c.role.in_(_ROLES)))
     if with_people:
-        parts.append(_people_select(
-            literal_column("'person'"), _u.id, _NULL, _c.role, _NULL, _c.last_success_at,
-            _NULL, _c.status, _NULL, _n.status, _n.provider, _u.private_mode, _u.name,
-            _u.timezone, _NULL, _NULL, _NULL, _NULL, _NULL, _NULL, _NULL,
-            _u.working_hours, _c.name))
+        parts.append(_people_select(*person))
     return union_all(*parts)
 
 
 BUSY_DETAILED = busy_statement(details=True)
 CHECK = busy_statement(details=True, with_people=True)
 BUSY_TIMES = busy_statement(details=False)
+SEARCH = busy_statement(details=False, with_people=True)
 TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
          .where(ItemAssignee.item_pk.in_(bindparam("pks", expanding=True))))

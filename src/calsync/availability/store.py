@@ -29,10 +29,12 @@ from calsync.availability.busy import (
     CalendarHealth,
     ExternalEntry,
     Interval,
+    MicroInterval,
     ScheduleEntry,
     UserBusyInput,
     UserProfile,
     external_fields_are_busy,
+    micros,
     schedule_status_is_busy,
 )
 from calsync.availability.reads import Prepared, read_engine, reading
@@ -40,33 +42,50 @@ from calsync.availability.statements import LOOKBACK, SHORT_SPAN
 from calsync.errors import NotFound
 from calsync.timezones import UTC
 
-__all__ = ["LOOKBACK", "SHORT_SPAN", "load_busy_inputs", "load_busy_rows",
+__all__ = ["LOOKBACK", "SHORT_SPAN", "SearchInputs", "load_busy_inputs", "load_busy_rows",
            "load_busy_times", "load_calendar_health", "load_external", "load_people",
-           "load_profiles", "load_schedule", "read_engine", "reading"]
+           "load_profiles", "load_schedule", "load_search_inputs", "read_engine",
+           "reading"]
 
 CHUNK = 500
 _PEOPLE = Prepared(statements.PEOPLE)
 _BUSY_DETAILED = Prepared(statements.BUSY_DETAILED)
 _CHECK = Prepared(statements.CHECK)
 _BUSY_TIMES = Prepared(statements.BUSY_TIMES)
+_SEARCH = Prepared(statements.SEARCH)
+
+
+def _utc(value: Any) -> dt.datetime:
+    """A driver's instant as aware UTC, as :class:`calsync.db.models.UTCDateTime` reads
+    it: SQLite gives naive UTC text, PostgreSQL aware datetimes."""
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+    return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
 def _instant_reader() -> Callable[[Any], dt.datetime]:
-    """Driver value -> aware UTC datetime, as :class:`calsync.db.models.UTCDateTime`
-    reads it. SQLite gives naive UTC text, parsed once per distinct string (the rows of
-    one range repeat few instants); PostgreSQL gives aware datetimes."""
+    """:func:`_utc`, once per distinct value (the rows of one range repeat few)."""
     memo: dict[Any, dt.datetime] = {}
 
     def read(value: Any) -> dt.datetime:
         got = memo.get(value)
         if got is None:
-            if isinstance(value, str):
-                got = dt.datetime.fromisoformat(value).replace(tzinfo=UTC)
-            elif value.tzinfo is None:
-                got = value.replace(tzinfo=UTC)
-            else:
-                got = value.astimezone(UTC)
-            memo[value] = got
+            got = memo[value] = _utc(value)
+        return got
+
+    return read
+
+
+def _micros_reader() -> Callable[[Any], int]:
+    """A driver's instant as microseconds since the epoch, once per distinct value."""
+    memo: dict[Any, int] = {}
+
+    def read(value: Any) -> int:
+        got = memo.get(value)
+        if got is None:
+            got = memo[value] = micros(_utc(value))
         return got
 
     return read
@@ -143,10 +162,9 @@ def _load_rows(session: Session, statement: Prepared, user_ids: Sequence[str],
                ) -> tuple[dict[str, list[ScheduleEntry]], dict[str, list[ExternalEntry]]]:
     items: dict[str, list[ScheduleEntry]] = {u: [] for u in user_ids}
     events: dict[str, list[ExternalEntry]] = {u: [] for u in user_ids}
-    params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
     item_rows: list[tuple[Any, ...]] = []
     for chunk in _chunks(list(user_ids)):
-        for row in statement.rows(session, {"ids": chunk, **params}):
+        for row in statement.rows(session, _range_params(chunk, start, end)):
             src = row[0]
             if src == "item":
                 item_rows.append(row)
@@ -203,15 +221,50 @@ def load_busy_times(session: Session, user_ids: Sequence[str], start: dt.datetim
     not clipped, not merged, working hours not included). What a slot search needs,
     without building an entry per row."""
     out: dict[str, list[Interval]] = {u: [] for u in user_ids}
-    params = {"start": start, "end": end, "lookback_from": start - LOOKBACK}
     instant = _instant_reader()
     for chunk in _chunks(list(user_ids)):
-        for (src, uid, _, _, _, s, e, status, _, busy, response,
-             _) in _BUSY_TIMES.rows(session, {"ids": chunk, **params}):
-            if (schedule_status_is_busy(status) if src == "item"
-                    else external_fields_are_busy(busy or "busy", status, response)):
-                out[uid].append((instant(s), instant(e)))
+        for row in _BUSY_TIMES.rows(session, _range_params(chunk, start, end)):
+            if _row_is_busy(row):
+                out[row[1]].append((instant(row[5]), instant(row[6])))
     return out
+
+
+def _range_params(ids: list[str], start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    return {"ids": ids, "start": start, "end": end, "lookback_from": start - LOOKBACK}
+
+
+def _row_is_busy(row: tuple[Any, ...]) -> bool:
+    """The busy rule for an item or event row of the busy statements."""
+    if row[0] == "item":
+        return schedule_status_is_busy(row[7])
+    return external_fields_are_busy(row[9] or "busy", row[7], row[10])
+
+
+SearchInputs = tuple[dict[str, UserProfile], dict[str, list[CalendarHealth]],
+                     dict[str, list[MicroInterval]]]
+
+
+def load_search_inputs(session: Session, user_ids: Sequence[str], start: dt.datetime,
+                       end: dt.datetime) -> SearchInputs:
+    """What a slot search needs, in one statement: profiles (in the order given),
+    calendar health and, per user, the busy spans of :func:`load_busy_times` in
+    microseconds since the epoch. Raises NotFound for an unknown or deleted user."""
+    ids = list(dict.fromkeys(user_ids))
+    busy: dict[str, list[MicroInterval]] = {u: [] for u in ids}
+    people: list[tuple[Any, ...]] = []
+    read = _micros_reader()
+    for chunk in _chunks(ids):
+        for row in _SEARCH.rows(session, _range_params(chunk, start, end)):
+            src = row[0]
+            if src == "person":
+                # uid, name, tz, hours, private, calendar name, role, calendar status,
+                # last success, connection status, provider
+                people.append((row[1], row[12], row[13], row[14], row[11], row[15], row[3],
+                               row[7], row[5], row[9], row[10]))
+            elif _row_is_busy(row):
+                busy[row[1]].append((read(row[5]), read(row[6])))
+    profiles, calendars = _people(people, ids, _instant_reader())
+    return {u: profiles[u] for u in ids}, calendars, busy
 
 
 def load_schedule(session: Session, user_ids: Sequence[str], start: dt.datetime,
