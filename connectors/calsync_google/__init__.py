@@ -26,7 +26,7 @@ from calsync.errors import CalsyncError, NeedsReauth, UserError
 from calsync.sync.connector import ConnectContext, RemoteCalendar
 from calsync.sync.retry import RetryPolicy
 from calsync_google import delegation, oauth
-from calsync_google.client import RequestRunner, make_credentials, make_http
+from calsync_google.client import RequestRunner, http_maker, make_credentials, make_http
 from calsync_google.connector import GoogleConnector
 from calsync_google.mapping import event_id_for_key
 from calsync_google.push import parse_notification
@@ -74,7 +74,8 @@ class GoogleFactory:
         http = make_http(settings, ctx.http)
         runner = RequestRunner(ctx.account, retry_policy(ctx))
         creds = make_credentials(settings, ctx.credentials)
-        return GoogleConnector(settings, ctx.account, creds, http, runner)
+        return GoogleConnector(settings, ctx.account, creds, http, runner,
+                               more_http=http_maker(settings, ctx.http))
 
     def _connect_domain_wide(self, ctx: ConnectContext) -> GoogleConnector:
         """A user of a Google Workspace domain, impersonated by the domain's service
@@ -90,7 +91,8 @@ class GoogleFactory:
             ctx.account, domain, str(key.get("client_id") or "?"), error)
         return GoogleConnector(ctx.settings, ctx.account, creds,  # type: ignore[arg-type]
                                make_http(ctx.settings, ctx.http), runner,
-                               store_credentials=False)
+                               store_credentials=False,
+                               more_http=http_maker(ctx.settings, ctx.http))
 
     def check_delegation(self, ctx: ConnectContext) -> None:
         """Before a Workspace domain is connected: impersonate one of its users

@@ -9,6 +9,13 @@ Requests go through ``google_auth_httplib2.AuthorizedHttp`` over an injected
 ``401`` after refreshing (at most twice). The resources themselves are built once per
 endpoint (:func:`calendar_api`).
 
+Threads: ``httplib2.Http`` is not thread-safe (google-api-python-client's "Thread
+Safety" page: each thread needs its own, passed to ``execute``). The engine may run a
+calendar's writes in several threads, so :class:`RequestRunner` gives every other thread
+an ``AuthorizedHttp`` over an ``Http`` of its own (made as the first one was); the one
+``Credentials`` is shared through :class:`SharedCredentials`, which refreshes it one
+thread at a time.
+
 :class:`RequestRunner` maps vendor errors at this edge and runs each request through one
 :class:`calsync.sync.retry.RetryPolicy` (the only retry layer: at most ``sync.max_retries``
 retries and ``sync.retry_max_seconds`` of waiting in all; sleep and jitter injected):
@@ -68,6 +75,16 @@ def make_http(settings: Any, injected: Any = None) -> httplib2.Http:
         return injected() if callable(injected) and not isinstance(injected,
                                                                    httplib2.Http) else injected
     return httplib2.Http(timeout=settings.sync.request_timeout_seconds)
+
+
+def http_maker(settings: Any, injected: Any = None) -> Callable[[], httplib2.Http] | None:
+    """How to make more ``Http`` objects like :func:`make_http` (one per thread): None
+    when the caller injected a single ``Http`` object."""
+    if injected is None:
+        return lambda: httplib2.Http(timeout=settings.sync.request_timeout_seconds)
+    if callable(injected) and not isinstance(injected, httplib2.Http):
+        return injected  # type: ignore[no-any-return]
+    return None
 
 
 def make_credentials(settings: Any, stored: dict[str, Any]) -> Credentials:
@@ -130,7 +147,29 @@ def calendar_api(settings: Any) -> CalendarApi:
         return _apis[endpoint]
 
 
-def authorized_http(creds: Credentials, http: httplib2.Http) -> Any:
+class SharedCredentials:
+    """One ``Credentials`` used by several threads' ``AuthorizedHttp``: applying and
+    refreshing the token take a lock (one refresh at a time, the others then see the new
+    token); everything else reads through."""
+
+    def __init__(self, creds: Any) -> None:
+        self._creds = creds
+        self._lock = threading.Lock()
+
+    def before_request(self, request: Any, method: str, url: str,
+                       headers: dict[str, str]) -> None:
+        with self._lock:
+            self._creds.before_request(request, method, url, headers)
+
+    def refresh(self, request: Any) -> None:
+        with self._lock:
+            self._creds.refresh(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._creds, name)
+
+
+def authorized_http(creds: Any, http: httplib2.Http) -> Any:
     return google_auth_httplib2.AuthorizedHttp(creds, http=http)
 
 
@@ -168,13 +207,38 @@ class RequestRunner:
         self.account = account
         self.retry = retry
         self.requests = 0
+        self._count_lock = threading.Lock()
         self.dead: NeedsReauth | None = None
         self.http: Any = None  # the connector's AuthorizedHttp (see bind)
+        self._owner: int | None = None  # the thread that bound it
+        self._more: Callable[[], Any] | None = None  # makes another thread's
+        self._local = threading.local()
+        self.made: list[Any] = []  # other threads' AuthorizedHttp, closed with the connector
+        self._made_lock = threading.Lock()
         # domain-wide delegation: a refused token is the admin's to fix, not a re-sign-in
         self.refusal: Callable[[str], CalsyncError] | None = None
 
-    def bind(self, http: Any) -> None:
+    def bind(self, http: Any, more: Callable[[], Any] | None = None) -> None:
+        """Requests of this thread go through ``http``; ``more`` makes the one of each
+        other thread (without it, only this thread may run requests)."""
         self.http = http
+        self._owner = threading.get_ident()
+        self._more = more
+
+    @property
+    def threaded(self) -> bool:
+        """Whether requests may run from several threads at once."""
+        return self._more is not None
+
+    def _http(self) -> Any:
+        if self._more is None or threading.get_ident() == self._owner:
+            return self.http
+        mine = getattr(self._local, "http", None)
+        if mine is None:
+            mine = self._local.http = self._more()
+            with self._made_lock:
+                self.made.append(mine)
+        return mine
 
     def run(self, request: Any, what: str, calendar_id: str | None = None,
             headers: dict[str, str] | None = None) -> Any:
@@ -189,9 +253,10 @@ class RequestRunner:
             raise self.dead
         if headers:
             request.headers.update(headers)
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
         try:
-            return request.execute(http=self.http, num_retries=0)
+            return request.execute(http=self._http(), num_retries=0)
         except HttpError as exc:
             status = exc.resp.status
             reason = error_reason(exc)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from google.oauth2.credentials import Credentials
@@ -36,6 +37,7 @@ from calsync.sync.connector import (
 )
 from calsync_google.client import (
     RequestRunner,
+    SharedCredentials,
     authorized_http,
     calendar_api,
     stored_credentials,
@@ -63,14 +65,21 @@ class GoogleConnector:
     Calendar resources."""
 
     def __init__(self, settings: Any, account: str, creds: Credentials, http: Any,
-                 runner: RequestRunner, store_credentials: bool = True) -> None:
+                 runner: RequestRunner, store_credentials: bool = True,
+                 more_http: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.account = account
         self.creds = creds
         self.http = http
         self.runner = runner
         self.api = calendar_api(settings)
-        runner.bind(authorized_http(creds, http))
+        shared = SharedCredentials(creds)
+        runner.bind(authorized_http(shared, http), None if more_http is None else
+                    lambda: authorized_http(shared, more_http()))
+        # Up to sync.calendar_write_concurrency writes to one calendar at once, each
+        # thread with its own httplib2.Http (not thread-safe); not when the caller gave
+        # one Http object and no way to make more.
+        self.parallel_writes = runner.threaded
         # False for domain-wide delegation: its per-user tokens are never stored
         self.store_credentials = store_credentials
         self._initial = stored_credentials(creds) if store_credentials else None
@@ -251,8 +260,10 @@ class GoogleConnector:
         return current
 
     def close(self) -> None:
-        for conn in getattr(self.http, "connections", {}).values():
-            try:
-                conn.close()
-            except OSError:
-                pass
+        others = [getattr(h, "http", None) for h in self.runner.made]
+        for http in [self.http, *others]:
+            for conn in list(getattr(http, "connections", {}).values()):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
