@@ -169,22 +169,50 @@ def _parse_utc(value: str) -> dt.datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+_DATETIMES = frozenset({"start_at", "end_at", "created_at", "updated_at"})
+_DATES = frozenset({"start_date", "end_date"})
+
+
+def _sqlite_render_columns() -> list[Any]:
+    """SQLite: dates and datetimes as stored (text), converted by ``_sqlite_item`` with
+    ``fromisoformat``: SQLAlchemy's per-value conversion costs more than the render."""
+    return [type_coerce(c, String()) if c.name in _DATETIMES | _DATES else c
+            for c in _RENDER_COLUMNS]
+
+
+def _sqlite_item(row: Any) -> Any:
+    values = list(row)
+    for i in _DATETIME_AT:
+        if values[i] is not None:
+            values[i] = _parse_utc(values[i])
+    for i in _DATE_AT:
+        if values[i] is not None:
+            values[i] = dt.date.fromisoformat(values[i][:10])
+    return _RenderRow._make(values)
+
+
+_DATETIME_AT = [i for i, name in enumerate(_RENDER_NAMES) if name in _DATETIMES]
+_DATE_AT = [i for i, name in enumerate(_RENDER_NAMES) if name in _DATES]
+
+
 def _render_fragments(session: Session, pks: list[int], template: str, settings_hash: str,
-                      keys: dict[int, str]) -> dict[int, bytes]:
-    """Render the fragments of ``pks`` from their full rows (UTF-8); their new fragment
-    keys go to ``keys``."""
-    out: dict[int, bytes] = {}
+                      keys: dict[int, str]) -> dict[int, str]:
+    """Render the fragments of ``pks`` from their full rows; their new fragment keys go
+    to ``keys``."""
+    out: dict[int, str] = {}
     render, fragment_key = ics.render_event, ics.fragment_key
+    pg = _is_pg(session)
+    columns = _RENDER_COLUMNS if pg else _sqlite_render_columns()
+    make = _RenderRow._make if pg else _sqlite_item  # plain attributes: Row's cost 2x
     for batch in _batches(pks):
-        for row in session.execute(select(*_RENDER_COLUMNS)
-                                   .where(_among(session, _items.c.pk, batch))):
-            item: Any = _RenderRow._make(row)  # plain attributes: Row's cost 2x the render
-            out[item.pk] = render(item, template).encode("utf-8")
+        for row in session.execute(select(*columns).where(_among(session, _items.c.pk, batch))):
+            item: Any = make(row)
+            out[item.pk] = render(item, template)
             keys[item.pk] = fragment_key(item.content_hash, item.sequence, settings_hash)
     return out
 
 
-def _store_fragments(session: Session, fresh: dict[int, bytes], keys: dict[int, str]) -> None:
+def _store_fragments(session: Session, fresh: dict[int, str], keys: dict[int, str]) -> None:
     """One statement per batch: ``UPDATE ... FROM unnest(arrays)`` on PostgreSQL, an
     executemany of the prepared UPDATE on SQLite."""
     conn = session.connection()
@@ -192,15 +220,13 @@ def _store_fragments(session: Session, fresh: dict[int, bytes], keys: dict[int, 
     if _is_pg(session):
         for batch in _batches(pks, 5000):
             conn.execute(_PG_STORE_FRAGMENTS, {
-                "pks": list(batch), "fragments": [fresh[pk].decode("utf-8") for pk in batch],
+                "pks": list(batch), "fragments": [fresh[pk] for pk in batch],
                 "keys": [keys[pk] for pk in batch]})
         return
-    stmt = (update(_items).where(_items.c.pk == bindparam("b_pk"))
-            .values(ics_fragment=bindparam("ics_fragment"),
-                    fragment_key=bindparam("fragment_key")))
     for batch in _batches(pks, 5000):
-        conn.execute(stmt, [{"b_pk": pk, "ics_fragment": fresh[pk].decode("utf-8"),
-                             "fragment_key": keys[pk]} for pk in batch])
+        conn.exec_driver_sql(
+            "UPDATE schedule_items SET ics_fragment = ?, fragment_key = ? WHERE pk = ?",
+            [(fresh[pk], keys[pk], pk) for pk in batch])
 
 
 def _read_fragments(session: Session, pks: list[int]) -> dict[int, bytes]:
@@ -272,7 +298,7 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
     with phases.timed("render"):
         fresh = _render_fragments(session, sorted(stale), template, settings_hash, keys) \
             if stale else {}
-    texts.update(fresh)
+    texts.update((pk, fragment.encode("utf-8")) for pk, fragment in fresh.items())
     with phases.timed("fragments"):
         if fresh:
             _store_fragments(session, fresh, keys)
