@@ -11,10 +11,11 @@ endpoint (:func:`calendar_api`).
 
 Threads: ``httplib2.Http`` is not thread-safe (google-api-python-client's "Thread
 Safety" page: each thread needs its own, passed to ``execute``). The engine may run a
-calendar's writes in several threads, so :class:`RequestRunner` gives every other thread
-an ``AuthorizedHttp`` over an ``Http`` of its own (made as the first one was); the one
-``Credentials`` is shared through :class:`SharedCredentials`, which refreshes it one
-thread at a time.
+calendar's writes in several threads, so :class:`RequestRunner` lends each request an
+``AuthorizedHttp`` no other request is using: the first one, or one more over an ``Http``
+made as the first was (kept for later requests: at most as many as ran at once, their
+connections reused). The one ``Credentials`` is shared through
+:class:`SharedCredentials`, which refreshes it one thread at a time.
 
 :class:`RequestRunner` maps vendor errors at this edge and runs each request through one
 :class:`calsync.sync.retry.RetryPolicy` (the only retry layer: at most ``sync.max_retries``
@@ -32,11 +33,12 @@ retries and ``sync.retry_max_seconds`` of waiting in all; sleep and jitter injec
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import google_auth_httplib2
@@ -210,35 +212,43 @@ class RequestRunner:
         self._count_lock = threading.Lock()
         self.dead: NeedsReauth | None = None
         self.http: Any = None  # the connector's AuthorizedHttp (see bind)
-        self._owner: int | None = None  # the thread that bound it
-        self._more: Callable[[], Any] | None = None  # makes another thread's
-        self._local = threading.local()
-        self.made: list[Any] = []  # other threads' AuthorizedHttp, closed with the connector
-        self._made_lock = threading.Lock()
+        self._more: Callable[[], Any] | None = None  # makes one more (see bind)
+        self._free: list[Any] = []  # AuthorizedHttp no request is using
+        self.made: list[Any] = []  # the ones made besides ``http``, closed with the connector
+        self._pool_lock = threading.Lock()
         # domain-wide delegation: a refused token is the admin's to fix, not a re-sign-in
         self.refusal: Callable[[str], CalsyncError] | None = None
 
     def bind(self, http: Any, more: Callable[[], Any] | None = None) -> None:
-        """Requests of this thread go through ``http``; ``more`` makes the one of each
-        other thread (without it, only this thread may run requests)."""
+        """Requests go through ``http``; ``more`` makes another for a request that runs
+        while ``http`` is in use (without it, one request at a time)."""
         self.http = http
-        self._owner = threading.get_ident()
         self._more = more
+        self._free = [http]
+        self.made = []
 
     @property
     def threaded(self) -> bool:
         """Whether requests may run from several threads at once."""
         return self._more is not None
 
-    def _http(self) -> Any:
-        if self._more is None or threading.get_ident() == self._owner:
-            return self.http
-        mine = getattr(self._local, "http", None)
-        if mine is None:
-            mine = self._local.http = self._more()
-            with self._made_lock:
-                self.made.append(mine)
-        return mine
+    @contextlib.contextmanager
+    def _lend(self) -> Iterator[Any]:
+        """An AuthorizedHttp for one request, used by no other request meanwhile."""
+        if self._more is None:
+            yield self.http
+            return
+        with self._pool_lock:
+            http = self._free.pop() if self._free else None
+        if http is None:
+            http = self._more()
+            with self._pool_lock:
+                self.made.append(http)
+        try:
+            yield http
+        finally:
+            with self._pool_lock:
+                self._free.append(http)
 
     def run(self, request: Any, what: str, calendar_id: str | None = None,
             headers: dict[str, str] | None = None) -> Any:
@@ -256,7 +266,8 @@ class RequestRunner:
         with self._count_lock:
             self.requests += 1
         try:
-            return request.execute(http=self._http(), num_retries=0)
+            with self._lend() as http:
+                return request.execute(http=http, num_retries=0)
         except HttpError as exc:
             status = exc.resp.status
             reason = error_reason(exc)
