@@ -14,7 +14,9 @@ Figures, per engine (SQLite file, PostgreSQL), each the call the API makes
   with the client process's CPU time per run (``cpu_ms``: what the load of other
   processes on the machine does not change);
 - ``check_cpu_ms``: the bench process's CPU time per check (mean over the 1,000), which
-  the load of other processes does not change;
+  the load of other processes does not change; ``check_server_cpu_ms`` (and the search's
+  ``server_cpu_ms``): the PostgreSQL backends' CPU time per check (per search run), read
+  from /proc when the server runs on this machine (10 ms ticks, summed over the runs);
 - ``load_average``: the machine's 1-minute load average before and after measuring.
 
 Loading 1M rows takes minutes per engine. To load once and measure many times, name kept
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, insert, text
+from sqlalchemy.pool import NullPool
 
 from calsync.availability.check import check_availability, search_availability
 from calsync.availability.store import reading
@@ -143,12 +146,49 @@ def load(db: Database, rows: int, seed: int = 7) -> dict[str, float]:
             "rows_per_s": round((2 * rows) / (t_end - t_gen))}
 
 
+def _server_ticks(db: Database) -> dict[int, int] | None:
+    """CPU clock ticks (user + system) so far of each PostgreSQL backend connected to
+    ``db``'s database, when the server runs on this machine; None otherwise."""
+    if db.dialect != "postgresql" or db.engine.url.host not in ("127.0.0.1", "localhost"):
+        return None
+    probe = create_engine(db.engine.url, poolclass=NullPool)  # not one of the pooled ones
+    try:
+        with probe.connect() as c:
+            pids = list(c.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = "
+                                       "current_database() AND pid <> pg_backend_pid()")))
+    finally:
+        probe.dispose()
+    ticks = {}
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks or None
+
+
+def _server_ms(before: dict[int, int] | None, db: Database) -> float | None:
+    """Backend CPU milliseconds used since ``before`` (new backends count in full)."""
+    after = _server_ticks(db)
+    if before is None or after is None:
+        return None
+    used = sum(t - before.get(pid, 0) for pid, t in after.items())
+    return used * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def measure(db: Database, seed: int = 11) -> dict[str, Any]:
     rng = random.Random(seed)
     stale_after = dt.timedelta(days=3650)
     load_before = round(os.getloadavg()[0], 2)
     times = []
     busy_results = 0
+    with reading(db) as s:  # the pooled connection exists before the clocks start
+        check_availability(s, ["u0000"], NOW, NOW + dt.timedelta(hours=1), OPERATOR, NOW,
+                           stale_after)
+    server_before = _server_ticks(db)
     c_checks = time.process_time()
     for _ in range(CHECKS):
         uid = f"u{rng.randrange(USERS):04d}"
@@ -159,10 +199,12 @@ def measure(db: Database, seed: int = 11) -> dict[str, Any]:
         times.append((time.perf_counter() - t0) * 1000)
         busy_results += not res["available"]
     check_cpu = (time.process_time() - c_checks) * 1000 / CHECKS
+    check_server = _server_ms(server_before, db)
     times.sort()
     users = [f"u{i:04d}" for i in rng.sample(range(USERS), SEARCH_USERS)]
     monday = dt.datetime(2027, 3, 1, tzinfo=UTC)  # a Monday in the middle of the data
     runs, cpu, slot_count = [], [], 0
+    server_before = _server_ticks(db)
     for _ in range(SEARCH_RUNS):
         t0, c0 = time.perf_counter(), time.process_time()
         with reading(db) as s:
@@ -172,12 +214,18 @@ def measure(db: Database, seed: int = 11) -> dict[str, Any]:
         runs.append(round((time.perf_counter() - t0) * 1000, 1))
         cpu.append(round((time.process_time() - c0) * 1000, 1))
         slot_count = sum(len(r["slots"]) for r in results)
+    search_server = _server_ms(server_before, db)
     check = {"p50": round(statistics.median(times), 2),
              "p99": round(times[int(len(times) * 0.99) - 1], 2),
              "max": round(times[-1], 2), "n": len(times), "busy_answers": busy_results}
     search = {"runs": runs, "median": statistics.median(runs), "cpu_ms": cpu,
+              "server_cpu_ms": (None if search_server is None
+                                else round(search_server / SEARCH_RUNS, 1)),
               "users": SEARCH_USERS, "days": 5, "slot_minutes": 30, "slots_found": slot_count}
-    return {"check_ms": check, "check_cpu_ms": round(check_cpu, 3), "search_ms": search,
+    return {"check_ms": check, "check_cpu_ms": round(check_cpu, 3),
+            "check_server_cpu_ms": (None if check_server is None
+                                    else round(check_server / CHECKS, 3)),
+            "search_ms": search,
             "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
             "goals": {"check_p50": check["p50"] <= GOALS["check_p50_ms"],
                       "check_p99": check["p99"] <= GOALS["check_p99_ms"],

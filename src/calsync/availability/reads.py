@@ -85,10 +85,10 @@ class _Compiled:
 
 class Prepared:
     """A statement whose text never changes, run on the driver (see the module
-    docstring)."""
+    docstring): ``statements`` maps a dialect name to its form (``""``: any other)."""
 
-    def __init__(self, statement: ClauseElement) -> None:
-        self.statement = statement
+    def __init__(self, statements: Mapping[str, ClauseElement]) -> None:
+        self.statements = statements
         self._compiled: dict[str, _Compiled] = {}
 
     def rows(self, session: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -98,7 +98,8 @@ class Prepared:
         key = f"{dialect.name}+{dialect.driver}"
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[key] = _Compiled(self.statement, dialect)
+            statement = self.statements.get(dialect.name, self.statements[""])
+            compiled = self._compiled[key] = _Compiled(statement, dialect)
         convert = compiled.convert
         values = {k: (convert[k](v) if k in convert else v) for k, v in params.items()}
         args: Any = (values if compiled.order is None

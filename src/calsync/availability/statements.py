@@ -14,14 +14,16 @@ rows from ``start - LOOKBACK``, long rows up to ``end``), not a walk over all th
 only the rows found are joined to their item or event.
 
 Statements (bound parameters ``ids``, and ``start``, ``end``, ``lookback_from`` where
-there is a range):
+there is a range), each a dict by dialect name (``""``: any other dialect):
 
 - :data:`PEOPLE`: ``uid, name, timezone, working_hours, private_mode, calendar name,
   role, calendar status, last success, connection status, provider`` -- a user outer
   joined to their primary/conflict calendars, one row per watched calendar or one without;
 - :data:`BUSY_DETAILED` / :data:`CHECK` / :data:`BUSY_TIMES` / :data:`SEARCH`: see
   :func:`busy_statement`;
-- :data:`TEAMS`: ``item_pk, user_id`` of the items in ``pks`` (an expanding list).
+
+and :data:`TEAMS`: ``item_pk, user_id`` of the items in ``pks`` (an expanding list), run
+through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -125,16 +127,42 @@ _n = aliased(Connection, name="n")
 _u = aliased(User, name="u")
 
 
-def _people_select(*columns: Any) -> Select[Any]:
-    return (select(*columns).select_from(_u)
-            .outerjoin(_n, _n.user_id == _u.id)
-            .outerjoin(_c, and_(_c.connection_id == _n.id, _c.role.in_(_ROLES)))
-            .where(_AmongIds(_u.id), _u.deleted_at.is_(None)))
+class _Watched:
+    """A user's primary/conflict calendars and their connection: outer joins, or (for
+    PostgreSQL) a ``LATERAL`` subquery per user. A generic plan cannot know how many ids
+    come and, guessing few, hashed every connection or calendar for the joins; the
+    subquery reads each user's rows on their indexes whatever it guesses."""
+
+    def __init__(self, lateral: bool) -> None:
+        self.lateral = lateral
+        columns: tuple[Any, ...] = (_n.status, _n.provider, _c.name, _c.role, _c.status,
+                                    _c.last_success_at)
+        if lateral:
+            self.rows = (select(*(c.label(f"w{i}") for i, c in enumerate(columns)))
+                         .select_from(_n)
+                         .outerjoin(_c, and_(_c.connection_id == _n.id, _c.role.in_(_ROLES)))
+                         .where(_n.user_id == _u.id)
+                         .offset(literal_column("0"))  # not pulled up into the joins
+                         .lateral("w"))
+            columns = tuple(self.rows.c[f"w{i}"] for i in range(len(columns)))
+        (self.conn_status, self.provider, self.cal_name, self.role, self.cal_status,
+         self.last_success) = columns
+
+    def select(self, *columns: Any) -> Select[Any]:
+        query = select(*columns).select_from(_u)
+        if self.lateral:
+            query = query.outerjoin(self.rows, true())
+        else:
+            query = (query.outerjoin(_n, _n.user_id == _u.id)
+                     .outerjoin(_c, and_(_c.connection_id == _n.id, _c.role.in_(_ROLES))))
+        return query.where(_AmongIds(_u.id), _u.deleted_at.is_(None))
 
 
-PEOPLE = _people_select(_u.id, _u.name, _u.timezone, _u.working_hours, _u.private_mode,
-                        _c.name, _c.role, _c.status, _c.last_success_at, _n.status,
-                        _n.provider)
+def people_statement(lateral: bool = False) -> Select[Any]:
+    w = _Watched(lateral)
+    return w.select(_u.id, _u.name, _u.timezone, _u.working_hours, _u.private_mode,
+                    w.cal_name, w.role, w.cal_status, w.last_success, w.conn_status,
+                    w.provider)
 
 
 def _windows(user_id: Any, long_span: Any, start_at: Any,
@@ -153,7 +181,8 @@ def _typed_null(type_: Any) -> Any:
 _NULL: ColumnElement[Any] = literal_column("NULL")
 
 
-def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[Any]:
+def busy_statement(details: bool, with_people: bool = False,
+                   lateral: bool = False) -> CompoundSelect[Any]:
     """Item rows then event rows, in one column layout (``src`` says which)::
 
         0 src, 1 uid, 2 row_id, 3 kind, 4 ext_id, 5 start_at, 6 end_at, 7 status,
@@ -169,7 +198,7 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
     provider, ``private_at_source`` the user's private mode; the user's name, timezone
     and working hours and the calendar's name are ``title``, ``job_type``, ``attendees``
     and ``calendar_name`` with ``details``, else four more columns 12-15 (NULL in busy
-    rows) in that order.
+    rows) in that order. ``lateral``: see :class:`_Watched`.
     """
     # PostgreSQL resolves a UNION's column types part by part: a NULL in the first part
     # gets the type the rest need, the other parts' NULLs follow it.
@@ -180,20 +209,21 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
     events: list[Any] = [
         literal_column("'event'"), _b.user_id, _e.id, _NULL, _e.remote_id, _b.start_at,
         _b.end_at, _e.status, _e.all_day, _e.busy_status, _e.response, _e.private_at_source]
+    w = _Watched(lateral)
     person: list[Any] = [
-        literal_column("'person'"), _u.id, _NULL, _c.role, _NULL, _c.last_success_at, _NULL,
-        _c.status, _NULL, _n.status, _n.provider, _u.private_mode]
+        literal_column("'person'"), _u.id, _NULL, w.role, _NULL, w.last_success, _NULL,
+        w.cal_status, _NULL, w.conn_status, w.provider, _u.private_mode]
     if details:
         first += [_i.title, _i.job_type, _i.account, _i.location, _i.notes, _i.reason,
                   _i.tzid, _typed_null(Text), _typed_null(Text), _typed_null(JSON),
                   _typed_null(Text)]
         events += [_e.summary, _NULL, _NULL, _e.location, _NULL, _NULL, _NULL,
                    _e.description, _e.organizer, _e.attendees, _c.name]
-        person += [_u.name, _u.timezone, *[_NULL] * 7, _u.working_hours, _c.name]
+        person += [_u.name, _u.timezone, *[_NULL] * 7, _u.working_hours, w.cal_name]
     elif with_people:
         first += [_typed_null(Text), _typed_null(Text), _typed_null(JSON), _typed_null(Text)]
         events += [_NULL] * 4
-        person += [_u.name, _u.timezone, _u.working_hours, _c.name]
+        person += [_u.name, _u.timezone, _u.working_hours, w.cal_name]
     later = [literal_column("'item'"), *first[1:9], *[_NULL] * 3,
              *(first[12:19] if details else []), *[_NULL] * (len(first) - 19 if details
                                                            else len(first) - 12)]
@@ -208,13 +238,17 @@ def busy_statement(details: bool, with_people: bool = False) -> CompoundSelect[A
                      .join(_c, _c.id == _e.calendar_id)
                      .where(window, _c.role.in_(_ROLES)))
     if with_people:
-        parts.append(_people_select(*person))
+        parts.append(w.select(*person))
     return union_all(*parts)
 
 
-BUSY_DETAILED = busy_statement(details=True)
-CHECK = busy_statement(details=True, with_people=True)
-BUSY_TIMES = busy_statement(details=False)
-SEARCH = busy_statement(details=False, with_people=True)
+# Each statement by dialect name ("" for any other).
+PEOPLE = {"": people_statement(), "postgresql": people_statement(lateral=True)}
+BUSY_DETAILED = {"": busy_statement(details=True)}
+CHECK = {"": busy_statement(details=True, with_people=True),
+         "postgresql": busy_statement(details=True, with_people=True, lateral=True)}
+BUSY_TIMES = {"": busy_statement(details=False)}
+SEARCH = {"": busy_statement(details=False, with_people=True),
+          "postgresql": busy_statement(details=False, with_people=True, lateral=True)}
 TEAMS = (select(ItemAssignee.item_pk, ItemAssignee.user_id)
          .where(ItemAssignee.item_pk.in_(bindparam("pks", expanding=True))))
