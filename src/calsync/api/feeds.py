@@ -51,6 +51,7 @@ router = APIRouter()
 log = logging.getLogger("calsync.api.feeds")
 
 FETCH_WRITE_INTERVAL = dt.timedelta(seconds=60)
+_FETCH_WRITE_SECONDS = FETCH_WRITE_INTERVAL.total_seconds()
 CONTENT_TYPE = "text/calendar; charset=utf-8"
 _NOT_FOUND = {"error": "not_found", "detail": "no such feed"}
 
@@ -266,15 +267,31 @@ class MemoAnswers:
         self.settings, self.db = settings, db
         self.memo = memo_for(db.engine, settings.feeds.memory_cache_mb * 1024 * 1024)
         self._keys: Any = None
-        self._window: tuple[dt.date, tuple[dt.datetime, dt.datetime]] | None = None
+        self._window: tuple[dt.datetime, dt.datetime] | None = None
+        self._window_until = 0.0  # time.time() of the next UTC midnight
         self._families: dict[str | None, str] = {}
-        self._counters: dict[tuple[str, str], Any] = {}
+        self._gzip: dict[str | None, bool] = {}
+        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
 
-    def _current_window(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        today = now.date()
-        if self._window is None or self._window[0] != today:
-            self._window = (today, feed_window(self.settings, now))
-        return self._window[1]
+    def _current_window(self) -> tuple[dt.datetime, dt.datetime]:
+        """The feed window of today (UTC days: it changes at midnight UTC)."""
+        clock = time.time()
+        if self._window is None or clock >= self._window_until:
+            now = dt.datetime.fromtimestamp(clock, dt.timezone.utc)
+            self._window = feed_window(self.settings, now)
+            midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(),
+                                           dt.timezone.utc)
+            self._window_until = midnight.timestamp()
+        return self._window
+
+    def _wants_gzip(self, header: str | None) -> bool:
+        known = self._gzip.get(header)
+        if known is None:
+            known = _accepts_gzip(header)
+            if len(self._gzip) >= 1024:
+                self._gzip.clear()
+            self._gzip[header] = known
+        return known
 
     def _count(self, outcome: str, user_agent: str | None) -> None:
         family = self._families.get(user_agent)
@@ -283,11 +300,11 @@ class MemoAnswers:
             if len(self._families) >= 1024:
                 self._families.clear()
             self._families[user_agent] = family
-        counter = self._counters.get((outcome, family))
-        if counter is None:
-            counter = self._counters[(outcome, family)] = metrics.FEED_REQUESTS.labels(
-                outcome, family)
-        counter.inc()
+        inc = self._counters.get((outcome, family))
+        if inc is None:
+            inc = self._counters[(outcome, family)] = metrics.FEED_REQUESTS.labels(
+                outcome, family).inc
+        inc()
 
     def _link_ok(self, entry: MemoEntry, token: str) -> bool:
         for known in entry.tokens:
@@ -310,14 +327,14 @@ class MemoAnswers:
         if not slash or "/" in name or not name.endswith(".ics"):
             return None
         entry = self.memo.get(user_id)
-        if entry is None or time.monotonic() - entry.fetch_recorded \
-                >= FETCH_WRITE_INTERVAL.total_seconds():
+        if entry is None or time.monotonic() - entry.fetch_recorded >= _FETCH_WRITE_SECONDS:
             return None
-        if entry.window != self._current_window(utcnow()):
+        window = self._current_window()
+        if entry.window is not window and entry.window != window:
             return None
-        if not self._link_ok(entry, name[:-len(".ics")]):
+        if not self._link_ok(entry, name[:-4]):
             return None  # the route answers 404 (and logs it)
-        use_gzip = _accepts_gzip(asked.get("accept-encoding"))
+        use_gzip = self._wants_gzip(asked.get("accept-encoding"))
         if use_gzip and entry.gzip_body is None:
             return None
         agent = asked.get("user-agent")

@@ -106,30 +106,39 @@ class FeedMemo:
             return self._generation, self._user_generation.get(user_id, 0)
 
     def _check_data_version(self) -> None:
-        if self._probe is None:
+        probe = self._probe
+        if probe is None:
             return
         with self._lock:
-            try:
-                version = self._probe.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error:
-                version = None
-            if version is None or version != self._data_version:
-                self._data_version = version
-                self._generation += 1
+            self._check_data_version_locked(probe)
+
+    def _check_data_version_locked(self, probe: sqlite3.Connection) -> None:
+        try:
+            version = probe.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            version = None
+        if version is None or version != self._data_version:
+            self._data_version = version
+            self._generation += 1
 
     def get(self, user_id: str) -> MemoEntry | None:
         """The user's entry when it is still valid."""
         if not self.usable():
             return None
-        self._check_data_version()
+        probe = self._probe
         with self._lock:
+            if probe is not None:
+                self._check_data_version_locked(probe)
             entry = self._entries.get(user_id)
             if entry is None:
                 return None
             if entry.stamp != (self._generation, self._user_generation.get(user_id, 0)):
                 self._drop(user_id)
                 return None
-        if self._engine is not None and not self._link_still_valid(entry):
+            if self._engine is None:
+                self._entries.move_to_end(user_id)
+                return entry
+        if not self._link_still_valid(entry):
             with self._lock:
                 self._drop(user_id)
             return None
