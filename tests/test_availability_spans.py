@@ -305,3 +305,21 @@ def test_reads_leave_the_pooled_connection_as_they_found_it(db: Database) -> Non
     else:
         with db.read_session() as s:
             assert s.scalar(select(Calendar.name)) == "Renamed"
+
+
+def test_a_database_error_is_raised_as_sqlalchemys_without_its_parameters(
+        sqlite_db: Database) -> None:
+    """Checks run on the driver; its errors still come as SQLAlchemy's (what the CLI and
+    the API map), and the message does not carry the bound values."""
+    from sqlalchemy.exc import OperationalError
+
+    from calsync.availability.check import check_availability
+    from calsync.privacy import OPERATOR
+
+    seed(sqlite_db, "u1")
+    with sqlite_db.engine.begin() as c:
+        c.exec_driver_sql("DROP TABLE item_assignees")
+    with reading(sqlite_db) as s, pytest.raises(OperationalError) as caught:
+        check_availability(s, ["u1"], T0, T0 + H, OPERATOR, T0, dt.timedelta(days=1))
+    assert "item_assignees" in str(caught.value)
+    assert "u1" not in str(caught.value) and "2026-12-07" not in str(caught.value)
