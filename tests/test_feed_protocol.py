@@ -332,3 +332,24 @@ def test_keep_alive_timeout_counts_from_the_last_answer(app_client, admin, serve
         assert len(seen.paths) == before  # all from memory, on one connection kept open
         assert sock.recv(10) == b""  # closed once idle for the timeout
         assert time.monotonic() - last >= KEEP_ALIVE * 0.75
+
+
+def test_conditional_requests_alone_keep_the_feed_in_memory(app_client, admin, db: Database,  # noqa: F811
+                                                           server) -> None:  # type: ignore[no-untyped-def]
+    """Once the fetch time is due again (a minute later), the route writes it and answers
+    304; the next conditional requests are answered from memory again, although the
+    client never asks for the body."""
+    port, seen = server
+    path = _issue(app_client, admin)
+    etag = header(served_from_memory(port, seen, request(path)), "etag")
+    assert etag
+    conditional = request(path, If_None_Match=etag)
+    assert status(served_from_memory(port, seen, conditional)) == 304
+    for round_ in range(3):
+        entry = memo_for(db.engine, 0).get("u1")
+        assert entry is not None
+        entry.fetch_recorded -= 61  # the minute has passed
+        before = len(seen.paths)
+        assert status(exchange(port, [conditional])[0]) == 304
+        assert seen.paths[before:] == [path], round_  # the route wrote the fetch time
+        assert status(served_from_memory(port, seen, conditional)) == 304

@@ -202,9 +202,12 @@ def _serve_feed(user_id: str, token: str, request: Request) -> Response:
     _record_fetch(request, user, now)
     recorded = time.monotonic()
     use_gzip = _accepts_gzip(request.headers.get("accept-encoding"))
-    # A current cache answers 304 without reading the body.
+    # A current cache answers 304 without reading the body; the feed held in memory, if
+    # any, may then answer again for another minute. Without one (a client that only
+    # sends conditional requests never gets a 200 to refill it), the body is read below.
     validators = current_validators(app_state.settings, app_state.db, user.id, now)
-    if validators is not None and _not_modified(request, validators):
+    if validators is not None and _not_modified(request, validators) and (
+            memo.refresh(user.id, validators.etag, recorded) or not memo.usable()):
         return Response(status_code=304, headers=_headers(validators, use_gzip))
     feed = current_feed(app_state.settings, app_state.db, user.id, now)
     entry = MemoEntry(user.id, user.feed_version, True, feed.etag, feed.last_modified,

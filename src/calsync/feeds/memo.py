@@ -164,6 +164,15 @@ class FeedMemo:
         servable = bool(row[1]) and row[2] is None
         return row[0] == entry.feed_version and servable == entry.servable
 
+    def refresh(self, user_id: str, etag: str, fetch_recorded: float) -> bool:
+        """The user's valid entry has ``etag``: note that the fetch time was written at
+        ``fetch_recorded`` (time.monotonic()). False when there is no such entry."""
+        entry = self.get(user_id)
+        if entry is None or entry.etag != etag:
+            return False
+        entry.fetch_recorded = max(entry.fetch_recorded, fetch_recorded)
+        return True
+
     def put(self, entry: MemoEntry, stamp: tuple[int, int]) -> None:
         """Keep ``entry``, read after ``stamp`` was taken, unless something changed since."""
         if not self.usable() or entry.size > self.max_bytes:
