@@ -130,11 +130,12 @@ class AppContext:
         if self._db is None:
             from sqlalchemy.exc import ArgumentError, DBAPIError
 
-            from calsync.db.session import Database
+            from calsync.db.session import Database, pool_size_for
 
             url = self.settings.database.url
             try:
-                database = Database(url, echo=self.settings.database.echo)
+                database = Database(url, echo=self.settings.database.echo,
+                                    pool_size=pool_size_for(self.settings))
             except OSError as exc:  # the SQLite file's folder could not be made
                 where = f" ({exc.filename})" if exc.filename else ""
                 raise DatabaseUnavailable(url, f"{exc.strerror or exc}{where}") from None

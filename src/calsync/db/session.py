@@ -24,11 +24,14 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, exc, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from calsync.config import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -97,10 +100,10 @@ def _with_server_settings(url: str, settings: Mapping[str, str]) -> dict[str, An
 
 def make_engine(url: str, echo: bool = False, *,
                 server_settings: Mapping[str, str] | None = None,
-                isolation_level: str | None = None) -> Engine:
+                isolation_level: str | None = None, pool_size: int = 10) -> Engine:
     """An engine for ``url``. PostgreSQL only: ``server_settings`` are set once per
     connection when it opens; ``isolation_level`` (e.g. ``"AUTOCOMMIT"``) is every
-    connection's default."""
+    connection's default; ``pool_size`` connections are kept (20 more may open at once)."""
     url = _normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -132,7 +135,7 @@ def make_engine(url: str, echo: bool = False, *,
     extra: dict[str, Any] = {}
     if isolation_level is not None:
         extra["isolation_level"] = isolation_level
-    engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20,
+    engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=20,
                            connect_args=_with_server_settings(url, server_settings or {}),
                            **extra)
     _check_on_checkout(engine)
@@ -151,13 +154,21 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def pool_size_for(settings: Settings) -> int:
+    """Connections a process keeps: one per concurrent sync (``sync.concurrency``) plus the
+    scheduler's jobs and listeners; never fewer than 10."""
+    return max(10, settings.sync.concurrency + 4)
+
+
 class Database:
     """An engine plus session factories: :meth:`session` (may write: on SQLite it holds the
     write lock from its start) and :meth:`read_session` (reads only)."""
 
-    def __init__(self, url: str, echo: bool = False) -> None:
+    def __init__(self, url: str, echo: bool = False, pool_size: int = 10) -> None:
+        """``pool_size``: PostgreSQL connections kept open (at least one per thread that
+        uses the database at once: a worker's ``sync.concurrency`` and a few)."""
         self.url = _normalise_url(url)
-        self.engine = make_engine(url, echo=echo)
+        self.engine = make_engine(url, echo=echo, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writing = threading.local()
         # Threads of this process queue for SQLite's write lock here: a waiter wakes as soon
