@@ -48,8 +48,8 @@ def test_register_list_test_deliveries_and_remove(app_client: Any, make_token: A
     assert secret not in json.dumps(listed) and "secret" not in listed[0]
     assert listed[0]["events"] == ["job.reverted", "schedule_item.deleted"]
     assert listed[0]["health"] == {"last_success_at": None, "last_failure_at": None,
-                                   "failures_in_a_row": 0, "disabled": False,
-                                   "disabled_at": None, "disabled_reason": None,
+                                   "failures_in_a_row": 0, "failing_since": None,
+                                   "disabled": False, "disabled_at": None, "disabled_reason": None,
                                    "pending": 0}
     one = app_client.get(f"/api/webhook-endpoints/{ep}", headers=admin).json()
     assert one["description"] == "dispatch" and secret not in json.dumps(one)

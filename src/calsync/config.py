@@ -129,6 +129,12 @@ class WebhookSettings:
     lease_seconds: int = 60
     # How often the worker looks for events to deliver.
     poll_seconds: float = 1.0
+    # Events (with their deliveries and attempts) are deleted this many days after they
+    # were made, once none of their deliveries is pending; change-feed cursors from before
+    # that are answered "cursor expired" (docs/webhooks.md).
+    retention_days: int = 30
+    # An endpoint whose every attempt failed for this many days is disabled.
+    disable_after_days: int = 5
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,10 @@ def _validate(s: Settings) -> None:
     positive("webhooks.delivery_threads", s.webhooks.delivery_threads)
     positive("webhooks.lease_seconds", s.webhooks.lease_seconds)
     positive("webhooks.poll_seconds", s.webhooks.poll_seconds)
+    for key in ("retention_days", "disable_after_days"):
+        if getattr(s.webhooks, key) < 1:
+            raise ConfigError(f"webhooks.{key}", getattr(s.webhooks, key),
+                              "a whole number of days, 1 or more")
     if s.webhooks.lease_seconds <= s.webhooks.timeout_seconds:
         # a delivery still waiting for its answer must not be claimed by another worker
         raise ConfigError("webhooks.lease_seconds", s.webhooks.lease_seconds,

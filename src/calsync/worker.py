@@ -9,6 +9,9 @@ Jobs (all ``coalesce=True``, ``max_instances=1``, with a misfire grace time):
 - ``webhooks.deliver`` every ``webhooks.poll_seconds``: ``calsync.outbox.delivery.Deliverer
   .pump`` numbers new outbox events and hands due deliveries to the deliverer's own thread
   pool; it never waits for a receiver, so a slow one delays no sync.
+- ``webhooks.prune`` daily at 03:30 UTC: ``calsync.outbox.retention.prune`` deletes
+  events older than ``webhooks.retention_days`` whose deliveries are settled (in small
+  batches, each its own transaction).
 
 Syncs run in :class:`SyncLoop`, a thread started and stopped with the scheduler: it runs
 ``calsync.sync.runner.run_due_syncs`` (up to ``sync.concurrency`` connections at once,
@@ -47,6 +50,7 @@ log = logging.getLogger("calsync.worker")
 
 SYNC_TICK_SECONDS = 30
 PUSH_RENEW_SECONDS = 15 * 60
+PRUNE_HOUR = 3  # webhooks.prune runs daily at 03:30 UTC
 Clock = Callable[[], dt.datetime]
 
 
@@ -163,10 +167,29 @@ def build_scheduler(settings: Settings, db: Database, blocking: bool,
                       coalesce=True, max_instances=1, misfire_grace_time=PUSH_RENEW_SECONDS,
                       next_run_time=_utcnow())
     add_webhook_delivery(scheduler, settings, db, clock)
+    scheduler.add_job(prune_outbox_job, CronTrigger(hour=PRUNE_HOUR, minute=30,
+                                                    timezone=dt.timezone.utc),
+                      args=(settings, db, clock), id="webhooks.prune",
+                      name="delete old outbox events", coalesce=True, max_instances=1,
+                      misfire_grace_time=3600)
     loop = sync_loop or SyncLoop(settings, db, clock)
     scheduler.add_listener(lambda _event: loop.start(), EVENT_SCHEDULER_START)
     scheduler.add_listener(lambda _event: loop.stop(), EVENT_SCHEDULER_SHUTDOWN)
     return scheduler
+
+
+def prune_outbox_job(settings: Settings, db: Database, clock: Clock = _utcnow) -> Any:
+    """Delete outbox events past ``webhooks.retention_days`` (their deliveries settled)."""
+    from calsync.outbox.retention import prune
+
+    def run(s: Settings, d: Database, now: dt.datetime) -> Any:
+        result = prune(d, s.webhooks.retention_days, now)
+        if result.events:
+            log.info("outbox retention removed %s events, %s deliveries, %s attempts",
+                     result.events, result.deliveries, result.attempts)
+        return result
+
+    return _guarded("outbox retention", run, settings, db, clock)
 
 
 def webhook_pump_job(deliverer: Any) -> Any:

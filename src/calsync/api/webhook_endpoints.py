@@ -1,4 +1,5 @@
-"""Webhook endpoint API (admin): register, list with health, remove, test, deliveries."""
+"""Webhook endpoint API (admin): register, list with health, remove, enable, test,
+deliveries."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from calsync.db.models import utcnow
 from calsync.outbox.endpoints import (
     create_endpoint,
     delete_endpoint,
+    enable_endpoint,
     endpoint_as_dict,
     get_endpoint,
     list_endpoints,
@@ -61,6 +63,21 @@ def remove_endpoint(endpoint_id: str, request: Request,
         delete_endpoint(s, endpoint_id)
         audit(s, who.actor, "webhook_endpoint.delete", "webhook_endpoint", endpoint_id)
     return Response(status_code=204)
+
+
+@router.post("/api/webhook-endpoints/{endpoint_id}/enable")
+def post_enable(endpoint_id: str, request: Request,
+                who: Principal = PrincipalDep) -> dict[str, Any]:
+    """Deliver to a disabled endpoint again (after its receiver was fixed): the events
+    numbered from now on; what was cancelled while it was disabled is not sent. The answer
+    is the endpoint with its health; enabling an enabled endpoint changes nothing."""
+    who.require("admin")
+    with request.app.state.db.session() as s:
+        endpoint = get_endpoint(s, endpoint_id)
+        if enable_endpoint(s, endpoint):
+            audit(s, who.actor, "webhook_endpoint.enable", "webhook_endpoint", endpoint_id)
+        s.flush()
+        return endpoint_as_dict(s, endpoint)
 
 
 @router.post("/api/webhook-endpoints/{endpoint_id}/test", status_code=202)

@@ -423,6 +423,20 @@ class OutboxEvent(Base):
     schema_version: Mapped[int] = mapped_column(Integer, default=1)
 
 
+class OutboxHorizon(Base):
+    """What retention has deleted from the outbox (one row, ``id`` 1, once anything was):
+    every event numbered up to ``pruned_through_seq`` is gone, the last change-feed event
+    among them was ``feed_pruned_through_seq``; a change-feed cursor below that has missed
+    events and is answered "cursor expired"."""
+
+    __tablename__ = "outbox_horizon"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pruned_through_seq: Mapped[int] = mapped_column(Integer, default=0)
+    feed_pruned_through_seq: Mapped[int] = mapped_column(Integer, default=0)
+    pruned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 class WebhookEndpoint(Base):
     """A receiver of the platform. ``secret`` is the ``whsec_…`` signing secret, sealed with
     ``CredentialBox`` (a database dump does not reveal it)."""
@@ -440,6 +454,9 @@ class WebhookEndpoint(Base):
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_failure_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     failures_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
+    # The first failed attempt since the last success (None: the last attempt succeeded);
+    # an endpoint failing for webhooks.disable_after_days is disabled.
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     # The outbox_events.seq from which this endpoint receives events.
@@ -481,7 +498,8 @@ class WebhookAttempt(Base):
     """One HTTP attempt of a delivery: when, the status code (None: no answer), how long."""
 
     __tablename__ = "webhook_attempts"
-    __table_args__ = (Index("ix_webhook_attempts_endpoint", "endpoint_id", "id"),)
+    __table_args__ = (Index("ix_webhook_attempts_endpoint", "endpoint_id", "id"),
+                      Index("ix_webhook_attempts_delivery", "delivery_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(

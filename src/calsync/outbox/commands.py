@@ -1,5 +1,5 @@
-"""The ``calsync webhooks`` CLI: ``list``, ``add``, ``remove``, ``test``, ``deliveries``.
-``cli.py`` calls :func:`register` with the root group."""
+"""The ``calsync webhooks`` CLI: ``list``, ``add``, ``remove``, ``enable``, ``test``,
+``deliveries``, ``prune``. ``cli.py`` calls :func:`register` with the root group."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from calsync.db.models import WebhookDelivery
 from calsync.outbox.endpoints import (
     create_endpoint,
     delete_endpoint,
+    enable_endpoint,
     get_endpoint,
     list_endpoints,
     parse_endpoint,
@@ -29,9 +30,10 @@ def _now() -> dt.datetime:
 def _health_line(ep: dict[str, Any]) -> str:
     h = ep["health"]
     state = f"DISABLED ({h['disabled_reason']})" if h["disabled"] else "enabled"
+    failing = f"  failing since {h['failing_since']}" if h.get("failing_since") else ""
     return (f"{ep['id']}  {ep['url']}  events {','.join(ep['events'])}  {state}  "
             f"last success {h['last_success_at'] or 'never'}  "
-            f"failures in a row {h['failures_in_a_row']}  pending {h['pending']}")
+            f"failures in a row {h['failures_in_a_row']}{failing}  pending {h['pending']}")
 
 
 def register(cli: click.Group) -> None:
@@ -82,6 +84,34 @@ def register(cli: click.Group) -> None:
             delete_endpoint(s, endpoint_id)
             audit(s, "cli", "webhook_endpoint.delete", "webhook_endpoint", endpoint_id)
         click.echo(f"endpoint {endpoint_id} removed")
+
+    @webhooks.command("enable")
+    @click.argument("endpoint_id", metavar="ID")
+    @pass_app
+    def enable_cmd(app: AppContext, endpoint_id: str) -> None:
+        """Deliver to the disabled endpoint ID again (once its receiver is fixed): the
+        events from now on; those cancelled while it was disabled are not sent."""
+        with app.migrated_db().session() as s:
+            changed = enable_endpoint(s, get_endpoint(s, endpoint_id))
+            if changed:
+                audit(s, "cli", "webhook_endpoint.enable", "webhook_endpoint", endpoint_id)
+        click.echo(f"endpoint {endpoint_id} enabled: new events are delivered to it again"
+                   if changed else f"endpoint {endpoint_id} was enabled already")
+
+    @webhooks.command("prune")
+    @click.option("--json", "as_json", is_flag=True)
+    @pass_app
+    def prune_cmd(app: AppContext, as_json: bool) -> None:
+        """Delete events older than webhooks.retention_days whose deliveries are settled,
+        with their deliveries and attempts (the worker does this daily)."""
+        from calsync.outbox.retention import prune
+
+        days = app.settings.webhooks.retention_days
+        result = prune(app.migrated_db(), days, _now())
+        emit({**result.as_dict(), "retention_days": days}, as_json,
+             f"removed {result.events} events, {result.deliveries} deliveries and "
+             f"{result.attempts} attempts older than {days} days "
+             f"(events up to number {result.horizon.pruned_through} are gone)")
 
     @webhooks.command("test")
     @click.argument("endpoint_id", metavar="ID")

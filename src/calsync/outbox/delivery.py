@@ -16,8 +16,10 @@ Flow (each step its own transaction):
 3. :func:`send` POSTs the body with ``webhook-id`` (the event's id, the same on every
    retry, for receivers to drop duplicates), ``webhook-timestamp`` and ``webhook-signature``
    made by the ``standardwebhooks`` library, with a short timeout;
-4. :func:`record_outcome`: a 2xx delivers; ``410 Gone`` disables the endpoint (its
-   pending deliveries are cancelled); anything else (other status, timeout, refused
+4. :func:`record_outcome`: a 2xx delivers (and resets the endpoint's failure clock);
+   ``410 Gone`` disables the endpoint (its pending deliveries are cancelled), and so does
+   a failure when every attempt to it has failed for ``webhooks.disable_after_days``
+   (Standard Webhooks / Svix practice); anything else (other status, timeout, refused
    connection) is retried after the next delay of :class:`RetrySchedule` (exponential,
    with jitter, more than 24 h in all), then given up (``failed``).
 
@@ -53,9 +55,9 @@ from calsync.db.models import (
     utcnow,
 )
 from calsync.db.session import Database
-from calsync.outbox.endpoints import endpoint_secret
+from calsync.outbox.endpoints import disable_endpoint, enable_again_hint, endpoint_secret
 from calsync.outbox.events import has_unsequenced, sequence
-from calsync.outbox.metrics import ATTEMPTS
+from calsync.outbox.metrics import ATTEMPTS, ENDPOINTS_DISABLED
 from calsync.sync.runner import HOST, default_worker_id, holder_is_dead
 
 log = logging.getLogger("calsync.webhooks")
@@ -205,9 +207,12 @@ def send(client: httpx.Client, claimed: ClaimedDelivery, wall_clock: Clock = utc
 
 
 def record_outcome(db: Database, claimed: ClaimedDelivery, outcome: Outcome, owner: str,
-                   now: dt.datetime, schedule: RetrySchedule) -> str:
-    """Store the attempt and what follows; returns the delivery's new status, or
-    ``"retry"`` when it stays pending."""
+                   now: dt.datetime, schedule: RetrySchedule,
+                   disable_after: dt.timedelta | None = None) -> str:
+    """Store the attempt and what follows; returns the delivery's new status, ``"retry"``
+    when it stays pending, or ``"disabled"`` when the endpoint was disabled: it answered
+    410, or (``disable_after``) every attempt failed since its first failure that long
+    ago."""
     with db.session() as s:
         delivery = s.get(WebhookDelivery, claimed.delivery_id)
         endpoint = s.get(WebhookEndpoint, claimed.endpoint_id)
@@ -225,21 +230,35 @@ def record_outcome(db: Database, claimed: ClaimedDelivery, outcome: Outcome, own
             if endpoint.failures_in_a_row or last is None or now - last >= HEALTH_PRECISION:
                 # a busy endpoint's row is not rewritten by every success
                 endpoint.last_success_at, endpoint.failures_in_a_row = now, 0
+                endpoint.failing_since = None
             ATTEMPTS.labels("delivered").inc()
             return "delivered"
         endpoint.last_failure_at = now
         endpoint.failures_in_a_row += 1
+        if endpoint.failing_since is None:
+            endpoint.failing_since = now
         if outcome.status_code == 410:
             delivery.status = "failed"
-            endpoint.disabled_at = now
-            endpoint.disabled_reason = (f"the receiver answered 410 Gone at {now.isoformat()}; "
-                                        f"send a test event to enable it again")
-            s.execute(update(WebhookDelivery)
-                      .where(WebhookDelivery.endpoint_id == endpoint.id,
-                             WebhookDelivery.status == "pending")
-                      .values(status="cancelled", lease_owner=None, lease_until=None))
+            disable_endpoint(s, endpoint, now, f"the receiver answered 410 Gone at "
+                             f"{now.isoformat()}; {enable_again_hint(endpoint.public_id)}")
             log.warning("webhook endpoint %s answered 410 Gone: disabled", endpoint.public_id)
             ATTEMPTS.labels("gone").inc()
+            ENDPOINTS_DISABLED.labels("gone").inc()
+            return "disabled"
+        failing_for = now - endpoint.failing_since
+        if disable_after is not None and failing_for >= disable_after:
+            delivery.status = "failed"
+            days = failing_for.total_seconds() / 86400
+            cancelled = disable_endpoint(
+                s, endpoint, now,
+                f"every attempt failed since {endpoint.failing_since.isoformat()} "
+                f"({days:.1f} days, webhooks.disable_after_days is "
+                f"{disable_after.total_seconds() / 86400:g}; last: "
+                f"{outcome.error or 'no answer'}); {enable_again_hint(endpoint.public_id)}")
+            log.warning("webhook endpoint %s failed every attempt for %.1f days: disabled, "
+                        "%s pending deliveries cancelled", endpoint.public_id, days, cancelled)
+            ATTEMPTS.labels("failed").inc()
+            ENDPOINTS_DISABLED.labels("failing").inc()
             return "disabled"
         wait = schedule.delay(delivery.attempts)
         if wait is None:
@@ -282,6 +301,7 @@ class Deliverer:
             follow_redirects=False)
         self._own_client = client is None
         self.schedule = schedule or RetrySchedule()
+        self.disable_after = dt.timedelta(days=settings.webhooks.disable_after_days)
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=self.threads,
                                        thread_name_prefix="calsync-webhook")
@@ -297,7 +317,7 @@ class Deliverer:
     def _deliver(self, claimed: ClaimedDelivery) -> str:
         outcome = send(self.client, claimed)
         status = record_outcome(self.db, claimed, outcome, self.owner, self.clock(),
-                                self.schedule)
+                                self.schedule, self.disable_after)
         with self._lock:
             self.outcomes[status] = self.outcomes.get(status, 0) + 1
         return status

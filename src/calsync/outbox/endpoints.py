@@ -1,6 +1,7 @@
 """Webhook endpoints: register (the ``whsec_…`` secret is returned once and stored sealed
-with :class:`~calsync.secrets.CredentialBox`), list with delivery health, remove, send a
-test event, and list recent deliveries with their status codes."""
+with :class:`~calsync.secrets.CredentialBox`), list with delivery health, remove, disable
+(410 Gone, or failing for ``webhooks.disable_after_days``) and enable again, send a test
+event, and list recent deliveries with their status codes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import secrets as _random
 from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
@@ -99,6 +100,7 @@ def endpoint_as_dict(session: Session, endpoint: WebhookEndpoint) -> dict[str, A
             "health": {"last_success_at": _iso(endpoint.last_success_at),
                        "last_failure_at": _iso(endpoint.last_failure_at),
                        "failures_in_a_row": endpoint.failures_in_a_row,
+                       "failing_since": _iso(endpoint.failing_since),
                        "disabled": endpoint.disabled_at is not None,
                        "disabled_at": _iso(endpoint.disabled_at),
                        "disabled_reason": endpoint.disabled_reason,
@@ -116,14 +118,41 @@ def delete_endpoint(session: Session, public_id: str) -> None:
     session.flush()
 
 
+def disable_endpoint(session: Session, endpoint: WebhookEndpoint, now: dt.datetime,
+                     reason: str) -> int:
+    """Stop delivering to ``endpoint``: its pending deliveries are cancelled and it gets no
+    new events until enabled again; returns how many deliveries were cancelled."""
+    endpoint.disabled_at, endpoint.disabled_reason = now, reason
+    cancelled = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
+        .values(status="cancelled", lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False))
+    return int(getattr(cancelled, "rowcount", 0) or 0)
+
+
+def enable_again_hint(public_id: str) -> str:
+    return (f"fix the receiver, then run `calsync webhooks enable {public_id}` (or POST "
+            f"/api/webhook-endpoints/{public_id}/enable, or send a test event)")
+
+
+def enable_endpoint(session: Session, endpoint: WebhookEndpoint) -> bool:
+    """Deliver to a disabled endpoint again, from the next event numbered on (what was
+    cancelled meanwhile is not sent); its failure clock starts afresh. False when it was
+    enabled already."""
+    if endpoint.disabled_at is None:
+        return False
+    endpoint.disabled_at, endpoint.disabled_reason = None, None
+    endpoint.failures_in_a_row, endpoint.failing_since = 0, None
+    endpoint.start_seq = current_seq(session) + 1
+    return True
+
+
 def send_test_event(session: Session, public_id: str, now: dt.datetime) -> OutboxEvent:
     """A ``webhook.test`` event for this endpoint alone (not in the change feed). A
     disabled endpoint is enabled again: the test is how a receiver shows it is back."""
     endpoint = get_endpoint(session, public_id)
-    if endpoint.disabled_at is not None:
-        endpoint.disabled_at, endpoint.disabled_reason = None, None
-        endpoint.failures_in_a_row = 0
-        endpoint.start_seq = current_seq(session) + 1
+    enable_endpoint(session, endpoint)
     return emit(session, WEBHOOK_TEST, {"endpoint": endpoint.public_id,
                                         "message": "calsync test event"}, now,
                 order_key=f"test:{endpoint.public_id}", endpoint_id=endpoint.id)

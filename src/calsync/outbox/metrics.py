@@ -1,7 +1,9 @@
 """Webhook metrics: delivery attempts by outcome (a counter of this process, on
 :data:`calsync.metrics.REGISTRY`), and gauges read from the database at scrape time
 (:data:`calsync.metrics.DATABASE_GAUGES`), so any process serving ``/metrics`` reports
-every worker's outbox: deliveries by status and the age of the oldest undelivered event."""
+every worker's outbox: deliveries by status, the age of the oldest undelivered event and
+endpoints by state. Counters of this process also count endpoints disabled (by reason)
+and rows deleted by retention."""
 
 from __future__ import annotations
 
@@ -13,12 +15,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from calsync import metrics as process_metrics
-from calsync.db.models import OutboxEvent, WebhookDelivery
+from calsync.db.models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from calsync.metrics import REGISTRY
 
 ATTEMPTS = Counter("calsync_webhook_attempts", "Webhook delivery attempts by outcome "
                    "(delivered, retry, timeout, failed: given up, gone: endpoint disabled).",
                    ["outcome"], registry=REGISTRY)
+ENDPOINTS_DISABLED = Counter("calsync_webhook_endpoints_disabled", "Webhook endpoints "
+                             "disabled by reason (gone: answered 410; failing: every "
+                             "attempt failed for webhooks.disable_after_days).", ["reason"],
+                             registry=REGISTRY)
+PRUNED = Counter("calsync_outbox_pruned_rows", "Rows deleted by outbox retention "
+                 "(webhooks.retention_days) by table.", ["table"], registry=REGISTRY)
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 
 
@@ -44,7 +52,15 @@ def outbox_gauges(session: Session, now: dt.datetime) -> list[GaugeMetricFamily]
     age = GaugeMetricFamily("calsync_outbox_oldest_undelivered_seconds",
                             "Age of the oldest event not delivered yet (0: none).")
     age.add_metric([], oldest_undelivered_age(session, now))
-    return [deliveries, age]
+    disabled = int(session.scalar(select(func.count()).select_from(WebhookEndpoint)
+                                  .where(WebhookEndpoint.disabled_at.is_not(None))) or 0)
+    total = int(session.scalar(select(func.count()).select_from(WebhookEndpoint)) or 0)
+    endpoints = GaugeMetricFamily("calsync_webhook_endpoints",
+                                  "Webhook endpoints by state (enabled, disabled).",
+                                  labels=["state"])
+    endpoints.add_metric(["enabled"], total - disabled)
+    endpoints.add_metric(["disabled"], disabled)
+    return [deliveries, age, endpoints]
 
 
 _SOURCES: list[object] = getattr(process_metrics, "DATABASE_GAUGES", [])
