@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import warnings
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,8 +33,21 @@ def _in_zone(value: dt.datetime, zone: ZoneInfo | None) -> dt.datetime:
     return value.astimezone(zone or dt.timezone.utc)
 
 
+@functools.lru_cache(maxsize=512)
+def _vtimezone(tzid: str, first_year: int, last_year: int) -> str:
+    """The VTIMEZONE text of ``tzid`` with its transitions from the start of
+    ``first_year`` to the end of ``last_year``: worked out once per zone and years (it is
+    most of the cost of rendering an event)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zone = icalendar.Timezone.from_tzid(tzid, first_date=dt.date(first_year, 1, 1),
+                                            last_date=dt.date(last_year, 12, 31))
+    return str(zone.to_ical().decode("utf-8"))
+
+
 def render_event(event: OutgoingEvent, now: dt.datetime) -> str:
-    """A VCALENDAR with one VEVENT (and the VTIMEZONE its TZID needs), CRLF-terminated."""
+    """A VCALENDAR with one VEVENT (and the VTIMEZONE its TZID needs, covering the
+    event's years and one either side), CRLF-terminated."""
     cal = icalendar.Calendar()
     cal.add("PRODID", PRODID)
     cal.add("VERSION", "2.0")
@@ -55,6 +69,7 @@ def render_event(event: OutgoingEvent, now: dt.datetime) -> str:
     if event.busy != "busy":
         vevent.add("X-MICROSOFT-CDO-BUSYSTATUS", _CDO[event.busy])
     zone = _zone(event.tzid)
+    vtimezone = ""
     if event.all_day:
         start = event.start.date() if isinstance(event.start, dt.datetime) else event.start
         end = event.end.date() if isinstance(event.end, dt.datetime) else event.end
@@ -68,11 +83,11 @@ def render_event(event: OutgoingEvent, now: dt.datetime) -> str:
         vevent.add("DTSTART", _in_zone(event.start, zone))
         vevent.add("DTEND", _in_zone(event.end, zone))
         if zone is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                first = min(event.start, event.end).date() - dt.timedelta(days=366)
-                last = max(event.start, event.end).date() + dt.timedelta(days=366)
-                cal.add_component(icalendar.Timezone.from_tzid(
-                    event.tzid, first_date=first, last_date=last))
+            vtimezone = _vtimezone(event.tzid, min(event.start, event.end).year - 1,
+                                   max(event.start, event.end).year + 1)
     cal.add_component(vevent)
-    return str(cal.to_ical().decode("utf-8"))
+    text = str(cal.to_ical().decode("utf-8"))
+    if vtimezone:  # before the VEVENT, as add_component would have placed it
+        at = text.index("BEGIN:VEVENT\r\n")
+        text = text[:at] + vtimezone + text[at:]
+    return text
