@@ -458,9 +458,11 @@ def serve(app: AppContext, host: str | None, port: int | None, no_worker: bool,
 @pass_app
 def worker(app: AppContext) -> None:
     """Run the scheduler and sync worker alone (start more for scale)."""
+    from calsync.heap import freeze_startup_heap
     from calsync.worker import build_scheduler
 
     scheduler = build_scheduler(app.settings, app.migrated_db(), blocking=True)
+    freeze_startup_heap()
     click.echo("calsync worker running; Ctrl-C stops it")
     try:
         scheduler.start()

@@ -24,6 +24,8 @@ def run(app: FastAPI | None, host: str, port: int, workers: int = 1) -> None:
     build their own from the environment (:func:`app_from_environment`)."""
     import uvicorn
 
+    from calsync.heap import freeze_startup_heap
+
     options: dict[str, object] = {"host": host, "port": port, "log_level": "info",
                                   "access_log": False, "http": HTTP_PROTOCOL}
     if workers > 1:
@@ -31,6 +33,7 @@ def run(app: FastAPI | None, host: str, port: int, workers: int = 1) -> None:
                     workers=workers, **options)  # type: ignore[arg-type]
     else:
         assert app is not None
+        freeze_startup_heap()
         uvicorn.run(app, **options)  # type: ignore[arg-type]
 
 
@@ -44,7 +47,10 @@ def app_from_environment() -> FastAPI:
 
     settings = resolve_secret_key(load_settings(os.environ.get(CONFIG_ENV) or None))
     port = os.environ.get(PORT_ENV)
+    from calsync.heap import freeze_startup_heap
+
     settings = follow_port(settings, os.environ.get(HOST_ENV), int(port) if port else None)
-    return create_app(settings, Database(settings.database.url,
-                                         echo=settings.database.echo,
-                                         pool_size=pool_size_for(settings)))
+    app = create_app(settings, Database(settings.database.url, echo=settings.database.echo,
+                                        pool_size=pool_size_for(settings)))
+    freeze_startup_heap()
+    return app
