@@ -2,7 +2,7 @@
 calendar header and VTIMEZONEs, the ETag, Last-Modified, and the source digest.
 
 The source digest names everything a body is assembled from: the schema version, the
-header text, the zones and their year range, and per item (in feed order) its primary key,
+header text, the zones and their year range, and per item its primary key,
 fragment key and ``updated_at``. An item's fragment is a function of those (the key covers
 its content hash, sequence, renderer version and settings), so an equal digest means an
 equal body: the rebuild can leave such a feed as it is without reading its fragments. A
@@ -70,11 +70,13 @@ def vtimezones(tzids: list[str], window: tuple[dt.datetime, dt.datetime]) -> lis
 
 def source_digest(header: str, tzids: list[str], window: tuple[dt.datetime, dt.datetime],
                   items: list[str]) -> str:
-    """Digest of a body's sources; ``items`` are ``"pk|fragment key|updated_at"`` in feed
-    order, each with the key its fragment has when the body is assembled."""
+    """Digest of a body's sources; ``items`` are ``"pk|fragment key|updated_at"``, each
+    with the key its fragment has when the body is assembled. Their order does not count
+    (they are sorted first): the feed's order follows from the items' starts, which their
+    fragment keys cover, so the database may hand them over in any order."""
     first, last = zone_years(window)
     head = f"{FEED_SCHEMA_VERSION}\x1e{header}\x1e{first}-{last}\x1e{','.join(tzids)}\x1e"
-    return hashlib.sha256((head + "\n".join(items)).encode("utf-8")).hexdigest()
+    return hashlib.sha256((head + "\n".join(sorted(items))).encode("utf-8")).hexdigest()
 
 
 def next_last_modified(previous: dt.datetime | None, same_body: bool, newest: dt.datetime,

@@ -1,13 +1,17 @@
 """Rendering the feeds of many users in one transaction, with Core statements and batched
 writes: what the nightly rebuild, the dirty-feed pass and the on-demand render share.
 
-For a set of users: one narrow read of their items in the window (keys and spans, no
-text), then per feed its source digest (:mod:`calsync.feeds.assembly`). A feed whose
-digest equals the stored one keeps its body, ETag and Last-Modified (one UPDATE moves the
-window of all of them). For the others, the stale fragments are rendered from full rows
-read by primary key, the current ones read by primary key, and the bodies assembled; then
-one executemany stores the fragments and one upsert the feeds. The serving processes'
-memory is told about every feed whose ETag moved (:func:`calsync.feeds.memo.note_feeds_changed`).
+For a set of users: one narrow read of their items in the window (per item one short
+text, ``pk|stored fragment key|updated_at``, its zone, and an out-of-date flag worked out
+in SQL; no fragment text, no datetime conversion), then per feed its source digest
+(:mod:`calsync.feeds.assembly`). A feed whose digest equals the stored one keeps its body,
+ETag and Last-Modified (one UPDATE moves the window of all of them): that is the whole
+warm rebuild. For the others, the stale fragments are rendered from full rows read by
+primary key, the current ones read by primary key, and the bodies assembled; then the
+fragments are stored in batches (PostgreSQL: ``UPDATE ... FROM unnest(arrays)``; SQLite:
+an executemany) and the feeds with one upsert (``INSERT ... ON CONFLICT``). The serving
+processes' memory is told about every feed that changed
+(:func:`calsync.feeds.memo.note_feeds_changed`).
 """
 
 from __future__ import annotations
@@ -129,26 +133,63 @@ def _updated_text(session: Session) -> ColumnElement[str]:
     return type_coerce(_items.c.updated_at, String())
 
 
+def _item_line(session: Session) -> ColumnElement[str]:
+    """``pk|stored fragment key|updated_at`` of each item (see ``assembly.source_digest``)."""
+    return sql_cast(_items.c.pk, String()).concat("|") \
+        .concat(func.coalesce(_items.c.fragment_key, "")).concat("|") \
+        .concat(_updated_text(session))
+
+
+def _out_of_date(settings_hash: str) -> ColumnElement[int]:
+    return case((or_(_items.c.ics_fragment.is_(None), _items.c.fragment_key.is_(None),
+                     _items.c.fragment_key != _key_sql(settings_hash)), 1), else_=0)
+
+
+def _in_window(session: Session, query: Any, user_ids: Sequence[str],
+               window: tuple[dt.datetime, dt.datetime]) -> Any:
+    """``query`` over the live items of ``user_ids`` in the window (what a feed shows)."""
+    start, end = window
+    return (query.select_from(_items.join(_assignees, _assignees.c.item_pk == _items.c.pk))
+            .where(_among(session, _assignees.c.user_id, user_ids),
+                   _items.c.deleted_at.is_(None), _items.c.status != "cancelled",
+                   _items.c.end_at > start, _items.c.start_at < end))
+
+
+def _feed_summaries(session: Session, user_ids: Sequence[str],
+                    window: tuple[dt.datetime, dt.datetime],
+                    settings_hash: str) -> dict[str, tuple[list[str], bool, set[str]]]:
+    """Per user with items in the window: their item lines, whether any is out of date,
+    and the zones of their timed items, aggregated by the database (one row per user: the
+    warm rebuild moves no per-item row into Python)."""
+    inner = _in_window(session, select(
+        _assignees.c.user_id.label("user_id"), _item_line(session).label("line"),
+        _out_of_date(settings_hash).label("stale"),
+        case((_items.c.all_day, None), else_=_items.c.tzid).label("zone")),
+        user_ids, window).subquery()
+    if _is_pg(session):
+        lines = func.string_agg(inner.c.line, "\n")
+        zones = func.string_agg(inner.c.zone.distinct(), ",")
+    else:
+        lines = func.group_concat(inner.c.line, "\n")
+        zones = func.group_concat(inner.c.zone.distinct())
+    q = select(inner.c.user_id, lines, func.max(inner.c.stale), zones) \
+        .group_by(inner.c.user_id)
+    return {uid: (text_lines.split("\n"), bool(any_stale),
+                  set(text_zones.split(",")) - ics.UTC_ZONES if text_zones else set())
+            for uid, text_lines, any_stale, text_zones in session.execute(q).all()}
+
+
 def _feed_rows(session: Session, user_ids: Sequence[str],
                window: tuple[dt.datetime, dt.datetime], settings_hash: str,
                stale: set[int]) -> dict[str, _Feed]:
     """Each user's live items in the window, in feed order: one short text per item, its
     zone, and whether its stored fragment is missing or out of date (added to ``stale``).
-    No fragment text and no datetime is converted here: the warm rebuild reads only this."""
-    start, end = window
+    No fragment text and no datetime is converted here."""
     out = {uid: _Feed() for uid in user_ids}
-    line = sql_cast(_items.c.pk, String()).concat("|") \
-        .concat(func.coalesce(_items.c.fragment_key, "")).concat("|") \
-        .concat(_updated_text(session))
-    out_of_date = case((or_(_items.c.ics_fragment.is_(None), _items.c.fragment_key.is_(None),
-                            _items.c.fragment_key != _key_sql(settings_hash)), 1), else_=0)
-    q = (select(_assignees.c.user_id, _items.c.pk, line, out_of_date, _items.c.tzid,
-                type_coerce(_items.c.all_day, Integer()))
-         .select_from(_items.join(_assignees, _assignees.c.item_pk == _items.c.pk))
-         .where(_among(session, _assignees.c.user_id, user_ids), _items.c.deleted_at.is_(None),
-                _items.c.status != "cancelled", _items.c.end_at > start,
-                _items.c.start_at < end)
-         .order_by(_assignees.c.user_id, _items.c.start_at, _items.c.pk))
+    q = _in_window(session, select(
+        _assignees.c.user_id, _items.c.pk, _item_line(session), _out_of_date(settings_hash),
+        _items.c.tzid, type_coerce(_items.c.all_day, Integer())), user_ids, window) \
+        .order_by(_assignees.c.user_id, _items.c.start_at, _items.c.pk)
     utc_zones = ics.UTC_ZONES
     last, feed = None, _Feed()
     for uid, pk, text_line, is_stale, tzid, all_day in session.execute(q).all():
@@ -269,29 +310,28 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
                    _feeds.c.schema_version, _feeds.c.source_digest,
                    _feeds.c.body.is_(None).label("body_missing"))
             .where(_among(session, _feeds.c.user_id, ids)))} if ids else {}
-        rows = _feed_rows(session, ids, window, settings_hash, stale) if ids else {}
+        summaries = _feed_summaries(session, ids, window, settings_hash) if ids else {}
 
     with phases.timed("assemble"):
-        plans: list[tuple[Any, str, list[str]]] = []  # user, header, zones
-        digests: dict[str, str] = {}
+        plans: list[tuple[Any, str]] = []  # user, header
         unchanged: list[str] = []
         for uid in ids:
-            user, feed = users[uid], rows[uid]
+            user, cache = users[uid], caches.get(uid)
             header = assembly.header_for(settings, user)
-            tzids = sorted(feed.zones)
-            cache = caches.get(uid)
-            if not feed.stale:
-                digest = digests[uid] = assembly.source_digest(header, tzids, window,
-                                                               feed.lines)
-                if cache is not None and cache.source_digest == digest \
-                        and not cache.body_missing and cache.etag \
-                        and cache.last_modified is not None \
-                        and cache.schema_version == assembly.FEED_SCHEMA_VERSION:
-                    unchanged.append(uid)
-                    continue
-            plans.append((user, header, tzids))
+            lines, any_stale, zones = summaries.get(uid, ([], False, set()))
+            if not any_stale and cache is not None and not cache.body_missing \
+                    and cache.etag and cache.last_modified is not None \
+                    and cache.schema_version == assembly.FEED_SCHEMA_VERSION \
+                    and cache.source_digest == assembly.source_digest(
+                        header, sorted(zones), window, lines):
+                unchanged.append(uid)
+            else:
+                plans.append((user, header))
 
-    needed = sorted({pk for plan in plans for pk in rows[plan[0].id].pks} - stale)
+    with phases.timed("query"):
+        rows = _feed_rows(session, [user.id for user, _ in plans], window, settings_hash,
+                          stale) if plans else {}
+    needed = sorted({pk for user, _ in plans for pk in rows[user.id].pks} - stale)
     with phases.timed("query"):
         texts = _read_fragments(session, needed) if needed else {}
     keys: dict[int, str] = {}
@@ -307,13 +347,14 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
         full: list[dict[str, Any]] = []
         meta: list[dict[str, Any]] = []
         moved: list[str] = []
-        for user, header, tzids in plans:
+        for user, header in plans:
             feed = rows[user.id]
+            tzids = sorted(feed.zones)
             body = ics.assemble(header, assembly.vtimezones(tzids, window),
                                 [texts[pk] for pk in feed.pks])
             etag = assembly.make_etag(body)
             stamps = [line.rsplit("|", 1)[1] for line in feed.lines]
-            digest = digests.get(user.id) or assembly.source_digest(
+            digest = assembly.source_digest(
                 header, tzids, window,
                 [f"{pk}|{keys[pk]}|{stamp}" if pk in keys else line
                  for pk, line, stamp in zip(feed.pks, feed.lines, stamps)])
