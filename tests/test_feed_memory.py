@@ -181,3 +181,36 @@ def test_feed_requests_are_counted_by_outcome_and_client(app_client, admin,  # n
     assert delta(("200", "thunderbird")) == 2
     assert delta(("304", "google")) == 1
     assert delta(("404", "google")) == 1
+
+
+UNRELATED_COMMIT = textwrap.dedent("""
+    import sys
+    from sqlalchemy import text
+    from calsync.db.session import Database
+    db = Database(sys.argv[1])
+    with db.session() as s:  # a commit that touches no feed (a sync worker's, say)
+        s.execute(text("CREATE TABLE IF NOT EXISTS scratch_commits (n INTEGER)"))
+        s.execute(text("INSERT INTO scratch_commits VALUES (1)"))
+""")
+
+
+def test_a_commit_elsewhere_that_leaves_the_feed_as_it_was_keeps_it_in_memory(
+        app_client, admin, db: Database, statements: list[str]) -> None:  # noqa: F811
+    path = _issue(app_client, admin)
+    wait_memo_ready(db)
+    first = app_client.get(path)
+    eventually(lambda: (statements.clear(), app_client.get(path),
+                        _from_memory(db, statements))[-1], "the feed held in memory")
+    for _ in range(3):  # commits of other connections, each before a request
+        done = subprocess.run([sys.executable, "-c", UNRELATED_COMMIT, db.url],
+                              capture_output=True, text=True, timeout=60,
+                              env={"CALSYNC_SECRET_KEY": SECRET, "PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        statements.clear()
+        again = app_client.get(path)
+        assert _from_memory(db, statements), statements  # not emptied by the commit
+        assert again.content == first.content
+        assert again.headers["etag"] == first.headers["etag"]
+    # a change to this user's feed still reaches the very next request
+    assert app_client.put("/api/blocks/b-fresh", json=BLOCK, headers=admin).status_code == 201
+    assert "SUMMARY:Fresh block" in ics.unfold(app_client.get(path).text)

@@ -9,8 +9,12 @@ refills the memo.
 An entry is only served while nothing it depends on can have changed since it was read:
 
 - SQLite: ``PRAGMA data_version`` on a connection of the memo's own changes whenever any
-  other connection (of any process) commits, so every entry read before that commit is
-  dropped. One pragma per request, no SQL parsing of tables.
+  other connection (of any process) commits. An entry read before that commit is checked
+  again before it is served: one primary-key read of what the answer depends on (the
+  user's link material, the cached feed's ETag and dirty mark); when they are as the entry
+  has them it is served and re-stamped, else dropped. A busy database (a sync worker
+  commits many times a second) so costs one small read per feed request instead of
+  emptying the memo at every commit. One pragma per request otherwise.
 - PostgreSQL: every transaction that changes a user or a feed (flushed ``User`` /
   ``FeedCache`` rows, :func:`note_feeds_changed` for bulk updates) sends ``NOTIFY
   calsync_feeds`` with the user ids; a listener thread drops their entries. Changes
@@ -132,9 +136,13 @@ class FeedMemo:
             entry = self._entries.get(user_id)
             if entry is None:
                 return None
-            if entry.stamp != (self._generation, self._user_generation.get(user_id, 0)):
-                self._drop(user_id)
-                return None
+            now = (self._generation, self._user_generation.get(user_id, 0))
+            if entry.stamp != now:
+                if probe is None or entry.stamp[1] != now[1] \
+                        or not self._unchanged_in_sqlite(probe, entry):
+                    self._drop(user_id)
+                    return None
+                entry.stamp = now  # a commit elsewhere left this feed as it was
             if self._engine is None:
                 self._entries.move_to_end(user_id)
                 return entry
@@ -146,6 +154,24 @@ class FeedMemo:
             if user_id in self._entries:
                 self._entries.move_to_end(user_id)
         return entry
+
+    @staticmethod
+    def _unchanged_in_sqlite(probe: sqlite3.Connection, entry: MemoEntry) -> bool:
+        """SQLite, after another connection committed: whether what ``entry``'s answer
+        depends on is still as read (the caller holds the lock; one primary-key read)."""
+        try:
+            row = probe.execute(
+                "SELECT u.feed_version, u.feed_enabled, u.deleted_at, f.etag, f.dirty "
+                "FROM users u LEFT JOIN feed_cache f ON f.user_id = u.id WHERE u.id = ?",
+                (entry.user_id,)).fetchone()
+        except sqlite3.Error:
+            return False
+        if row is None:
+            return False
+        feed_version, enabled, deleted_at, etag, dirty = row
+        servable = bool(enabled) and deleted_at is None
+        return (feed_version == entry.feed_version and servable == entry.servable
+                and etag == entry.etag and not dirty)
 
     def _link_still_valid(self, entry: MemoEntry) -> bool:
         """PostgreSQL: NOTIFY arrives a moment after another process commits, so the link
