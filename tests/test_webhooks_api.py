@@ -125,6 +125,7 @@ def test_only_admins_manage_endpoints(app_client: Any, make_token: Any) -> None:
     for method, path in (("post", "/api/webhook-endpoints"), ("get", "/api/webhook-endpoints"),
                          ("delete", "/api/webhook-endpoints/ep_x"),
                          ("post", "/api/webhook-endpoints/ep_x/test"),
+                         ("post", "/api/webhook-endpoints/ep_x/enable"),
                          ("get", "/api/webhook-endpoints/ep_x/deliveries")):
         kwargs: dict[str, Any] = {"json": {"url": "https://example.com/"}} \
             if method == "post" else {}
@@ -134,6 +135,7 @@ def test_only_admins_manage_endpoints(app_client: Any, make_token: Any) -> None:
     paths = app_client.get("/openapi.json").json()["paths"]
     assert {"/api/webhook-endpoints", "/api/webhook-endpoints/{endpoint_id}",
             "/api/webhook-endpoints/{endpoint_id}/test",
+            "/api/webhook-endpoints/{endpoint_id}/enable",
             "/api/webhook-endpoints/{endpoint_id}/deliveries", "/api/changes"} <= set(paths)
 
 

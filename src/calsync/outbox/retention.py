@@ -9,12 +9,14 @@ feed can say exactly which cursors have missed deleted events (:class:`Horizon`)
 
 :func:`prune` works in batches of ``batch`` events, each its own short transaction
 (attempts, deliveries, events, then the horizon row), so a large backlog never holds the
-write lock (SQLite) or row locks (PostgreSQL) for long and a crash keeps what was done.
+write lock (SQLite) or row locks (PostgreSQL) for long and a crash keeps what was done; on
+SQLite a pause after each batch lets waiting writers in between.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, func, select, text
@@ -31,6 +33,7 @@ from calsync.db.session import Database
 from calsync.outbox.metrics import PRUNED
 
 PRUNE_BATCH = 1000
+MAX_PAUSE = 0.1  # seconds between batches, at most
 _HORIZON_ID = 1
 _PRUNE_LOCK = 0x70726E  # "prn": pg_advisory_xact_lock key, one pruning batch at a time
 _NO_SYNC = {"synchronize_session": False}
@@ -135,9 +138,13 @@ def _prune_batch(db: Database, below: int, batch: int, now: dt.datetime,
 
 
 def prune(db: Database, retention_days: int, now: dt.datetime,
-          batch: int = PRUNE_BATCH) -> PruneResult:
+          batch: int = PRUNE_BATCH, pause: float | None = None) -> PruneResult:
     """Delete events older than ``retention_days`` whose deliveries are all settled, with
-    their deliveries and attempts, ``batch`` events per transaction."""
+    their deliveries and attempts, ``batch`` events per transaction. Between batches it
+    waits ``pause`` seconds. The default on SQLite is as long as the batch took (at most
+    :data:`MAX_PAUSE`): its write lock is not handed over in turn, and without the pause
+    a writer waiting for it (an emit) could wait for several batches; on PostgreSQL, where
+    writers of other rows do not wait for the batches, none."""
     if retention_days < 1 or batch < 1:
         raise ValueError("retention_days and batch must be 1 or more")
     cutoff = now - dt.timedelta(days=retention_days)
@@ -147,8 +154,14 @@ def prune(db: Database, retention_days: int, now: dt.datetime,
         below = _first_kept_seq(s, cutoff)
     if below is None:
         return result
-    while _prune_batch(db, below, batch, now, result) == batch:
-        pass
+    while True:
+        started = time.monotonic()
+        if _prune_batch(db, below, batch, now, result) < batch:
+            break
+        if pause is not None:
+            time.sleep(pause)
+        elif db.dialect == "sqlite":
+            time.sleep(min(time.monotonic() - started, MAX_PAUSE))
     for table, n in (("outbox_events", result.events),
                      ("webhook_deliveries", result.deliveries),
                      ("webhook_attempts", result.attempts)):
