@@ -31,6 +31,15 @@ def test_example_config_loads_and_documents_every_key() -> None:
             assert f"\n{key.name} =" in text or f"\n# {key.name} =" in text, key.name
 
 
+def test_webhook_retention_and_disable_windows(tmp_path: Path) -> None:
+    assert load_settings(env={}).webhooks.retention_days == 30
+    assert load_settings(env={}).webhooks.disable_after_days == 5
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[webhooks]\nretention_days = 1\ndisable_after_days = 14\n")
+    webhooks = load_settings(cfg, env={}).webhooks
+    assert (webhooks.retention_days, webhooks.disable_after_days) == (1, 14)
+
+
 def test_env_overrides(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[database]\nurl = "sqlite:///a.db"\n')
@@ -60,6 +69,9 @@ def test_config_env_var_selects_file(tmp_path: Path) -> None:
     ("[webhooks]\ntimeout_seconds = 0\n", "webhooks.timeout_seconds", "greater than 0"),
     ("[webhooks]\nlease_seconds = 5\ntimeout_seconds = 10.0\n", "webhooks.lease_seconds",
      "more than webhooks.timeout_seconds"),
+    ("[webhooks]\nretention_days = 0\n", "webhooks.retention_days", "1 or more"),
+    ("[webhooks]\nretention_days = 1.5\n", "webhooks.retention_days", "an integer"),
+    ("[webhooks]\ndisable_after_days = -2\n", "webhooks.disable_after_days", "1 or more"),
 ])
 def test_bad_values_name_key_value_and_expectation(tmp_path: Path, body: str, key: str,
                                                    expected: str) -> None:
