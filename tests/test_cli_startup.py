@@ -68,6 +68,46 @@ def test_the_listed_subsystem_commands_are_what_the_modules_register() -> None:
         assert listed.get_short_help_str(200) == command.get_short_help_str(200), name
 
 
+SYNC_THEN_MODULES = """
+import sys
+sys.argv = ["calsync", "sync"]
+from calsync.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("MODULES " + " ".join(sorted(sys.modules)))
+"""
+
+
+def test_a_command_imports_only_the_modules_it_needs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    Database(url).upgrade()
+    out = run_python(SYNC_THEN_MODULES, CALSYNC_DATABASE_URL=url, CALSYNC_SECRET_KEY=SECRET)
+    assert out.returncode == 0, out.stderr
+    printed, _, modules = out.stdout.partition("MODULES ")
+    assert "No connections to sync" in printed or "no connections" in printed.lower()
+    loaded = set(modules.split())
+    assert "calsync.sync.commands" in loaded
+    # availability's statements (compiled at import) and the webhook commands are not paid
+    assert not {m for m in loaded if m.startswith(("calsync.availability",
+                                                    "calsync.outbox.commands",
+                                                    "calsync.api"))}
+
+
+def test_every_subsystem_command_names_the_modules_it_needs() -> None:
+    from calsync import cli as cli_module
+
+    assert set(cli_module.COMMAND_MODULES) == set(cli_module.SUBSYSTEM_COMMANDS)
+    for name, modules in cli_module.COMMAND_MODULES.items():
+        code = (f"from calsync import cli\n"
+                f"cli._register_subsystem_commands({modules!r})\n"
+                f"print({name!r} in cli.cli.commands)")
+        out = run_python(code)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "True", name
+
+
 def test_a_subsystem_command_runs_after_a_lazy_start(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "calsync.cli", "check", "--help"],
                          capture_output=True, text=True, timeout=60)

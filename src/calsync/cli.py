@@ -174,6 +174,17 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 SUBSYSTEM_MODULES = ("calsync.sync.commands", "calsync.sync.connect_commands",
                      "calsync.availability.commands", "calsync.oauth_commands",
                      "calsync.outbox.commands")
+# The modules a command needs, in registration order (a command's group is made by the first;
+# the others add to it). Running one command imports only these: `calsync sync` no longer
+# pays for availability's statements or the outbox.
+_SYNC = ("calsync.sync.commands",)
+_CONNECT = ("calsync.sync.commands", "calsync.sync.connect_commands", "calsync.oauth_commands")
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "calendars": _SYNC, "connections": _SYNC, "secrets": _SYNC, "sync": _SYNC,
+    "connect": _CONNECT, "tenants": _CONNECT,
+    "check": ("calsync.availability.commands",),
+    "webhooks": ("calsync.outbox.commands",),
+}
 SUBSYSTEM_COMMANDS = {
     "calendars": "Remote calendars of a user's connections: list, set roles, refresh, "
                  "confirm-empty.",
@@ -194,10 +205,10 @@ class LazyGroup(click.Group):
     loaded = False
     _listing = False
 
-    def load_subsystems(self) -> None:
+    def load_subsystems(self, modules: tuple[str, ...] = SUBSYSTEM_MODULES) -> None:
         if not self.loaded:
-            self.loaded = True
-            _register_subsystem_commands()
+            self.loaded = set(modules) >= set(SUBSYSTEM_MODULES)
+            _register_subsystem_commands(modules)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(SUBSYSTEM_COMMANDS))
@@ -207,7 +218,7 @@ class LazyGroup(click.Group):
             return self.commands[cmd_name]
         if self._listing and cmd_name in SUBSYSTEM_COMMANDS:
             return click.Command(cmd_name, help=SUBSYSTEM_COMMANDS[cmd_name])
-        self.load_subsystems()
+        self.load_subsystems(COMMAND_MODULES.get(cmd_name, SUBSYSTEM_MODULES))
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -470,11 +481,17 @@ def worker(app: AppContext) -> None:
         pass
 
 
-def _register_subsystem_commands() -> None:
-    """Commands owned by subsystems (sync, availability) live in their own modules."""
+_registered: set[str] = set()
+
+
+def _register_subsystem_commands(modules: tuple[str, ...] = SUBSYSTEM_MODULES) -> None:
+    """Commands owned by subsystems (sync, availability) live in their own modules; each
+    module registers its commands once."""
     import importlib
 
-    for module in SUBSYSTEM_MODULES:
+    for module in modules:
+        if module in _registered:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -482,6 +499,7 @@ def _register_subsystem_commands() -> None:
                 raise
             continue
         mod.register(cli)
+        _registered.add(module)
 
 
 def main() -> None:
