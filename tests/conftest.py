@@ -76,6 +76,20 @@ def make_db(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Databa
     return db
 
 
+def alembic_to(db: Database, action: str, revision: str) -> None:
+    """``alembic upgrade|downgrade <revision>`` on ``db`` (migration tests)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from calsync.db.session import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, action)(cfg, revision)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated, empty database; every storage test runs on both engines."""
@@ -89,6 +103,17 @@ def sqlite_db(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Databa
     database = make_db("sqlite", tmp_path, request)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def cli_env(sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """The CLI run in-process against ``sqlite_db`` (its URL and the test secret in the
+    environment, no config file found)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
+    monkeypatch.setenv("CALSYNC_DATABASE_URL", sqlite_db.url)
+    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
+    return sqlite_db
 
 
 @pytest.fixture

@@ -10,21 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, inspect, select, text, update
 
 from calsync.api.app import create_app
 from calsync.db.models import FeedCache, ScheduleItem, User
-from calsync.db.session import MIGRATIONS, Database, upgrade
+from calsync.db.session import Database, upgrade
 from calsync.feeds import ics
 from calsync.feeds.links import feed_url
 from calsync.feeds.memo import note_feeds_changed
 from calsync.feeds.service import current_feed, feed_window, rebuild_all_feeds, render_users
 from calsync.schedule.records import parse_job
 from calsync.schedule.store import delete_item, import_document, upsert_item
-from tests.conftest import make_db
+from tests.conftest import alembic_to, make_db
 
 UTC = dt.timezone.utc
 USERS = ["u1", "u2", "u3", "u4"]
@@ -210,20 +208,12 @@ def test_a_failing_feed_is_rendered_alone_and_the_others_go_on(db, feed_settings
         assert all(s.get(FeedCache, uid).body for uid in ("u2", "u3", "u4"))  # type: ignore[union-attr]
 
 
-def _alembic(db: Database, action: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, action)(cfg, revision)
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migration_0010_adds_and_drops_the_source_digest(kind: str, tmp_path: Path,
                                                          request: pytest.FixtureRequest) -> None:
     db = make_db(kind, tmp_path, request)
     try:
-        _alembic(db, "downgrade", "0009")
+        alembic_to(db, "downgrade", "0009")
         assert "source_digest" not in {c["name"] for c in inspect(db.engine)
                                        .get_columns("feed_cache")}
         with db.engine.begin() as conn:

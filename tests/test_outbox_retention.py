@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import event, func, inspect, select, text, update
 
@@ -24,12 +22,12 @@ from calsync.db.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from calsync.db.session import MIGRATIONS, Database, upgrade
+from calsync.db.session import Database, upgrade
 from calsync.outbox.changes import CursorExpired, encode_cursor, read_changes
 from calsync.outbox.endpoints import create_endpoint, send_test_event
 from calsync.outbox.events import SCHEDULE_ITEM_CHANGED, emit, sequence
 from calsync.outbox.retention import prune
-from tests.conftest import SECRET, make_db
+from tests.conftest import SECRET, alembic_to, make_db
 from tests.test_sync_cli import calsync
 
 UTC = dt.timezone.utc
@@ -196,15 +194,6 @@ def test_worker_schedules_the_prune_daily(db: Database, settings: Settings) -> N
     assert result.events == 2 and seqs(db) == [3]
 
 
-@pytest.fixture
-def cli_env(sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
-    monkeypatch.setenv("CALSYNC_DATABASE_URL", sqlite_db.url)
-    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
-    return sqlite_db
-
-
 def test_cli_prune_prints_what_it_removed(cli_env: Database, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,20 +221,12 @@ def test_cli_prune_prints_what_it_removed(cli_env: Database, tmp_path: Path,
     assert code != 0 and "webhooks.retention_days" in err and "Traceback" not in err
 
 
-def _alembic(db: Database, action: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, action)(cfg, revision)
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migration_0011_adds_and_drops_the_horizon_and_failing_since(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db = make_db(kind, tmp_path, request)
     try:
-        _alembic(db, "downgrade", "0010")
+        alembic_to(db, "downgrade", "0010")
         insp = inspect(db.engine)
         assert not insp.has_table("outbox_horizon")
         assert "failing_since" not in {c["name"] for c in insp.get_columns("webhook_endpoints")}

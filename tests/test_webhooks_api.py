@@ -139,15 +139,6 @@ def test_only_admins_manage_endpoints(app_client: Any, make_token: Any) -> None:
             "/api/webhook-endpoints/{endpoint_id}/deliveries", "/api/changes"} <= set(paths)
 
 
-@pytest.fixture
-def cli_env(sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
-    monkeypatch.setenv("CALSYNC_DATABASE_URL", sqlite_db.url)
-    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
-    return sqlite_db
-
-
 def test_cli_add_list_test_deliveries_remove(cli_env: Database, receiver: Receiver,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,6 @@ import datetime as dt
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,15 +215,6 @@ def test_410_still_disables_at_once_and_says_how_to_enable(
     assert h["disabled"] and "410 Gone" in h["disabled_reason"]
     assert f"calsync webhooks enable {ep}" in h["disabled_reason"]
     assert disabled_count("gone") == before + 1
-
-
-@pytest.fixture
-def cli_env(sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CALSYNC_CONFIG", raising=False)
-    monkeypatch.setenv("CALSYNC_DATABASE_URL", sqlite_db.url)
-    monkeypatch.setenv("CALSYNC_SECRET_KEY", SECRET)
-    return sqlite_db
 
 
 def test_cli_list_shows_disabled_and_enable_turns_it_back_on(

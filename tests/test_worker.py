@@ -50,7 +50,7 @@ def test_jobs_coalesce_never_overlap_and_have_grace(settings, db, blocking, cls)
     assert isinstance(scheduler, cls)
     jobs = {job.id: job for job in scheduler.get_jobs()}
     assert set(jobs) == {"feeds.refresh", "feeds.rebuild", "push.renew",
-                         "webhooks.deliver"}
+                         "webhooks.deliver", "webhooks.prune"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1
         assert job.misfire_grace_time and job.misfire_grace_time > 0
