@@ -26,9 +26,11 @@ HEAVY = ("sqlalchemy", "fastapi", "apscheduler", "prometheus_client", "httpx", "
          "googleapiclient", "msal", "calsync.db", "calsync.sync", "calsync.api",
          "calsync.availability", "calsync.outbox")
 
-HELP_THEN_MODULES = """
+def then_modules(*argv: str) -> str:
+    """Code that runs the CLI with ``argv`` in-process, then prints the modules loaded."""
+    return f"""
 import sys
-sys.argv = ["calsync", "--help"]
+sys.argv = ["calsync", *{list(argv)!r}]
 from calsync.cli import main
 try:
     main()
@@ -44,7 +46,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_help_imports_no_database_or_subsystem_and_lists_every_command() -> None:
-    out = run_python(HELP_THEN_MODULES)
+    out = run_python(then_modules("--help"))
     assert out.returncode == 0, out.stderr
     help_text, _, modules = out.stdout.partition("MODULES ")
     loaded = modules.split()
@@ -68,22 +70,10 @@ def test_the_listed_subsystem_commands_are_what_the_modules_register() -> None:
         assert listed.get_short_help_str(200) == command.get_short_help_str(200), name
 
 
-SYNC_THEN_MODULES = """
-import sys
-sys.argv = ["calsync", "sync"]
-from calsync.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-print("MODULES " + " ".join(sorted(sys.modules)))
-"""
-
-
 def test_a_command_imports_only_the_modules_it_needs(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     Database(url).upgrade()
-    out = run_python(SYNC_THEN_MODULES, CALSYNC_DATABASE_URL=url, CALSYNC_SECRET_KEY=SECRET)
+    out = run_python(then_modules("sync"), CALSYNC_DATABASE_URL=url, CALSYNC_SECRET_KEY=SECRET)
     assert out.returncode == 0, out.stderr
     printed, _, modules = out.stdout.partition("MODULES ")
     assert "No connections to sync" in printed or "no connections" in printed.lower()

@@ -20,6 +20,7 @@ from calsync.feeds.service import current_feed, refresh_dirty_feeds, render_user
 from calsync.schedule.records import parse_job
 from calsync.schedule.store import import_document, upsert_item
 from tests.conftest import need
+from tests.test_feed_rebuild import count_renders
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -205,14 +206,7 @@ def test_a_change_costs_one_fragment_and_sequence_grows(db, feed_settings, monke
     assert sorted(refresh_dirty_feeds(feed_settings, db, NOW).rendered) == ["u1", "u2", "u3"]
     first = _feed(db, feed_settings)
     assert b"SEQUENCE:0" in first and b"SEQUENCE:1" not in first
-    calls: list[str] = []
-    real = ics.render_event
-
-    def counting(item, template=""):  # type: ignore[no-untyped-def]
-        calls.append(item.ext_id)
-        return real(item, template)
-
-    monkeypatch.setattr(ics, "render_event", counting)
+    calls = count_renders(monkeypatch)
     changed = {**JOBS[0], "notes": "Changed notes"}
     with db.session() as s:
         assert upsert_item(s, parse_job(changed), now=NOW) == "updated"

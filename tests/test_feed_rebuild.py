@@ -106,7 +106,8 @@ def _wipe(db: Database) -> None:
         note_feeds_changed(s, USERS)
 
 
-def _count_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def count_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ext ids of the items rendered from now on (ics.render_event counted)."""
     calls: list[str] = []
     real = ics.render_event
 
@@ -134,7 +135,7 @@ def test_warm_rebuild_serves_the_bytes_of_a_fresh_render(db, feed_settings, monk
     assert rebuilt["u3"] == before["u3"] and rebuilt["u4"] == before["u4"]
     assert warm.phases.unchanged == 2  # u3 and u4: their sources did not change
 
-    calls = _count_renders(monkeypatch)
+    calls = count_renders(monkeypatch)
     with TestClient(create_app(feed_settings, db)) as client:
         with db.read_session() as s:
             paths = {u.id: "/feeds/" + feed_url(feed_settings, u).split("/feeds/", 1)[1]
