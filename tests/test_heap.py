@@ -16,14 +16,17 @@ from tests.conftest import SECRET
 def test_freezing_keeps_later_garbage_collectable() -> None:
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 1000
+        # Frozen objects still die by reference counting (another thread of the suite may
+        # drop some), so the count can only fall after the freeze, never grow.
+        assert frozen > 1000
+        assert gc.get_freeze_count() <= frozen
         cycle: list[object] = []
         cycle.append(cycle)
         marker = id(cycle)
         del cycle
         gc.collect()
         assert all(id(o) != marker for o in gc.get_objects())
-        assert gc.get_freeze_count() == frozen  # later objects are not frozen
+        assert gc.get_freeze_count() <= frozen  # later objects are not frozen
     finally:
         gc.unfreeze()
 
