@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, lazyload
 
@@ -340,22 +340,39 @@ def _local_item(item: ScheduleItem, alive: bool) -> LocalItem:
     return LocalItem(item.pk, ev.key, item.kind, ev, outgoing_hash(ev), item.updated_at, alive)
 
 
+# The plan's reads, built once: every sync of every calendar runs them, and building a
+# statement (and its cache key) each time cost more than running it on an idle calendar.
+_links_t = cast(Table, Link.__table__)
+_externals_t = cast(Table, ExternalEvent.__table__)
+_PLAN_LINKS = select(_links_t.c.remote_id, _links_t.c.etag, _links_t.c.remote_hash,
+                     _links_t.c.item_pk, _links_t.c.local_hash) \
+    .where(_links_t.c.calendar_id == bindparam("calendar_id"))
+_PLAN_EXTERNALS = select(_externals_t.c.remote_id, _externals_t.c.etag,
+                         _externals_t.c.content_hash) \
+    .where(_externals_t.c.calendar_id == bindparam("calendar_id"))
+_ASSIGNED = (select(ScheduleItem).join(ItemAssignee)
+             .where(ItemAssignee.user_id == bindparam("user_id"))
+             .options(lazyload(ScheduleItem.assignees)))  # assigned by the join already
+_ASSIGNED_IN_WINDOW = _ASSIGNED.where(
+    ScheduleItem.start_at < bindparam("window_end", type_=ScheduleItem.start_at.type),
+    ScheduleItem.end_at > bindparam("window_start", type_=ScheduleItem.end_at.type))
+
+
 def _plan_inputs(s: Session, info: _CalendarInfo, cs: ChangeSet, window: Window
                  ) -> tuple[list[LocalItem], dict[str, RemoteItem], list[LinkRecord]]:
-    links = s.scalars(select(Link).where(Link.calendar_id == info.id)).all()
-    externals = s.scalars(select(ExternalEvent).where(ExternalEvent.calendar_id == info.id)).all()
+    on_calendar = {"calendar_id": info.id}
+    links = s.execute(_PLAN_LINKS, on_calendar).all()
+    externals = s.execute(_PLAN_EXTERNALS, on_calendar).all()
     records = [LinkRecord(ln.remote_id, ln.etag, ln.remote_hash, ln.item_pk, ln.local_hash)
                for ln in links]
     records += [LinkRecord(e.remote_id, e.etag, e.content_hash) for e in externals]
     linked_items = {ln.item_pk: ln for ln in links}
-    assigned = (select(ScheduleItem).join(ItemAssignee)
-                .where(ItemAssignee.user_id == info.user_id)
-                .options(lazyload(ScheduleItem.assignees)))  # assigned by the join already
+    user = {"user_id": info.user_id}
     items: dict[int, ScheduleItem] = {}
     in_window: list[ScheduleItem] = []
     if info.role == "primary":
-        in_window = list(s.scalars(assigned.where(ScheduleItem.start_at < window.end,
-                                                  ScheduleItem.end_at > window.start)))
+        in_window = list(s.scalars(_ASSIGNED_IN_WINDOW, {
+            **user, "window_start": window.start, "window_end": window.end}))
         items = {i.pk: i for i in in_window}
     missing = [pk for pk in linked_items if pk not in items]
     for i in range(0, len(missing), 500):
@@ -404,7 +421,7 @@ def _plan_inputs(s: Session, info: _CalendarInfo, cs: ChangeSet, window: Window
     linked_rids = {ln.remote_id for ln in links}
     orphan_keys = {r.key for r in remote.values() if r.key and r.remote_id not in linked_rids}
     if orphan_keys - {li.key for li in local.values()}:
-        for item in s.scalars(assigned):
+        for item in s.scalars(_ASSIGNED, user):
             if item.pk not in local and item_key(item.kind, item.ext_id) in orphan_keys:
                 alive = (item.deleted_at is None and item.status != "cancelled"
                          and _overlaps(item, window))
@@ -724,6 +741,15 @@ class _Executor:
 Record = Callable[[Session], None]  # a calendar's closing write, run in a given session
 
 
+@functools.lru_cache(maxsize=64)
+def _calendar_update(columns: tuple[str, ...]) -> Any:
+    """The closing update of a calendar setting ``columns`` (Core: no ORM bookkeeping for a
+    row nobody holds), built once per set of columns."""
+    table = cast(Table, Calendar.__table__)
+    return update(table).where(table.c.id == bindparam("b_id")) \
+        .values({name: bindparam(name) for name in columns})
+
+
 def sync_calendar(db: Database, settings: Settings, calendar: int | _CalendarInfo,
                   connector: Connector, now: dt.datetime, call: Call = direct_call,
                   finish: list[Record] | None = None) -> CalendarResult:
@@ -844,9 +870,8 @@ def sync_calendar(db: Database, settings: Settings, calendar: int | _CalendarInf
                 + (s.scalar(select(func.count()).select_from(ExternalEvent)
                             .where(ExternalEvent.calendar_id == info.id)) or 0)
         extra = {"empty_confirmed": False} if known > 0 else {}
-        table = cast(Table, Calendar.__table__)  # Core: no ORM bookkeeping for a row nobody holds
-        s.execute(update(table).where(table.c.id == info.id)
-                  .values(known_items=known, **extra, **values))
+        row = {"known_items": known, **extra, **values}
+        s.execute(_calendar_update(tuple(sorted(row))), {"b_id": info.id, **row})
 
     if finish is not None:
         finish.append(record)

@@ -25,6 +25,7 @@ details (:func:`calsync.sync.engine.describe_failure`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import random
@@ -37,7 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Integer, Table, bindparam, or_, select, update
 from sqlalchemy.orm import object_session
 
 from calsync import metrics
@@ -126,10 +127,6 @@ class ConnectionResult:
 
 # --- leases -------------------------------------------------------------------------------
 
-def _lease_free(now: dt.datetime) -> Any:
-    return or_(Connection.lease_until.is_(None), Connection.lease_until <= now)
-
-
 def _lease_taken_over(conn: Connection, owner: str, now: dt.datetime) -> bool:
     """Whether ``owner`` may take ``conn``: free, expired, or its holder is dead. A live
     lease of ``owner`` itself is busy too: another thread of this worker is syncing it."""
@@ -149,6 +146,31 @@ def _lease_taken_over(conn: Connection, owner: str, now: dt.datetime) -> bool:
     return False
 
 
+_connections: Table = cast(Table, Connection.__table__)
+
+
+def _claim_statements(dialect: str) -> tuple[Any, Any]:
+    """The claim's select and lease update, built once per dialect (a worker claims for
+    every sync it runs: building and caching-key the statements each time cost more than
+    running them)."""
+    c = _connections
+    now = bindparam("now", type_=c.c.next_sync_at.type)
+    pick = (select(c.c.id, c.c.lease_owner)
+            .where(or_(c.c.next_sync_at.is_(None), c.c.next_sync_at <= now),
+                   c.c.status != "needs_reauth",
+                   or_(c.c.lease_until.is_(None), c.c.lease_until <= now))
+            .order_by(c.c.next_sync_at.is_not(None), c.c.next_sync_at, c.c.id)
+            .limit(bindparam("limit", type_=Integer)))
+    if dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    lease = (update(c).where(c.c.id.in_(bindparam("ids", expanding=True)))
+             .values(lease_owner=bindparam("owner"), lease_until=bindparam("until")))
+    return pick, lease
+
+
+_CLAIM: dict[str, tuple[Any, Any]] = {}
+
+
 def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
               limit: int = 1) -> list[int]:
     """Lease up to ``limit`` of the most overdue connections (most overdue first); empty
@@ -156,32 +178,37 @@ def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
     as free. One transaction for the lot; on PostgreSQL only the rows taken are locked
     (``SKIP LOCKED``), so workers claiming at the same time each get their own. The index
     ``ix_connections_due`` serves the query."""
-    due = (or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
-           Connection.status != "needs_reauth")
-    order = (Connection.next_sync_at.is_not(None), Connection.next_sync_at, Connection.id)
+    pick, lease = _CLAIM.get(db.dialect) or _CLAIM.setdefault(
+        db.dialect, _claim_statements(db.dialect))
     until = now + dt.timedelta(seconds=lease_seconds)
     with db.locked_session() as s:
-        q = select(Connection).where(*due, _lease_free(now)).order_by(*order).limit(limit)
-        if db.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        rows = list(s.scalars(q))
-        for conn in rows:
-            if conn.lease_owner is not None and conn.lease_owner != owner:
+        conn = s.connection()
+        rows = conn.execute(pick, {"now": now, "limit": limit}).all()
+        ids = [row.id for row in rows]
+        for row in rows:
+            if row.lease_owner is not None and row.lease_owner != owner:
                 metrics.LEASE_TAKEOVERS.labels("expired").inc()
-        if len(rows) < limit:
-            # live leases of processes of this host that are gone (crashed workers)
-            q = (select(Connection)
-                 .where(*due, Connection.lease_until > now,
-                        Connection.lease_owner.like(f"{HOST}:%"),
-                        Connection.lease_owner != owner)
-                 .order_by(*order).limit(50))
-            if db.dialect == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            dead = [c for c in s.scalars(q) if _lease_taken_over(c, owner, now)]
-            rows += dead[:limit - len(rows)]
-        for conn in rows:
-            conn.lease_owner, conn.lease_until = owner, until
-        return [conn.id for conn in rows]
+        if len(ids) < limit:
+            ids += _claim_from_dead_holders(s, db.dialect, owner, now, limit - len(ids))
+        if ids:
+            conn.execute(lease, {"ids": ids, "owner": owner, "until": until})
+        return ids
+
+
+def _claim_from_dead_holders(s: Any, dialect: str, owner: str, now: dt.datetime,
+                             limit: int) -> list[int]:
+    """Due connections under a live lease of a process of this host that is gone (a
+    crashed worker), up to ``limit``."""
+    q = (select(Connection)
+         .where(or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
+                Connection.status != "needs_reauth", Connection.lease_until > now,
+                Connection.lease_owner.like(f"{HOST}:%"), Connection.lease_owner != owner)
+         .order_by(Connection.next_sync_at.is_not(None), Connection.next_sync_at,
+                   Connection.id)
+         .limit(50))
+    if dialect == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return [c.id for c in s.scalars(q) if _lease_taken_over(c, owner, now)][:limit]
 
 
 def claim_next_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int) -> int | None:
@@ -490,10 +517,8 @@ def _record_connection(settings: Settings, s: Any, dialect: str, connection_id: 
     """The connection's side of a finished sync, in the caller's write transaction (Core:
     one read of the row, locked on PostgreSQL so a push marking it due meanwhile is seen,
     and one update): health, next due time, refreshed credentials, the lease."""
-    t = cast(Table, Connection.__table__)
-    q = select(t.c.public_id, t.c.user_id, t.c.provider, t.c.account, t.c.status,
-               t.c.settings, t.c.next_sync_at, t.c.lease_owner).where(t.c.id == connection_id)
-    row = s.execute(q.with_for_update() if dialect == "postgresql" else q).first()
+    row = s.execute(_FINISHED_LOCKED if dialect == "postgresql" else _FINISHED,
+                    {"connection_id": connection_id}).first()
     if row is None:
         return
     refused = (row.settings or {}).get("tenant_refused")
@@ -516,7 +541,22 @@ def _record_connection(settings: Settings, s: Any, dialect: str, connection_id: 
         values["next_sync_at"] = max(later or now, next_due(settings, now, rng))
     if release and row.lease_owner == owner:
         values.update(lease_owner=None, lease_until=None)
-    s.execute(update(t).where(t.c.id == connection_id).values(**values))
+    s.execute(_connection_update(tuple(sorted(values))), {"b_id": connection_id, **values})
+
+
+_FINISHED = select(_connections.c.public_id, _connections.c.user_id, _connections.c.provider,
+                   _connections.c.account, _connections.c.status, _connections.c.settings,
+                   _connections.c.next_sync_at, _connections.c.lease_owner) \
+    .where(_connections.c.id == bindparam("connection_id"))
+_FINISHED_LOCKED = _FINISHED.with_for_update()
+
+
+@functools.lru_cache(maxsize=64)
+def _connection_update(columns: tuple[str, ...]) -> Any:
+    """The update of a finished sync setting ``columns``, built once per set of columns."""
+    c = _connections.c
+    return update(_connections).where(c.id == bindparam("b_id")) \
+        .values({name: bindparam(name) for name in columns})
 
 
 def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, owner: str,
