@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     Integer,
@@ -48,6 +50,11 @@ from calsync.db.models import FeedCache, ItemAssignee, ScheduleItem, User
 from calsync.feeds import assembly, ics
 from calsync.feeds.memo import note_feeds_changed
 from calsync.timezones import UTC
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from calsync.feeds.parallel import RenderPool
 
 _items = cast(Table, ScheduleItem.__table__)
 _assignees = cast(Table, ItemAssignee.__table__)
@@ -95,17 +102,34 @@ def _is_pg(session: Session) -> bool:
 def _among(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
     """``column IN values``; on PostgreSQL ``= ANY(array)``, one parameter however many
     values (psycopg parses each placeholder of a long IN list)."""
-    if _is_pg(session):
+    return _among_on(_is_pg(session), column, values)
+
+
+def _among_on(pg: bool, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    if pg:
         kind = Integer() if isinstance(column.type, Integer) else String()
         return cast(ColumnElement[bool], column == any_(
             bindparam(None, list(values), type_=postgresql.ARRAY(kind))))
     return cast(ColumnElement[bool], column.in_(list(values)))
 
 
+# A fragment is stored only while its item has the content hash and sequence it was
+# rendered from (its key says so): on PostgreSQL another transaction may change the item
+# between the read and this UPDATE, which then sees the new row (READ COMMITTED) and must
+# leave it out of date. The texts go as one string split by the server (client and server
+# CPU: a text[] parameter is quoted and parsed value by value).
+_PG_STORE_WHERE = ("WHERE s.pk = v.pk AND substr(s.content_hash, 1, 32) || ':' "
+                   "|| CAST(s.sequence AS text) || :suffix = v.k")
 _PG_STORE_FRAGMENTS = text(
     "UPDATE schedule_items AS s SET ics_fragment = v.f, fragment_key = v.k "
-    "FROM unnest(CAST(:pks AS integer[]), CAST(:fragments AS text[]), CAST(:keys AS text[])) "
-    "AS v(pk, f, k) WHERE s.pk = v.pk")
+    "FROM unnest(CAST(:pks AS integer[]), string_to_array(:fragments, chr(30)), "
+    "string_to_array(:keys, chr(30))) AS v(pk, f, k) " + _PG_STORE_WHERE)
+_PG_STORE_FRAGMENT_ARRAYS = text(  # when a text holds the separator
+    "UPDATE schedule_items AS s SET ics_fragment = v.f, fragment_key = v.k "
+    "FROM unnest(CAST(:pks AS integer[]), CAST(:fragments AS text[]), "
+    "CAST(:keys AS text[])) AS v(pk, f, k) " + _PG_STORE_WHERE)
+_SEPARATOR = "\x1e"  # RFC 5545 TEXT has no control characters (ics.escape_text drops them)
+STORE_BATCH = 5000
 
 
 @dataclass
@@ -236,6 +260,39 @@ _DATETIME_AT = [i for i, name in enumerate(_RENDER_NAMES) if name in _DATETIMES]
 _DATE_AT = [i for i, name in enumerate(_RENDER_NAMES) if name in _DATES]
 
 
+_worker_engines: dict[tuple[int, str], Any] = {}
+
+
+def _render_stored(url: str, template: str, settings_hash: str,
+                   pks: list[int]) -> tuple[list[int], list[str], list[str]]:
+    """What a worker process runs: read the full rows of ``pks`` (its own connection,
+    what is committed) and render them; returns their primary keys, fragments and keys."""
+    engine = _worker_engines.get((os.getpid(), url))
+    if engine is None:
+        from multiprocessing.util import Finalize
+
+        from calsync.db.session import make_engine
+
+        engine = _worker_engines[os.getpid(), url] = make_engine(url, pool_size=1)
+        # close the connection when the worker exits (multiprocessing runs these)
+        Finalize(None, engine.dispose, exitpriority=10)
+    pg = engine.dialect.name == "postgresql"
+    columns = _RENDER_COLUMNS if pg else _sqlite_render_columns()
+    make: Any = _RenderRow._make if pg else _sqlite_item
+    render, fragment_key = ics.render_event, ics.fragment_key
+    out_pks: list[int] = []
+    fragments: list[str] = []
+    keys: list[str] = []
+    with engine.connect() as conn:
+        rows = conn.execute(select(*columns).where(_among_on(pg, _items.c.pk, pks))).all()
+    for row in rows:
+        item = make(row)
+        out_pks.append(item.pk)
+        fragments.append(render(item, template))
+        keys.append(fragment_key(item.content_hash, item.sequence, settings_hash))
+    return out_pks, fragments, keys
+
+
 def _render_fragments(session: Session, pks: list[int], template: str, settings_hash: str,
                       keys: dict[int, str]) -> dict[int, str]:
     """Render the fragments of ``pks`` from their full rows; their new fragment keys go
@@ -253,18 +310,69 @@ def _render_fragments(session: Session, pks: list[int], template: str, settings_
     return out
 
 
-def _store_fragments(session: Session, fresh: dict[int, str], keys: dict[int, str]) -> None:
-    """One statement per batch: ``UPDATE ... FROM unnest(arrays)`` on PostgreSQL, an
-    executemany of the prepared UPDATE on SQLite."""
+def _render_in_workers(session: Session, pks: list[int], template: str, settings_hash: str,
+                       keys: dict[int, str], pool: RenderPool, phases: Phases) -> dict[int, str]:
+    """``_render_fragments`` by the pool's workers, storing each batch as it comes back
+    while the workers render the next ones. A worker reads what is committed: on SQLite
+    that is what this transaction sees (it holds the write lock and has changed no item);
+    on PostgreSQL an item may have changed since this transaction read it, and then the
+    feed is marked dirty by that change and the store leaves the item out of date."""
+    from calsync.feeds.parallel import WORKER_BATCH
+
+    url = session.get_bind().engine.url.render_as_string(hide_password=False)
+    render = partial(_render_stored, url, template, settings_hash)
+    out: dict[int, str] = {}
+    sent: list[Future[tuple[list[int], list[str], list[str]]]] = []
+    try:
+        with phases.timed("render"):
+            for batch in _batches(pks, WORKER_BATCH):
+                sent.append(pool.submit(render, list(batch)))
+        pending: dict[int, str] = {}
+        for n, future in enumerate(sent, 1):
+            with phases.timed("render"):
+                done_pks, fragments, done_keys = pool.result(future)
+            pending.update(zip(done_pks, fragments))
+            keys.update(zip(done_pks, done_keys))
+            if len(pending) >= STORE_BATCH or n == len(sent):
+                with phases.timed("fragments"):
+                    _store_fragments(session, pending, keys, settings_hash)
+                out.update(pending)
+                pending = {}
+    except BaseException:
+        pool.cancel(sent)
+        raise
+    missing = [pk for pk in pks if pk not in out]  # deleted since (PostgreSQL)
+    if missing:
+        gone = _render_fragments(session, missing, template, settings_hash, keys)
+        _store_fragments(session, gone, keys, settings_hash)
+        out.update(gone)
+    return out
+
+
+def _store_fragments(session: Session, fresh: dict[int, str], keys: dict[int, str],
+                     settings_hash: str) -> None:
+    """One statement per batch: ``UPDATE ... FROM unnest(...)`` on PostgreSQL (only rows
+    whose content still has the fragment's key), an executemany of the prepared UPDATE on
+    SQLite (whose write lock, taken before the read, keeps every other writer out)."""
     conn = session.connection()
     pks = list(fresh)
     if _is_pg(session):
-        for batch in _batches(pks, 5000):
-            conn.execute(_PG_STORE_FRAGMENTS, {
-                "pks": list(batch), "fragments": [fresh[pk] for pk in batch],
-                "keys": [keys[pk] for pk in batch]})
+        suffix = f":r{ics.RENDERER_VERSION}:{settings_hash}"
+        for batch in _batches(pks, STORE_BATCH):
+            fragments = [fresh[pk] for pk in batch]
+            batch_keys = [keys[pk] for pk in batch]
+            joined = _SEPARATOR.join(fragments)
+            joined_keys = _SEPARATOR.join(batch_keys)
+            if joined.count(_SEPARATOR) == len(batch) - 1 \
+                    and joined_keys.count(_SEPARATOR) == len(batch) - 1:
+                conn.execute(_PG_STORE_FRAGMENTS, {"pks": list(batch), "fragments": joined,
+                                                   "keys": joined_keys, "suffix": suffix})
+            else:
+                conn.execute(_PG_STORE_FRAGMENT_ARRAYS, {
+                    "pks": list(batch), "fragments": fragments, "keys": batch_keys,
+                    "suffix": suffix})
         return
-    for batch in _batches(pks, 5000):
+    for batch in _batches(pks, STORE_BATCH):
         conn.exec_driver_sql(
             "UPDATE schedule_items SET ics_fragment = ?, fragment_key = ? WHERE pk = ?",
             [(fresh[pk], keys[pk], pk) for pk in batch])
@@ -290,10 +398,13 @@ def _upsert(session: Session) -> Any:
 
 
 def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
-                 now: dt.datetime, phases: Phases | None = None) -> list[str]:
+                 now: dt.datetime, phases: Phases | None = None,
+                 pool: RenderPool | None = None) -> list[str]:
     """Bring the feeds of ``user_ids`` up to date for ``now`` in ``session``'s transaction
     (all or nothing). Leaves ``dirty`` alone (the caller claimed the feeds). Returns the
-    ids of the users that exist."""
+    ids of the users that exist. With ``pool``, many stale fragments are rendered by its
+    worker processes (:mod:`calsync.feeds.parallel`; raises ``FeedRenderError`` when one
+    fails), a few in this process."""
     phases = phases or Phases()
     session.flush()
     window = assembly.feed_window(settings, now)
@@ -335,13 +446,17 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
     with phases.timed("query"):
         texts = _read_fragments(session, needed) if needed else {}
     keys: dict[int, str] = {}
-    with phases.timed("render"):
-        fresh = _render_fragments(session, sorted(stale), template, settings_hash, keys) \
-            if stale else {}
+    if pool is not None and pool.wants(len(stale)):
+        fresh = _render_in_workers(session, sorted(stale), template, settings_hash, keys,
+                                   pool, phases)
+    else:
+        with phases.timed("render"):
+            fresh = _render_fragments(session, sorted(stale), template, settings_hash,
+                                      keys) if stale else {}
+        with phases.timed("fragments"):
+            if fresh:
+                _store_fragments(session, fresh, keys, settings_hash)
     texts.update((pk, fragment.encode("utf-8")) for pk, fragment in fresh.items())
-    with phases.timed("fragments"):
-        if fresh:
-            _store_fragments(session, fresh, keys)
 
     with phases.timed("assemble"):
         full: list[dict[str, Any]] = []

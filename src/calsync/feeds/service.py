@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +35,9 @@ from calsync.feeds.assembly import (
     feed_window,
     make_etag,
 )
+
+if TYPE_CHECKING:
+    from calsync.feeds.parallel import RenderPool
 
 __all__ = ["FEED_SCHEMA_VERSION", "FeedRunReport", "FeedSnapshot", "FeedValidators",
            "calendar_name", "current_feed", "current_validators", "feed_window",
@@ -172,11 +175,17 @@ def current_feed(settings: Settings, db: Database, user_id: str,
 
 
 def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
-                 now: dt.datetime, claim: bool = True) -> FeedRunReport:
+                 now: dt.datetime, claim: bool = True,
+                 pool: RenderPool | None = None) -> FeedRunReport:
     """Render the feeds of ``user_ids`` in chunks of ``CHUNK``, one transaction each (see
     :mod:`calsync.feeds.bulk`); when something in a chunk fails, its users are rendered one
     by one, each in its own savepoint, so one user's failure is logged with the user id
-    and the others go on."""
+    and the others go on. With ``pool``, a chunk with many stale fragments has them
+    rendered by worker processes; when a worker fails, nothing of that chunk is written,
+    its users are reported failed and marked dirty again (the dirty pass renders them
+    in-process, one by one if need be), and one line says so."""
+    from calsync.feeds.parallel import FeedRenderError
+
     report = FeedRunReport()
     phases = report.phases
     for chunk in _chunks(list(user_ids), CHUNK):
@@ -188,7 +197,12 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
         with db.locked_session() as s:
             try:
                 with s.begin_nested():
-                    report.rendered.extend(bulk.render_feeds(s, settings, chunk, now, phases))
+                    report.rendered.extend(
+                        bulk.render_feeds(s, settings, chunk, now, phases, pool))
+            except FeedRenderError as exc:
+                log.error("feeds of %d user(s) (%s to %s) not rendered, marked dirty "
+                          "again: %s", len(chunk), chunk[0], chunk[-1], exc)
+                failed.extend(chunk)
             except Exception:  # noqa: BLE001 - find the culprit one user at a time
                 log.debug("a feed in a chunk of %d failed; rendering them one by one",
                           len(chunk))
@@ -234,10 +248,20 @@ def refresh_dirty_feeds(settings: Settings, db: Database, now: dt.datetime,
     return report
 
 
-def rebuild_all_feeds(settings: Settings, db: Database, now: dt.datetime) -> FeedRunReport:
-    """Render every enabled feed (nightly: moves the window, picks up settings changes)."""
+def rebuild_all_feeds(settings: Settings, db: Database, now: dt.datetime,
+                      pool: RenderPool | None = None) -> FeedRunReport:
+    """Render every enabled feed (nightly: moves the window, picks up settings changes).
+    Chunks with many stale fragments (a cold rebuild) are rendered by worker processes,
+    forked once for the whole rebuild when the first such chunk comes (``pool``: a pool
+    of the caller's, else one of one worker per core)."""
+    from calsync.feeds.parallel import RenderPool
+
     with db.session() as s:
         ids = list(s.scalars(_enabled_users().order_by(User.id)))
-    report = render_users(settings, db, ids, now, claim=True)
+    if pool is None:
+        with RenderPool() as own:
+            report = render_users(settings, db, ids, now, claim=True, pool=own)
+    else:
+        report = render_users(settings, db, ids, now, claim=True, pool=pool)
     log.info("rebuilt %d feed(s), %d failed", len(report.rendered), len(report.failed))
     return report
