@@ -98,6 +98,23 @@ def test_every_subsystem_command_names_the_modules_it_needs() -> None:
         assert out.stdout.strip() == "True", name
 
 
+def test_a_group_made_by_one_module_gets_the_others_commands_on_a_later_use() -> None:
+    # `sync` imports the module that makes the `connect` group; a later `connect
+    # google-domain` in the same process (an embedding, a test run) must still load the
+    # modules that add to it
+    code = """
+from click.testing import CliRunner
+from calsync.cli import cli
+runner = CliRunner()
+runner.invoke(cli, ["sync", "--help"])
+for argv in (["connect", "google-domain", "--help"], ["connect", "outlook-tenant", "--help"]):
+    print(runner.invoke(cli, argv).exit_code)
+"""
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "0"], out.stdout
+
+
 def test_a_subsystem_command_runs_after_a_lazy_start(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "calsync.cli", "check", "--help"],
                          capture_output=True, text=True, timeout=60)

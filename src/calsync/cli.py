@@ -214,10 +214,13 @@ class LazyGroup(click.Group):
         return sorted(set(self.commands) | set(SUBSYSTEM_COMMANDS))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.commands:
+        if cmd_name not in SUBSYSTEM_COMMANDS and cmd_name in self.commands:
             return self.commands[cmd_name]
         if self._listing and cmd_name in SUBSYSTEM_COMMANDS:
-            return click.Command(cmd_name, help=SUBSYSTEM_COMMANDS[cmd_name])
+            return self.commands.get(cmd_name) or click.Command(
+                cmd_name, help=SUBSYSTEM_COMMANDS[cmd_name])
+        # even when the group exists: the module that made it may not be the last that
+        # adds to it (`sync` makes `connect`; `connect google-domain` comes with another)
         self.load_subsystems(COMMAND_MODULES.get(cmd_name, SUBSYSTEM_MODULES))
         return self.commands.get(cmd_name)
 
