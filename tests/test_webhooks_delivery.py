@@ -31,7 +31,7 @@ FAST = RetrySchedule(delays=(0.05, 0.05, 0.05, 0.05), jitter=0.0)
 
 
 def fast_settings(settings: Settings, **webhooks: Any) -> Settings:
-    values: dict[str, Any] = {"timeout_seconds": 0.5, "lease_seconds": 5}
+    values: dict[str, Any] = {"timeout_seconds": 5.0, "lease_seconds": 5}
     values.update(webhooks)
     return replace(settings, webhooks=replace(settings.webhooks, **values))
 
