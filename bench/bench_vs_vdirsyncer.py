@@ -61,8 +61,11 @@ BIN = Path(sys.executable).parent
 
 
 class LatencyProxy:
-    """TCP proxy on 127.0.0.1 that holds every chunk a client sends for ``delay`` seconds
-    before passing it on (answers flow back at once)."""
+    """TCP proxy on 127.0.0.1 that passes every chunk a client sends on ``delay`` seconds
+    after it arrived (answers flow back at once). Chunks are delayed in a pipeline, as a
+    network link delays packets: a request written as headers and then a body arrives one
+    ``delay`` late, not two (an earlier version slept per chunk in turn, which charged
+    clients that write a request in two parts twice)."""
 
     def __init__(self, upstream_port: int, delay: float) -> None:
         self.upstream_port, self.delay = upstream_port, delay
@@ -76,18 +79,34 @@ class LatencyProxy:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       delay: float) -> None:
+        async def forward(queue: asyncio.Queue[tuple[float, bytes] | None],
+                          writer: asyncio.StreamWriter, delay: float) -> None:
+            loop = asyncio.get_running_loop()
             try:
-                while chunk := await reader.read(65536):
-                    if delay:
-                        await asyncio.sleep(delay)
+                while (entry := await queue.get()) is not None:
+                    arrived, chunk = entry
+                    if (wait := arrived + delay - loop.time()) > 0:
+                        await asyncio.sleep(wait)
                     writer.write(chunk)
                     await writer.drain()
             except (ConnectionError, asyncio.CancelledError):
                 pass
             finally:
                 writer.close()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       delay: float) -> None:
+            queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+            sender = asyncio.create_task(forward(queue, writer, delay))
+            loop = asyncio.get_running_loop()
+            try:
+                while chunk := await reader.read(65536):
+                    queue.put_nowait((loop.time(), chunk))
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                queue.put_nowait(None)
+                await sender
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1",
