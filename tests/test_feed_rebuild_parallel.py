@@ -279,3 +279,81 @@ def test_migration_0012_sets_and_resets_the_fillfactor(kind: str, tmp_path: Path
     finally:
         upgrade(db.engine)  # the PostgreSQL test database is shared: leave it at head
         db.dispose()
+
+
+class _RecordedAhead(bulk.Ahead):
+    made: list[bulk.Ahead] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        _RecordedAhead.made.append(self)
+
+
+@pytest.fixture
+def two_chunks(monkeypatch):  # type: ignore[no-untyped-def]
+    """Chunks of two users (u1, u2 | u3, u4), the Ahead of each render recorded."""
+    from calsync.feeds import service
+
+    monkeypatch.setattr(service, "CHUNK", 2)
+    _RecordedAhead.made = []
+    monkeypatch.setattr(bulk, "Ahead", _RecordedAhead)
+    return _RecordedAhead.made
+
+
+def test_the_next_chunk_sent_ahead_gives_the_same_feeds(db, linked, two_chunks) -> None:
+    _load(db, linked, NOW)
+    with RenderPool(workers=0) as none:
+        rebuild_all_feeds(linked, db, NOW, pool=none)
+    in_process, fragments = _cached(db), _fragments(db)
+    _wipe(db)
+    sent: list[int] = []
+    real = bulk._stale_pks
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        found = real(*args)
+        sent.extend(found)
+        return found
+
+    with _workers() as pool, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bulk, "_stale_pks", counting)
+        report = rebuild_all_feeds(linked, db, NOW, pool=pool)
+    assert sorted(report.rendered) == USERS and report.failed == []
+    assert sent  # the second chunk's items went to the workers during the first chunk
+    assert _cached(db) == in_process
+    assert _fragments(db) == fragments
+
+
+def test_an_item_changed_after_it_was_sent_ahead_is_rendered_again(
+        db, linked, two_chunks) -> None:
+    import concurrent.futures
+
+    from calsync.feeds import service
+
+    _load(db, linked, NOW)
+    with db.read_session() as s:
+        pk = s.scalar(select(ScheduleItem.pk).where(ScheduleItem.ext_id == "j2"))  # u3's
+    real_claim = service._claim
+    claims: list[list[str]] = []
+
+    def claim_after_a_change(database, user_ids):  # type: ignore[no-untyped-def]
+        claims.append(list(user_ids))
+        if len(claims) == 2:  # the first chunk is committed, the second not begun
+            ahead = two_chunks[-1]
+            assert pk in ahead.pks
+            concurrent.futures.wait(ahead.futures)  # the workers rendered the old text
+            with db.session() as s:
+                s.execute(update(ScheduleItem).where(ScheduleItem.pk == pk).values(
+                    notes="Changed between the chunks", sequence=ScheduleItem.sequence + 1,
+                    content_hash="d" * 64))
+        return real_claim(database, user_ids)
+
+    with _workers() as pool, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(service, "_claim", claim_after_a_change)
+        report = rebuild_all_feeds(linked, db, NOW, pool=pool)
+    assert claims == [["u1", "u2"], ["u3", "u4"]]
+    assert sorted(report.rendered) == USERS and report.failed == []
+    fragment, key = _fragments(db)[pk]
+    assert fragment is not None and "Changed between the chunks" in fragment
+    assert key == ics.fragment_key("d" * 64, key_sequence(db, pk),
+                                   ics.settings_digest(linked.feeds.job_url_template))
+    assert "Changed between the chunks" in ics.unfold(_cached(db)["u3"][0].decode())

@@ -8,10 +8,17 @@ in SQL; no fragment text, no datetime conversion), then per feed its source dige
 ETag and Last-Modified (one UPDATE moves the window of all of them): that is the whole
 warm rebuild. For the others, the stale fragments are rendered from full rows read by
 primary key, the current ones read by primary key, and the bodies assembled; then the
-fragments are stored in batches (PostgreSQL: ``UPDATE ... FROM unnest(arrays)``; SQLite:
-an executemany) and the feeds with one upsert (``INSERT ... ON CONFLICT``). The serving
-processes' memory is told about every feed that changed
-(:func:`calsync.feeds.memo.note_feeds_changed`).
+fragments are stored in batches (PostgreSQL: ``UPDATE ... FROM unnest(...)``, only rows
+whose content still has the fragment's key; SQLite: an executemany) and the feeds with one
+upsert (``INSERT ... ON CONFLICT``). The serving processes' memory is told about every
+feed that changed (:func:`calsync.feeds.memo.note_feeds_changed`).
+
+Many stale fragments (a cold rebuild) are rendered by worker processes
+(:mod:`calsync.feeds.parallel`): they read the rows by primary key themselves, the parent
+stores each batch as it comes back and, while it finishes a chunk, the workers already
+render the next chunk's stale items (:class:`Ahead`). A fragment from a worker is used
+only when its key is the one this transaction expects; otherwise it is rendered again
+in-process.
 """
 
 from __future__ import annotations
@@ -164,9 +171,21 @@ def _item_line(session: Session) -> ColumnElement[str]:
         .concat(_updated_text(session))
 
 
+def _stale_fragment(settings_hash: str) -> ColumnElement[bool]:
+    return or_(_items.c.ics_fragment.is_(None), _items.c.fragment_key.is_(None),
+               _items.c.fragment_key != _key_sql(settings_hash))
+
+
 def _out_of_date(settings_hash: str) -> ColumnElement[int]:
-    return case((or_(_items.c.ics_fragment.is_(None), _items.c.fragment_key.is_(None),
-                     _items.c.fragment_key != _key_sql(settings_hash)), 1), else_=0)
+    return case((_stale_fragment(settings_hash), 1), else_=0)
+
+
+def _stale_pks(session: Session, user_ids: Sequence[str],
+               window: tuple[dt.datetime, dt.datetime], settings_hash: str) -> list[int]:
+    """The items in the window of ``user_ids`` whose fragment is missing or out of date."""
+    q = _in_window(session, select(_items.c.pk), user_ids, window) \
+        .where(_stale_fragment(settings_hash)).distinct()
+    return sorted(session.scalars(q))
 
 
 def _in_window(session: Session, query: Any, user_ids: Sequence[str],
@@ -205,24 +224,26 @@ def _feed_summaries(session: Session, user_ids: Sequence[str],
 
 def _feed_rows(session: Session, user_ids: Sequence[str],
                window: tuple[dt.datetime, dt.datetime], settings_hash: str,
-               stale: set[int]) -> dict[str, _Feed]:
+               stale: dict[int, str]) -> dict[str, _Feed]:
     """Each user's live items in the window, in feed order: one short text per item, its
-    zone, and whether its stored fragment is missing or out of date (added to ``stale``).
-    No fragment text and no datetime is converted here."""
+    zone, and whether its stored fragment is missing or out of date (then added to
+    ``stale`` with the key its fragment must have). No fragment text and no datetime is
+    converted here."""
     out = {uid: _Feed() for uid in user_ids}
     q = _in_window(session, select(
         _assignees.c.user_id, _items.c.pk, _item_line(session), _out_of_date(settings_hash),
-        _items.c.tzid, type_coerce(_items.c.all_day, Integer())), user_ids, window) \
+        _items.c.tzid, type_coerce(_items.c.all_day, Integer()), _key_sql(settings_hash)),
+        user_ids, window) \
         .order_by(_assignees.c.user_id, _items.c.start_at, _items.c.pk)
     utc_zones = ics.UTC_ZONES
     last, feed = None, _Feed()
-    for uid, pk, text_line, is_stale, tzid, all_day in session.execute(q).all():
+    for uid, pk, text_line, is_stale, tzid, all_day, key in session.execute(q).all():
         if uid != last:
             last, feed = uid, out[uid]
         feed.pks.append(pk)
         feed.lines.append(text_line)
         if is_stale:
-            stale.add(pk)
+            stale[pk] = key
             feed.stale = True
         if not all_day and tzid not in utc_zones:
             feed.zones.add(tzid)
@@ -310,42 +331,90 @@ def _render_fragments(session: Session, pks: list[int], template: str, settings_
     return out
 
 
-def _render_in_workers(session: Session, pks: list[int], template: str, settings_hash: str,
-                       keys: dict[int, str], pool: RenderPool, phases: Phases) -> dict[int, str]:
-    """``_render_fragments`` by the pool's workers, storing each batch as it comes back
-    while the workers render the next ones. A worker reads what is committed: on SQLite
-    that is what this transaction sees (it holds the write lock and has changed no item);
-    on PostgreSQL an item may have changed since this transaction read it, and then the
-    feed is marked dirty by that change and the store leaves the item out of date."""
+_WorkerResult = tuple[list[int], list[str], list[str]]
+
+
+@dataclass
+class Ahead:
+    """Fragments of the next chunk's stale items, sent to the workers while this chunk is
+    being finished (assembled, written, committed), so that they do not wait for it. What
+    ``render_feeds`` hands from one call to the next (see its ``ahead_users``)."""
+
+    futures: list[Future[_WorkerResult]] = field(default_factory=list)
+    pks: set[int] = field(default_factory=set)
+
+    def take(self) -> tuple[list[Future[_WorkerResult]], set[int]]:
+        futures, pks = self.futures, self.pks
+        self.futures, self.pks = [], set()
+        return futures, pks
+
+    def drop(self, pool: RenderPool) -> None:
+        """Forget what was sent (the render that would use it failed)."""
+        pool.cancel(self.take()[0])
+
+
+def _send(pool: RenderPool, render: Any, pks: Sequence[int],
+          sent: list[Future[_WorkerResult]]) -> None:
     from calsync.feeds.parallel import WORKER_BATCH
 
+    for batch in _batches(pks, WORKER_BATCH):
+        sent.append(pool.submit(render, list(batch)))
+
+
+def _render_in_workers(session: Session, stale: dict[int, str], template: str,
+                       settings_hash: str, keys: dict[int, str], pool: RenderPool,
+                       phases: Phases, ahead: Ahead | None = None,
+                       ahead_users: Sequence[str] = (),
+                       window: tuple[dt.datetime, dt.datetime] | None = None) -> dict[int, str]:
+    """``_render_fragments`` by the pool's workers, storing each batch as it comes back
+    while the workers render the next ones; ``stale`` maps each primary key to the key its
+    fragment must have (read in this transaction). A worker reads what is committed, which
+    may be older (sent ahead, before this transaction began) or newer (PostgreSQL) than
+    what this transaction read: a fragment whose key is not the expected one is rendered
+    again here. With ``ahead_users`` (the next chunk), their stale items are sent to the
+    workers too, into ``ahead``, which also holds what an earlier call sent for these."""
     url = session.get_bind().engine.url.render_as_string(hide_password=False)
     render = partial(_render_stored, url, template, settings_hash)
     out: dict[int, str] = {}
-    sent: list[Future[tuple[list[int], list[str], list[str]]]] = []
+    sent, sent_pks = ahead.take() if ahead is not None else ([], set())
+    mine = len(sent)
     try:
         with phases.timed("render"):
-            for batch in _batches(pks, WORKER_BATCH):
-                sent.append(pool.submit(render, list(batch)))
+            _send(pool, render, [pk for pk in sorted(stale) if pk not in sent_pks], sent)
+        if ahead is not None and ahead_users and window is not None:
+            with phases.timed("query"):
+                later = [pk for pk in _stale_pks(session, ahead_users, window, settings_hash)
+                         if pk not in stale]
+            if pool.wants(len(later)):
+                with phases.timed("render"):
+                    _send(pool, render, later, ahead.futures)
+                ahead.pks.update(later)
         pending: dict[int, str] = {}
         for n, future in enumerate(sent, 1):
             with phases.timed("render"):
                 done_pks, fragments, done_keys = pool.result(future)
-            pending.update(zip(done_pks, fragments))
-            keys.update(zip(done_pks, done_keys))
+            for pk, fragment, key in zip(done_pks, fragments, done_keys):
+                if stale.get(pk) == key:
+                    pending[pk] = fragment
+                    keys[pk] = key
             if len(pending) >= STORE_BATCH or n == len(sent):
                 with phases.timed("fragments"):
                     _store_fragments(session, pending, keys, settings_hash)
                 out.update(pending)
                 pending = {}
     except BaseException:
-        pool.cancel(sent)
+        pool.cancel(sent[mine:] + sent[:mine])
+        if ahead is not None:
+            ahead.drop(pool)
         raise
-    missing = [pk for pk in pks if pk not in out]  # deleted since (PostgreSQL)
-    if missing:
-        gone = _render_fragments(session, missing, template, settings_hash, keys)
-        _store_fragments(session, gone, keys, settings_hash)
-        out.update(gone)
+    # changed since a worker read them, or deleted since (PostgreSQL): here, in-process
+    again = [pk for pk in sorted(stale) if pk not in out]
+    if again:
+        with phases.timed("render"):
+            redone = _render_fragments(session, again, template, settings_hash, keys)
+        with phases.timed("fragments"):
+            _store_fragments(session, redone, keys, settings_hash)
+        out.update(redone)
     return out
 
 
@@ -399,18 +468,22 @@ def _upsert(session: Session) -> Any:
 
 def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
                  now: dt.datetime, phases: Phases | None = None,
-                 pool: RenderPool | None = None) -> list[str]:
+                 pool: RenderPool | None = None, ahead: Ahead | None = None,
+                 ahead_users: Sequence[str] = ()) -> list[str]:
     """Bring the feeds of ``user_ids`` up to date for ``now`` in ``session``'s transaction
     (all or nothing). Leaves ``dirty`` alone (the caller claimed the feeds). Returns the
     ids of the users that exist. With ``pool``, many stale fragments are rendered by its
     worker processes (:mod:`calsync.feeds.parallel`; raises ``FeedRenderError`` when one
-    fails), a few in this process."""
+    fails), a few in this process; then the stale items of ``ahead_users`` (the caller's
+    next call) are sent to the workers as well, into ``ahead``, for the next call to use
+    (with ``pool`` and the same ``ahead``: a caller that does not make that call, e.g.
+    after an error, calls ``ahead.drop(pool)``)."""
     phases = phases or Phases()
     session.flush()
     window = assembly.feed_window(settings, now)
     template = settings.feeds.job_url_template
     settings_hash = ics.settings_digest(template)
-    stale: set[int] = set()
+    stale: dict[int, str] = {}  # primary key -> the key its fragment must have
     with phases.timed("query"):
         users = {u.id: u for u in session.execute(
             select(_users.c.id, _users.c.name, _users.c.timezone, _users.c.updated_at)
@@ -442,14 +515,16 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
     with phases.timed("query"):
         rows = _feed_rows(session, [user.id for user, _ in plans], window, settings_hash,
                           stale) if plans else {}
-    needed = sorted({pk for user, _ in plans for pk in rows[user.id].pks} - stale)
+    needed = sorted({pk for user, _ in plans for pk in rows[user.id].pks} - stale.keys())
     with phases.timed("query"):
         texts = _read_fragments(session, needed) if needed else {}
     keys: dict[int, str] = {}
-    if pool is not None and pool.wants(len(stale)):
-        fresh = _render_in_workers(session, sorted(stale), template, settings_hash, keys,
-                                   pool, phases)
+    if pool is not None and (pool.wants(len(stale)) or (ahead is not None and ahead.pks)):
+        fresh = _render_in_workers(session, stale, template, settings_hash, keys, pool,
+                                   phases, ahead, ahead_users, window)
     else:
+        if ahead is not None and pool is not None:
+            ahead.drop(pool)
         with phases.timed("render"):
             fresh = _render_fragments(session, sorted(stale), template, settings_hash,
                                       keys) if stale else {}

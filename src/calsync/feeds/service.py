@@ -188,7 +188,12 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
 
     report = FeedRunReport()
     phases = report.phases
-    for chunk in _chunks(list(user_ids), CHUNK):
+    chunks = list(_chunks(list(user_ids), CHUNK))
+    # With workers, the next chunk's stale items are sent while this one is finished; the
+    # next chunk checks each fragment's key in its own transaction before it uses it.
+    ahead = bulk.Ahead()
+    for n, chunk in enumerate(chunks):
+        following = chunks[n + 1] if n + 1 < len(chunks) else ()
         if claim:
             _claim(db, chunk)
         failed: list[str] = []
@@ -197,8 +202,8 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
         with db.locked_session() as s:
             try:
                 with s.begin_nested():
-                    report.rendered.extend(
-                        bulk.render_feeds(s, settings, chunk, now, phases, pool))
+                    report.rendered.extend(bulk.render_feeds(
+                        s, settings, chunk, now, phases, pool, ahead, following))
             except FeedRenderError as exc:
                 log.error("feeds of %d user(s) (%s to %s) not rendered, marked dirty "
                           "again: %s", len(chunk), chunk[0], chunk[-1], exc)
@@ -220,6 +225,8 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
         if failed:
             report.failed.extend(failed)
             _mark_dirty_again(db, failed)
+    if pool is not None:
+        ahead.drop(pool)
     return report
 
 
