@@ -258,24 +258,26 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_migration_0012_sets_and_resets_the_fillfactor(kind: str, tmp_path: Path,
-                                                       request: pytest.FixtureRequest) -> None:
+def test_migration_0012_sets_and_resets_fillfactor_and_compression(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db = make_db(kind, tmp_path, request)
 
     def options() -> Any:
         with db.engine.connect() as conn:
-            return conn.execute(text("SELECT reloptions FROM pg_class "
-                                     "WHERE relname = 'schedule_items'")).scalar()
+            return tuple(conn.execute(text(
+                "SELECT c.reloptions, a.attcompression FROM pg_class c, pg_attribute a "
+                "WHERE c.relname = 'schedule_items' AND a.attrelid = 'feed_cache'::regclass "
+                "AND a.attname = 'body'")).one())
 
     try:
         if kind == "postgresql":
-            assert options() == ["fillfactor=30"]
+            assert options() == (["fillfactor=30"], "l")
         alembic_to(db, "downgrade", "0011")
         if kind == "postgresql":
-            assert options() is None
+            assert options() == (None, "")
         upgrade(db.engine)
         if kind == "postgresql":
-            assert options() == ["fillfactor=30"]
+            assert options() == (["fillfactor=30"], "l")
     finally:
         upgrade(db.engine)  # the PostgreSQL test database is shared: leave it at head
         db.dispose()

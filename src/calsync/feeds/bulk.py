@@ -181,11 +181,14 @@ def _out_of_date(settings_hash: str) -> ColumnElement[int]:
 
 
 def _stale_pks(session: Session, user_ids: Sequence[str],
-               window: tuple[dt.datetime, dt.datetime], settings_hash: str) -> list[int]:
-    """The items in the window of ``user_ids`` whose fragment is missing or out of date."""
-    q = _in_window(session, select(_items.c.pk), user_ids, window) \
-        .where(_stale_fragment(settings_hash)).distinct()
-    return sorted(session.scalars(q))
+               window: tuple[dt.datetime, dt.datetime],
+               settings_hash: str) -> tuple[list[int], set[str]]:
+    """The items in the window of ``user_ids`` whose fragment is missing or out of date,
+    and the users they belong to."""
+    q = _in_window(session, select(_items.c.pk, _assignees.c.user_id), user_ids, window) \
+        .where(_stale_fragment(settings_hash))
+    rows = session.execute(q).all()
+    return sorted({pk for pk, _ in rows}), {uid for _, uid in rows}
 
 
 def _in_window(session: Session, query: Any, user_ids: Sequence[str],
@@ -342,6 +345,9 @@ class Ahead:
 
     futures: list[Future[_WorkerResult]] = field(default_factory=list)
     pks: set[int] = field(default_factory=set)
+    # users of the next chunk with stale items: their feeds are assembled anyway, so the
+    # next call skips their source digests
+    stale_users: set[str] = field(default_factory=set)
 
     def take(self) -> tuple[list[Future[_WorkerResult]], set[int]]:
         futures, pks = self.futures, self.pks
@@ -350,6 +356,7 @@ class Ahead:
 
     def drop(self, pool: RenderPool) -> None:
         """Forget what was sent (the render that would use it failed)."""
+        self.stale_users = set()
         pool.cancel(self.take()[0])
 
 
@@ -383,12 +390,13 @@ def _render_in_workers(session: Session, stale: dict[int, str], template: str,
             _send(pool, render, [pk for pk in sorted(stale) if pk not in sent_pks], sent)
         if ahead is not None and ahead_users and window is not None:
             with phases.timed("query"):
-                later = [pk for pk in _stale_pks(session, ahead_users, window, settings_hash)
-                         if pk not in stale]
+                found, users = _stale_pks(session, ahead_users, window, settings_hash)
+                later = [pk for pk in found if pk not in stale]
             if pool.wants(len(later)):
                 with phases.timed("render"):
                     _send(pool, render, later, ahead.futures)
                 ahead.pks.update(later)
+                ahead.stale_users = users
         pending: dict[int, str] = {}
         for n, future in enumerate(sent, 1):
             with phases.timed("render"):
@@ -494,7 +502,14 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
                    _feeds.c.schema_version, _feeds.c.source_digest,
                    _feeds.c.body.is_(None).label("body_missing"))
             .where(_among(session, _feeds.c.user_id, ids)))} if ids else {}
-        summaries = _feed_summaries(session, ids, window, settings_hash) if ids else {}
+        # users known to have stale items (found by the previous call) are assembled
+        # whatever their digest says: theirs is not worked out
+        known = ahead.stale_users if ahead is not None else set()
+        if ahead is not None:
+            ahead.stale_users = set()
+        digested = [uid for uid in ids if uid not in known]
+        summaries = _feed_summaries(session, digested, window, settings_hash) \
+            if digested else {}
 
     with phases.timed("assemble"):
         plans: list[tuple[Any, str]] = []  # user, header
@@ -502,7 +517,7 @@ def render_feeds(session: Session, settings: Settings, user_ids: Sequence[str],
         for uid in ids:
             user, cache = users[uid], caches.get(uid)
             header = assembly.header_for(settings, user)
-            lines, any_stale, zones = summaries.get(uid, ([], False, set()))
+            lines, any_stale, zones = summaries.get(uid, ([], uid in known, set()))
             if not any_stale and cache is not None and not cache.body_missing \
                     and cache.etag and cache.last_modified is not None \
                     and cache.schema_version == assembly.FEED_SCHEMA_VERSION \
