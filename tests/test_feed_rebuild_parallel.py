@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -135,6 +136,34 @@ def test_a_dying_worker_fails_its_chunk_and_later_chunks_render_in_process(
         second = rebuild_all_feeds(linked, db, NOW, pool=pool)  # same pool: in-process
     assert sorted(second.rendered) == USERS and second.failed == []
     assert second.phases.fragments_rendered > 30
+
+
+def test_a_hung_worker_is_stopped_and_fails_its_chunk(db, linked, monkeypatch) -> None:
+    # a worker stuck for good (say, on a lock another thread of the parent held when it
+    # forked) must not hold the nightly rebuild for ever
+    _load(db, linked, NOW)
+    parent = os.getpid()
+    real = ics.render_event
+
+    def hanging(item, template=""):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            time.sleep(120)
+        return real(item, template)
+
+    monkeypatch.setattr(ics, "render_event", hanging)
+    done: dict[str, Any] = {}
+    with RenderPool(workers=2, min_fragments=1, answer_seconds=1.0) as pool:
+        worker = threading.Thread(
+            target=lambda: done.update(report=rebuild_all_feeds(linked, db, NOW, pool=pool)),
+            daemon=True)
+        worker.start()
+        worker.join(60)
+        assert "report" in done, "the rebuild waited for a hung worker"
+        assert done["report"].rendered == [] and sorted(done["report"].failed) == USERS
+        assert pool.broken
+    monkeypatch.setattr(ics, "render_event", real)
+    again = refresh_dirty_feeds(linked, db, NOW)  # the dirty pass: in-process
+    assert sorted(again.rendered) == USERS and again.failed == []
 
 
 def test_small_renders_stay_in_process(db, linked) -> None:

@@ -34,10 +34,15 @@ from typing import Any, TypeVar
 
 from calsync.errors import CalsyncError
 
-__all__ = ["MIN_FRAGMENTS", "WORKER_BATCH", "FeedRenderError", "RenderPool", "worker_count"]
+__all__ = ["ANSWER_SECONDS", "MIN_FRAGMENTS", "WORKER_BATCH", "FeedRenderError", "RenderPool",
+           "worker_count"]
 
 MIN_FRAGMENTS = 5000  # stale fragments in one render before it goes to the workers
 WORKER_BATCH = 1000  # fragments per task sent to a worker
+# A batch takes a worker well under a second; one that has not answered in this long is
+# hung (e.g. on a lock another thread of the parent held when it forked): it is killed and
+# its chunk fails, instead of the nightly rebuild waiting for ever.
+ANSWER_SECONDS = 600.0
 
 _Task = TypeVar("_Task")
 _Result = TypeVar("_Result")
@@ -84,9 +89,11 @@ class RenderPool:
     :class:`FeedRenderError` when the worker failed or died. ``fn`` must be picklable (a
     module-level function, or a ``functools.partial`` of one)."""
 
-    def __init__(self, workers: int | None = None, min_fragments: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, min_fragments: int | None = None,
+                 answer_seconds: float = ANSWER_SECONDS) -> None:
         self.workers = worker_count() if workers is None else workers
         self.min_fragments = MIN_FRAGMENTS if min_fragments is None else min_fragments
+        self.answer_seconds = answer_seconds
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._started = False
         self.broken = False
@@ -118,12 +125,17 @@ class RenderPool:
     def result(self, future: concurrent.futures.Future[_Result]) -> _Result:
         """What the submitted task returned, or :class:`FeedRenderError`."""
         try:
-            return future.result()
+            return future.result(timeout=self.answer_seconds)
         except FeedRenderError as exc:
             raise FeedRenderError(exc.message) from None
         except BrokenProcessPool:
             self._spent()
             raise FeedRenderError("a feed render worker process died") from None
+        except TimeoutError:
+            self._spent(kill=True)
+            raise FeedRenderError(f"a feed render worker process did not answer within "
+                                  f"{self.answer_seconds:g} s; the workers were stopped") \
+                from None
         except Exception as exc:  # noqa: BLE001 - e.g. a row that could not be pickled
             raise FeedRenderError(f"{type(exc).__name__} in a feed render worker "
                                   "process") from None
@@ -132,12 +144,20 @@ class RenderPool:
         for future in futures:
             future.cancel()
         for future in futures:  # let running ones finish before the caller goes on
-            with contextlib.suppress(Exception):
-                future.result()
+            try:
+                future.result(timeout=self.answer_seconds)
+            except TimeoutError:
+                self._spent(kill=True)
+            except Exception:  # noqa: BLE001 - the caller already has its error
+                pass
 
-    def _spent(self) -> None:
+    def _spent(self, kill: bool = False) -> None:
         self.broken = True
         if self._executor is not None:
+            if kill:  # hung workers: ProcessPoolExecutor has no public way before 3.14
+                for process in list(getattr(self._executor, "_processes", {}).values()):
+                    with contextlib.suppress(OSError):
+                        process.terminate()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
