@@ -40,7 +40,7 @@ def test_readers_refresher_and_writers_together(db, settings) -> None:
         # A write transaction taken up front, as every SQLite writer needs when others
         # write at the same time (a deferred read-then-write loses its snapshot).
         for i in range(15):
-            with db.locked_session() as s:
+            with db.session() as s:
                 upsert_item(s, parse_block({
                     "id": "b-moving", "user": "u1", "title": f"Moving block {i}",
                     "start": "2026-11-30T10:00:00-06:00", "end": "2026-11-30T11:00:00-06:00"}),

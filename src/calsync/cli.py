@@ -420,7 +420,7 @@ def token_revoke(app: AppContext, token_id: int, as_json: bool) -> None:
     from calsync.audit import audit
     from calsync.db.models import utcnow
 
-    with app.migrated_db().locked_session() as s:
+    with app.migrated_db().session() as s:
         row = revoke_api_token(s, token_id, utcnow())
         audit(s, "cli", "token.revoke", "api_token", str(token_id), {"name": row["name"]})
     emit(row, as_json, f"token {token_id} ({row['name']}) revoked")

@@ -143,7 +143,7 @@ def current_principal(request: Request,
     now = utcnow()
     if last_used is None or now - last_used >= TOKEN_TOUCH_EVERY:
         try:
-            with db.locked_session() as ws:
+            with db.session() as ws:
                 ws.execute(update(ApiToken).where(ApiToken.id == token_id)
                            .values(last_used_at=now))
         except OperationalError:

@@ -38,7 +38,7 @@ def put_user(user_id: str, request: Request, response: Response,
              body: Any = Body(...), who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require("admin")
     rec = parse_user(_body_id(body, user_id, f"user (id={user_id!r})"), f"user (id={user_id!r})")
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         outcome = upsert_user(s, rec, who.actor)
     response.status_code = 201 if outcome == "created" else 200
     return {"id": user_id, "result": outcome}
@@ -48,7 +48,7 @@ def put_user(user_id: str, request: Request, response: Response,
 def delete_user(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require("admin")
     rec = parse_user({"id": user_id, "deleted": True})
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         outcome = upsert_user(s, rec, who.actor)
     if outcome == "missing":
         raise NotFound(f"user {user_id!r} not found")
@@ -63,7 +63,7 @@ def _item_routes(path: str, kind: str) -> None:
         who.require("admin")
         name = f"{record} (id={item_id!r})"
         rec = PARSERS[kind](_body_id(body, item_id, name), name)
-        with request.app.state.db.locked_session() as s:
+        with request.app.state.db.session() as s:
             outcome = upsert_item(s, rec, who.actor, record=name)
         if outcome == "missing":
             raise NotFound(f"{record} {item_id!r} not found")
@@ -73,7 +73,7 @@ def _item_routes(path: str, kind: str) -> None:
     def delete(item_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
         who.require("admin")
         rec = PARSERS[kind]({"id": item_id, "deleted": True})
-        with request.app.state.db.locked_session() as s:
+        with request.app.state.db.session() as s:
             outcome = upsert_item(s, rec, who.actor)
         if outcome == "missing":
             raise NotFound(f"{record} {item_id!r} not found")
@@ -99,7 +99,7 @@ def _user_or_404(s: Any, user_id: str) -> User:
 @router.post("/api/users/{user_id}/feed", tags=["feeds"])
 def post_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require_user_access(user_id, write=True)
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         user = _user_or_404(s, user_id)
         regenerated = user.feed_enabled
         issue_feed(user)
@@ -110,7 +110,7 @@ def post_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> 
 @router.delete("/api/users/{user_id}/feed", tags=["feeds"])
 def delete_feed(user_id: str, request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     who.require_user_access(user_id, write=True)
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         user = _user_or_404(s, user_id)
         revoke_feed(user)
         audit(s, who.actor, "feed.revoke", "user", user_id)
@@ -132,7 +132,7 @@ def patch_user(user_id: str, body: UserPatch, request: Request,
     """Change some fields of a user. A ``user`` token may change its own ``timezone``,
     ``working_hours`` and ``private_mode``; an admin any field of anyone; unknown fields
     are refused with 422 naming the field."""
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         return patch_user_fields(s, user_id, who, body.model_dump(exclude_unset=True), utcnow())
 
 
@@ -151,7 +151,7 @@ def delete_token(token_id: int, request: Request,
                  who: Principal = PrincipalDep) -> dict[str, Any]:
     """Revoke a token: the next request that carries it gets 401."""
     who.require("admin")
-    with request.app.state.db.locked_session() as s:
+    with request.app.state.db.session() as s:
         row = revoke_api_token(s, token_id, utcnow())
         audit(s, who.actor, "token.revoke", "api_token", str(token_id), {"name": row["name"]})
     return row

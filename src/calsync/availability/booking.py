@@ -3,7 +3,7 @@
 The guarantee lives in the database transaction, not in process memory, so it holds
 across any number of API processes:
 
-- SQLite: ``Database.locked_session`` opens
+- SQLite: ``Database.session`` opens
   ``BEGIN IMMEDIATE``: one writer at a time across processes; the check reads the latest
   committed state.
 - PostgreSQL: inside the transaction the assignees' ``users`` rows are locked with
@@ -115,7 +115,7 @@ def book(db: Database, request: BookingRequest, viewer: Viewer, actor: str, now:
     """Check and insert atomically. Raises BookingRefused (409), AlreadyExists (409) or
     ValidationError (422, e.g. an unknown assignee); nothing is written then."""
     job = request.job
-    with db.locked_session() as s:
+    with db.session() as s:
         _lock_assignees(s, db.dialect, job.user_ids)
         live = s.scalar(select(ScheduleItem.pk).where(
             ScheduleItem.kind == "job", ScheduleItem.ext_id == job.id,

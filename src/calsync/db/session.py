@@ -217,9 +217,6 @@ class Database:
             self._write_lock.release()
             self._writing.active = False
 
-    # Kept for the callers that say so explicitly; every write session is locked now.
-    locked_session = session
-
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
         """A read-only transaction: never waits for a writer (WAL), rolled back at the end."""

@@ -156,7 +156,7 @@ def current_feed(settings: Settings, db: Database, user_id: str,
     _claim(db, [user_id])
     for attempt in range(2):
         try:
-            with db.locked_session() as s:
+            with db.session() as s:
                 user = s.get(User, user_id)
                 if user is None:
                     raise LookupError(user_id)
@@ -199,7 +199,7 @@ def render_users(settings: Settings, db: Database, user_ids: Sequence[str],
         failed: list[str] = []
         # A write transaction from the start: on SQLite a read that later writes could
         # lose its snapshot to another writer ("database is locked").
-        with db.locked_session() as s:
+        with db.session() as s:
             try:
                 with s.begin_nested():
                     report.rendered.extend(bulk.render_feeds(
@@ -239,7 +239,7 @@ def refresh_dirty_feeds(settings: Settings, db: Database, now: dt.datetime,
     """Re-render the enabled feeds marked dirty (claimed first: with several workers on
     PostgreSQL each dirty feed goes to one of them). Disabled feeds stay dirty until they
     are issued again."""
-    with db.locked_session() as s:
+    with db.session() as s:
         q = (select(FeedCache.user_id)
              .where(FeedCache.dirty.is_(True), FeedCache.user_id.in_(_enabled_users()))
              .order_by(FeedCache.user_id).limit(limit))

@@ -201,7 +201,7 @@ def import_document(db: Database, doc: Any, actor: str = "import",
         for i, raw in enumerate(rows):
             name = record_name(section, i, raw)
             try:
-                with db.locked_session() as s:
+                with db.session() as s:
                     if section == "users":
                         outcome = upsert_user(s, parse_user(raw, name), actor, now)
                     else:

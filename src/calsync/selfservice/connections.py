@@ -303,7 +303,7 @@ def set_calendars(db: Database, user_id: str, viewer: Viewer, *, primary: Any,
         raise ValidationError(record, "primary", "expected a calendar id (cal_…) or null")
     if not isinstance(conflict, list) or not all(isinstance(c, str) for c in conflict):
         raise ValidationError(record, "conflict", "expected a list of calendar ids (cal_…)")
-    with db.locked_session() as s:
+    with db.session() as s:
         live_user(s, user_id)
         rows = _user_calendars(s, user_id)
         by_id = {c.public_id: (c, conn) for c, conn in rows}

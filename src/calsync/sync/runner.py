@@ -181,7 +181,7 @@ def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
     pick, lease = _CLAIM.get(db.dialect) or _CLAIM.setdefault(
         db.dialect, _claim_statements(db.dialect))
     until = now + dt.timedelta(seconds=lease_seconds)
-    with db.locked_session() as s:
+    with db.session() as s:
         conn = s.connection()
         rows = conn.execute(pick, {"now": now, "limit": limit}).all()
         ids = [row.id for row in rows]
@@ -230,7 +230,7 @@ def claim_connection(db: Database, connection_id: int, owner: str, now: dt.datet
                      lease_seconds: int) -> bool:
     """Lease one connection; False when another live worker holds it (see
     :func:`lease_holder` for who and until when)."""
-    with db.locked_session() as s:
+    with db.session() as s:
         q = select(Connection).where(Connection.id == connection_id)
         if db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)
