@@ -3,10 +3,12 @@ when no base_url is configured; a configured base_url (CALSYNC_BASE_URL) wins.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,7 +60,9 @@ def test_demo_links_follow_the_port_unless_a_base_url_is_set(sqlite_db: Database
     assert _feed_ports(r.output) == {"cal.example.com"}
 
 
-def test_serve_on_another_port_hands_out_links_to_that_port(tmp_path: Path) -> None:
+def demo_site(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """A migrated SQLite database in ``tmp_path`` with the demo loaded, through the CLI as
+    an operator runs it: the environment to run ``calsync`` in and an admin API token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
     env.update({"CALSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'calsync.db'}",
                 "CALSYNC_SECRET_KEY": SECRET})
@@ -71,28 +75,40 @@ def test_serve_on_another_port_hands_out_links_to_that_port(tmp_path: Path) -> N
 
     run("db", "upgrade")
     run("demo")
-    token = run("token", "create", "--name", "ops", "--role", "admin").strip()
+    return env, run("token", "create", "--name", "ops", "--role", "admin").strip()
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], cwd: Path, *args: str
+            ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``calsync serve ARGS`` on a free port, answering: the process and its base URL;
+    stopped (SIGTERM, then SIGKILL) at the end."""
     port = free_port()
-    server = subprocess.Popen([str(CALSYNC), "serve", "--no-worker", "--port", str(port)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([str(CALSYNC), "serve", *args, "--port", str(port)],
+                              env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
-        resp = _when_up(server, f"{base}/healthz")
-        assert resp.status_code == 200
+        assert _when_up(server, f"{base}/healthz").status_code == 200
+        yield server, base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=20)
+
+
+def test_serve_on_another_port_hands_out_links_to_that_port(tmp_path: Path) -> None:
+    env, token = demo_site(tmp_path)
+    with serving(env, tmp_path, "--no-worker") as (_server, base):
         r = httpx.post(f"{base}/api/users/demo-maria/feed",
                        headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert r.status_code == 200, r.text
         url = r.json()["url"]
         assert url.startswith(f"{base}/feeds/demo-maria/")
         assert httpx.get(url, timeout=30).status_code == 200
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=20)
 
 
 def _when_up(server: subprocess.Popen[bytes], url: str) -> Any:
