@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.caldav_servers import XML, free_port
 from tests.conftest import need
@@ -240,3 +241,22 @@ class FakeIcloudRoot:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# Fixtures of the modules that connect accounts (API, pages, roles); tests/conftest.py
+# loads this module as a plugin, so a module of its own may still define its own.
+@pytest.fixture(scope="module")
+def radicale() -> Iterator[PasswordRadicale]:
+    yield from password_radicale()
+
+
+@pytest.fixture(scope="module")
+def icloud_root() -> Iterator[FakeIcloudRoot]:
+    root = FakeIcloudRoot()
+    yield root
+    root.close()
+
+
+@pytest.fixture(scope="module")
+def not_caldav_url() -> Iterator[str]:
+    yield from plain_http_server()

@@ -19,6 +19,10 @@ from calsync.config import Settings, load_settings
 from calsync.db.models import Base
 from calsync.db.session import Database
 
+# the account servers (Radicale with passwords, an iCloud root, a non-CalDAV URL) that the
+# connection tests of the API, the pages and the roles share
+pytest_plugins = ("tests.api_connections_support",)
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("CALSYNC_TEST_DATABASE_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -24,29 +24,11 @@ from tests.api_connections_support import (
     CaldavAccount,
     FakeIcloudRoot,
     PasswordRadicale,
-    password_radicale,
-    plain_http_server,
 )
 from tests.caldav_servers import free_port
 
 UTC = dt.timezone.utc
 
-
-@pytest.fixture(scope="module")
-def radicale() -> Iterator[PasswordRadicale]:
-    yield from password_radicale()
-
-
-@pytest.fixture(scope="module")
-def icloud_root() -> Iterator[FakeIcloudRoot]:
-    root = FakeIcloudRoot()
-    yield root
-    root.close()
-
-
-@pytest.fixture(scope="module")
-def not_caldav_url() -> Iterator[str]:
-    yield from plain_http_server()
 
 
 @pytest.fixture

@@ -15,13 +15,8 @@ from calsync.api.app import create_app
 from calsync.config import Settings
 from calsync.db.models import User
 from calsync.db.session import Database
-from tests.api_connections_support import PasswordRadicale, password_radicale
+from tests.api_connections_support import PasswordRadicale
 from tests.emulators.graph import GraphEmulator, registered_outlook
-
-
-@pytest.fixture(scope="module")
-def radicale() -> Iterator[PasswordRadicale]:
-    yield from password_radicale()
 
 
 @pytest.fixture

@@ -21,29 +21,10 @@ from calsync.db.session import Database
 from calsync.schedule.store import import_document
 from tests.api_connections_support import (
     FakeIcloudRoot,
-    PasswordRadicale,
-    password_radicale,
-    plain_http_server,
 )
 from tests.caldav_servers import free_port
 from tests.web_client import csrf_of, sign_in
 
-
-@pytest.fixture(scope="module")
-def radicale() -> Iterator[PasswordRadicale]:
-    yield from password_radicale()
-
-
-@pytest.fixture(scope="module")
-def icloud_root() -> Iterator[FakeIcloudRoot]:
-    root = FakeIcloudRoot()
-    yield root
-    root.close()
-
-
-@pytest.fixture(scope="module")
-def not_caldav_url() -> Iterator[str]:
-    yield from plain_http_server()
 
 
 @pytest.fixture
