@@ -14,11 +14,10 @@ import pytest
 
 from calsync.config import Settings, load_settings
 from calsync.errors import ProviderUnavailable, Throttled
-from calsync.sync.connector import ConnectContext, OutgoingEvent, Window
-from calsync_outlook import OutlookFactory, OutlookHttp
+from calsync.sync.connector import OutgoingEvent, Window
 from calsync_outlook.connector import OutlookConnector
 from tests.conftest import SECRET
-from tests.emulators.graph import GraphEmulator
+from tests.emulators.graph import GraphEmulator, signed_in_connector
 
 UTC = dt.timezone.utc
 USER = "jane@contoso.com"
@@ -42,15 +41,8 @@ def connect(em: GraphEmulator, sleeps: Sleeps, max_retries: int = 4,
     base = em.configure(load_settings(env={"CALSYNC_SECRET_KEY": SECRET}))
     settings: Settings = dataclasses.replace(base, sync=dataclasses.replace(
         base.sync, max_retries=max_retries, retry_max_seconds=retry_max_seconds))
-    http = OutlookHttp(em.identity_session(), em.graph_client())
-    factory = OutlookFactory(http=http, sleep=sleeps)
-    ctx = factory.device_flow(ConnectContext("outlook", None, "", {}, settings),
-                              lambda _m: None)
-    c = factory.connect(ctx)
-    yield c
-    c.close()
-    http.graph.close()
-    http.identity.close()
+    with signed_in_connector(em, settings, sleeps) as c:
+        yield c
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import zoneinfo
 from collections.abc import Iterator
 
 import pytest
-from calsync_outlook import OutlookFactory, OutlookHttp
 from calsync_outlook.connector import OutlookConnector
 from calsync_outlook.timezones import (
     WINDOWS_TO_IANA,
@@ -22,9 +21,9 @@ from calsync_outlook.timezones import (
 )
 
 from calsync.config import Settings, load_settings
-from calsync.sync.connector import ConnectContext, OutgoingEvent, Window
+from calsync.sync.connector import OutgoingEvent, Window
 from tests.conftest import SECRET
-from tests.emulators.graph import GraphEmulator, supported_zone
+from tests.emulators.graph import GraphEmulator, signed_in_connector, supported_zone
 
 UTC = dt.timezone.utc
 USER = "ana@contoso.com"
@@ -53,15 +52,8 @@ def em() -> Iterator[GraphEmulator]:
 @pytest.fixture
 def connector(em: GraphEmulator) -> Iterator[OutlookConnector]:
     settings: Settings = em.configure(load_settings(env={"CALSYNC_SECRET_KEY": SECRET}))
-    http = OutlookHttp(em.identity_session(), em.graph_client())
-    factory = OutlookFactory(http=http, sleep=lambda _s: None)
-    ctx = factory.device_flow(ConnectContext("outlook", None, "", {}, settings),
-                              lambda _m: None)
-    c = factory.connect(ctx)
-    yield c
-    c.close()
-    http.graph.close()
-    http.identity.close()
+    with signed_in_connector(em, settings) as c:
+        yield c
 
 
 def item(tzid: str, **changes: object) -> OutgoingEvent:

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from calsync.config import load_settings
-from calsync.sync.connector import ConnectContext, Window
-from calsync_outlook import OutlookFactory, OutlookHttp
+from calsync.sync.connector import Window
 from calsync_outlook.connector import OutlookConnector
 from tests.conftest import SECRET
-from tests.emulators.graph import GraphEmulator
+from tests.emulators.graph import GraphEmulator, signed_in_connector
 
 UTC = dt.timezone.utc
 USER = "jane@contoso.com"
@@ -36,15 +35,8 @@ def em() -> Iterator[GraphEmulator]:
 @pytest.fixture
 def connector(em: GraphEmulator) -> Iterator[OutlookConnector]:
     settings = em.configure(load_settings(env={"CALSYNC_SECRET_KEY": SECRET}))
-    http = OutlookHttp(em.identity_session(), em.graph_client())
-    factory = OutlookFactory(http=http, sleep=lambda _s: None)
-    ctx = factory.device_flow(ConnectContext("outlook", None, "", {}, settings),
-                              lambda _m: None)
-    c = factory.connect(ctx)
-    yield c
-    c.close()
-    http.graph.close()
-    http.identity.close()
+    with signed_in_connector(em, settings) as c:
+        yield c
 
 
 def at(month: int, day: int, year: int = 2027) -> tuple[dt.datetime, dt.datetime]:

@@ -82,6 +82,7 @@ import copy
 import datetime as dt
 import hashlib
 import ipaddress
+import contextlib
 import json
 import re
 import secrets
@@ -89,7 +90,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -1313,3 +1314,27 @@ class registered_outlook:  # noqa: N801 - used as a context manager
             self._registry["outlook"] = self._previous
         self.http.graph.close()
         self.http.identity.close()
+
+
+@contextlib.contextmanager
+def signed_in_connector(emulator: GraphEmulator, settings: Any,
+                        sleep: Callable[[float], None] = lambda _s: None) -> Iterator[Any]:
+    """An Outlook connector signed in through the device flow (the real msal and httpx
+    against ``emulator``; ``settings`` from ``emulator.configure``), closed at the end."""
+    from calsync_outlook import OutlookFactory, OutlookHttp
+
+    from calsync.sync.connector import ConnectContext
+
+    http = OutlookHttp(emulator.identity_session(), emulator.graph_client())
+    try:
+        factory = OutlookFactory(http=http, sleep=sleep)
+        ctx = factory.device_flow(ConnectContext("outlook", None, "", {}, settings),
+                                  lambda _m: None)
+        connector = factory.connect(ctx)
+        try:
+            yield connector
+        finally:
+            connector.close()
+    finally:
+        http.graph.close()
+        http.identity.close()
