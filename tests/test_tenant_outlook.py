@@ -259,3 +259,49 @@ def test_a_certificate_instead_of_a_secret(
                              graph.tenant, "--client-id", graph.client_id, "--certificate",
                              str(tmp_path / "missing.pem"))
     assert code != 0 and "cannot read it" in err
+
+
+@pytest.mark.parametrize("org_size", [3])
+def test_a_disconnected_user_is_not_connected_again_until_taken_back(
+        org: Database, graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # tech002 is refused by the access policy: tech001 and tech003 connect and sync
+    summary = connect(monkeypatch, capsys, graph, "--no-sync")
+    assert summary["connected"] == 2
+    with org.read_session() as s:
+        mine = s.scalar(select(Connection.public_id).where(Connection.user_id == "tech001"))
+    code, out, err = calsync(monkeypatch, capsys, "connections", "disconnect", str(mine))
+    assert code == 0, err
+
+    # the worker's next tick (and `tenants onboard`) leave the disconnected user out
+    forget_onboard_ticks()
+    run_due_syncs(load_settings(), org, dt.datetime.now(dt.timezone.utc))
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--json")
+    assert code == 0, err
+    [report] = json.loads(out)
+    assert report["connected"] == 0 and report["left_out"] == ["tech001"]
+    with org.read_session() as s:
+        assert s.scalar(select(Connection).where(Connection.user_id == "tech001")) is None
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "list", "--json")
+    assert json.loads(out)[0]["left_out"] == ["tech001"]
+
+    # an admin takes them back
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--user", "nobody")
+    assert code != 0 and "no organisation left them out" in err
+    code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--user", "tech001",
+                             "--json")
+    assert code == 0, err
+    [report] = json.loads(out)
+    assert report["connected"] == 1 and report["left_out"] == []
+    with org.read_session() as s:
+        back = s.scalar(select(Connection).where(Connection.user_id == "tech001"))
+        assert back is not None and back.tenant_id is not None
+        assert s.scalar(select(Tenant.left_out)) == []
+
+
+def forget_onboard_ticks() -> None:
+    """The worker onboards at most once per interval per database; this test's tick must
+    run."""
+    from calsync.sync import tenants
+
+    tenants._last_onboard.clear()

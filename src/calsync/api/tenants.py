@@ -25,7 +25,8 @@ def _iso(value: Any) -> str | None:
 @router.get("/api/tenants")
 def list_tenants(request: Request, who: Principal = PrincipalDep) -> dict[str, Any]:
     """``{"tenants": [{"id", "provider", "name", "domains", "users", "health": {status:
-    count}, "connections": [{"id", "user_id", "account", "status", "last_sync_at",
+    count}, "left_out": [user ids whose connection was disconnected: not connected again],
+    "connections": [{"id", "user_id", "account", "status", "last_sync_at",
     "last_error"}]}]}``; never a credential."""
     who.require("admin", "dispatcher")
     out = []
@@ -37,7 +38,8 @@ def list_tenants(request: Request, who: Principal = PrincipalDep) -> dict[str, A
                 health[c.status] = health.get(c.status, 0) + 1
             out.append({"id": t.public_id, "provider": t.provider, "name": t.name,
                         "domains": list(t.domains or []), "users": len(conns),
-                        "health": health, "created_at": _iso(t.created_at),
+                        "health": health, "left_out": list(t.left_out or []),
+                        "created_at": _iso(t.created_at),
                         "connections": [{"id": c.public_id, "user_id": c.user_id,
                                          "account": c.account, "status": c.status,
                                          "last_sync_at": _iso(c.last_sync_at),

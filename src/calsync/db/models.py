@@ -563,6 +563,8 @@ class Tenant(Base):
     provider: Mapped[str] = mapped_column(String(32))  # outlook | google
     name: Mapped[str] = mapped_column(String(320))  # tenant id, or the Workspace domain
     domains: Mapped[list[Any]] = mapped_column(JSON, default=list)  # users' e-mail domains
+    # users whose connection through it was disconnected: onboarding leaves them out
+    left_out: Mapped[list[Any]] = mapped_column(JSON, default=list)
     credentials: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -515,6 +515,10 @@ def disconnect(settings: Settings, db: Database, connection_id: str, viewer: Vie
             gone = s.get(Connection, conn_pk)
             if gone is not None:
                 provider, account = gone.provider, gone.account
+                if gone.tenant_id is not None:  # made by an organisation's onboarding
+                    from calsync.sync.tenants import leave_out
+
+                    leave_out(s, gone.tenant_id, gone.user_id)
                 s.delete(gone)  # calendars, links, external events and busy go with it
                 audit(s, viewer.actor, "connection.delete", "connection", connection_id,
                       {"user": user_id, "provider": provider, "account": account,

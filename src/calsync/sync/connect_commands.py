@@ -28,6 +28,7 @@ from calsync.sync.tenants import (
     remove_tenant,
     retry_refused,
     save_tenant,
+    take_back,
     tenant_connections,
 )
 
@@ -275,7 +276,7 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
                 health[c.status] = health.get(c.status, 0) + 1
             data.append({"id": t.public_id, "provider": t.provider, "name": t.name,
                          "domains": list(t.domains or []), "users": len(conns),
-                         "health": health,
+                         "health": health, "left_out": list(t.left_out or []),
                          "problems": [{"user": c.user_id, "connection": c.public_id,
                                        "status": c.status, "error": c.last_error}
                                       for c in conns if c.status != "ok"]})
@@ -290,16 +291,32 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
                    f"{', '.join(d['domains'])}  users: {d['users']} ({health_text})")
         for p in d["problems"]:
             click.echo(f"  {p['user']} ({p['connection']}): {p['status']}: {p['error']}")
+        if d["left_out"]:
+            click.echo(f"  left out (disconnected; `tenants onboard --user USER` takes them "
+                       f"back): {', '.join(d['left_out'])}")
 
 
 @tenants_group.command("onboard")
+@click.option("--user", "users", multiple=True, metavar="USER",
+              help="Connect USER again although their connection was disconnected "
+                   "(repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def tenants_onboard(ctx: click.Context, as_json: bool) -> None:
-    """Connect the users imported since (and retry refused ones) for every organisation."""
+def tenants_onboard(ctx: click.Context, users: tuple[str, ...], as_json: bool) -> None:
+    """Connect the users imported since (and retry refused ones) for every organisation.
+
+    A user whose connection through an organisation was disconnected stays out until named
+    with --user."""
     app = _app(ctx)
     db = app.migrated_db()
     now = _now()
+    if users:
+        with db.session() as s:
+            tenant_ids = list(s.scalars(select(Tenant.id)))
+            for user in users:
+                if not any([take_back(s, tid, user) for tid in tenant_ids]):
+                    raise click.UsageError(f"--user {user}: no organisation left them out "
+                                           "(see `calsync tenants list`)")
     reports = onboard_all(app.settings, db, now, discover_through(app.settings))
     with db.read_session() as s:
         ids = list(s.scalars(select(Tenant.id)))
@@ -310,7 +327,9 @@ def tenants_onboard(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     for r in reports:
-        click.echo(f"{r.tenant}: {len(r.connected)} newly connected, {len(r.refused)} refused")
+        click.echo(f"{r.tenant}: {len(r.connected)} newly connected, {len(r.refused)} refused"
+                   + (f", {len(r.left_out)} left out ({', '.join(r.left_out)})"
+                      if r.left_out else ""))
 
 
 @tenants_group.command("remove")

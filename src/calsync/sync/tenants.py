@@ -57,11 +57,12 @@ class OnboardReport:
     already: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # user id -> what to do
     own: list[str] = field(default_factory=list)  # users with their own sign-in to it
+    left_out: list[str] = field(default_factory=list)  # disconnected: not connected again
 
     def as_dict(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "matched": self.matched,
                 "connected": len(self.connected), "already_connected": self.already,
-                "own_sign_in": sorted(self.own),
+                "own_sign_in": sorted(self.own), "left_out": sorted(self.left_out),
                 "refused": [{"user": u, "error": e} for u, e in sorted(self.refused.items())]}
 
 
@@ -152,12 +153,16 @@ def onboard(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
             Connection.provider == provider, Connection.tenant_id.is_(None))).all()
         signed_in = {(u, (a or "").lower()) for u, a in own_rows}
         own = {"mode": "app_only"} if provider == "outlook" else {"mode": "domain_wide"}
+        left_out = set(tenant.left_out or [])
     report.matched = len(users)
     for user_id, email in users:
         if progress is not None:
             progress(user_id)
         if user_id in have:
             report.already += 1
+            continue
+        if user_id in left_out:  # their connection was disconnected: they stay out
+            report.left_out.append(user_id)
             continue
         if (user_id, email.lower()) in signed_in:
             report.own.append(user_id)
@@ -235,6 +240,24 @@ def retry_refused(settings: Settings, db: Database, tenant_id: int, now: dt.date
                              if k != "tenant_refused"}
             fixed.append(conn.user_id)
     return fixed
+
+
+def leave_out(s: Session, tenant_id: int, user_id: str) -> None:
+    """Remember that ``user_id``'s connection through the tenant was disconnected: the
+    tenant's onboarding no longer connects them (:func:`take_back` undoes it)."""
+    tenant = s.get(Tenant, tenant_id)
+    if tenant is not None and user_id not in (tenant.left_out or []):
+        tenant.left_out = sorted({*(tenant.left_out or []), user_id})
+
+
+def take_back(s: Session, tenant_id: int, user_id: str) -> bool:
+    """Let the tenant's onboarding connect ``user_id`` again; False when they were not
+    left out."""
+    tenant = s.get(Tenant, tenant_id)
+    if tenant is None or user_id not in (tenant.left_out or []):
+        return False
+    tenant.left_out = [u for u in tenant.left_out if u != user_id]
+    return True
 
 
 def onboard_all(settings: Settings, db: Database, now: dt.datetime,
