@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from calsync.db.models import Connection, Tenant
 from calsync.db.session import Database
 from calsync.schedule.store import import_document
+from calsync_google.delegation import forget_impersonations
 from tests.conftest import SECRET
 from tests.emulators.google import GoogleEmulator
 
@@ -33,6 +34,7 @@ def google() -> Iterator[GoogleEmulator]:
         for email in MEMBERS:
             emulator.add_account(email)
         yield emulator
+    forget_impersonations()  # tokens of this emulator's users
 
 
 @pytest.fixture
@@ -121,3 +123,28 @@ def test_a_delegation_not_authorised_is_refused_in_one_line_and_stores_nothing(
     with db.read_session() as s:
         assert s.scalar(select(func.count()).select_from(Tenant)) == 0
         assert s.scalar(select(func.count()).select_from(Connection)) == 0
+
+
+def test_a_users_token_serves_their_later_syncs_until_it_expires(
+        workspace: tuple[Database, Path, Any], google: GoogleEmulator,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # 10,000 users on a 5-minute cycle would otherwise sign a JWT grant per user per sync
+    # (33/s against Google's token endpoint) for tokens that live an hour
+    db, key_file, key = workspace
+    google.delegate(key["client_id"], DOMAIN)
+    code, out, err = calsync(monkeypatch, capsys, "connect", "google-domain", "--domain",
+                             DOMAIN, "--service-account-key-file", str(key_file), "--json")
+    assert code == 0, err
+    grants = "token:urn:ietf:params:oauth:grant-type:jwt-bearer"
+    after_connect = google.counts[grants]
+    for _ in range(2):  # two more rounds of every member's sync
+        for email in MEMBERS:
+            code, out, err = calsync(monkeypatch, capsys, "sync", "--user",
+                                     email.split("@")[0], "--json")
+            assert code == 0, err
+    assert google.counts[grants] == after_connect
+    # once a token has expired, the next sync signs one new grant for that user
+    google.access_tokens.clear()  # Google forgets them: the next call answers 401
+    code, out, err = calsync(monkeypatch, capsys, "sync", "--user", "tech1", "--json")
+    assert code == 0, err
+    assert google.counts[grants] == after_connect + 1

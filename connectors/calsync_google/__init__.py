@@ -89,7 +89,7 @@ class GoogleFactory:
         domain = str(ctx.credentials.get("domain") or ctx.account.rsplit("@", 1)[1])
         runner.refusal = lambda error: delegation.refused(
             ctx.account, domain, str(key.get("client_id") or "?"), error)
-        return GoogleConnector(ctx.settings, ctx.account, creds,  # type: ignore[arg-type]
+        return GoogleConnector(ctx.settings, ctx.account, creds,
                                make_http(ctx.settings, ctx.http), runner,
                                store_credentials=False,
                                more_http=http_maker(ctx.settings, ctx.http))

@@ -73,7 +73,8 @@ class GoogleConnector:
         self.http = http
         self.runner = runner
         self.api = calendar_api(settings)
-        shared = SharedCredentials(creds)
+        # credentials kept between syncs (domain-wide delegation) come shared already
+        shared = creds if isinstance(creds, SharedCredentials) else SharedCredentials(creds)
         runner.bind(authorized_http(shared, http), None if more_http is None else
                     lambda: authorized_http(shared, more_http()))
         # Up to sync.calendar_write_concurrency writes to one calendar at once, each

@@ -5,11 +5,17 @@ Workspace admin for the Calendar scope, impersonates each user of the domain (go
 Stored credentials (sealed by the core): the tenant row holds ``{"mode": "domain_wide",
 "domain", "service_account_key": <the JSON key file>}``; each user's connection adds only
 ``{"mode": "domain_wide"}``. Tokens are per user (Google issues one per subject), obtained
-with a signed JWT and never stored: there is no refresh token.
+with a signed JWT and never stored: there is no refresh token. Each process keeps a user's
+credentials (and so their token, for its hour) between syncs, so a user on a 5-minute cycle
+costs one grant an hour, not one a sync.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from google.oauth2 import service_account
@@ -40,14 +46,43 @@ def check_key(key: Any, where: str = "--service-account-key-file") -> dict[str, 
     return key
 
 
-def impersonating(creds: dict[str, Any], subject: str) -> service_account.Credentials:
+KEPT_USERS = 20_000  # users whose credentials a process keeps (least recently used go)
+_kept: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def impersonating(creds: dict[str, Any], subject: str) -> Any:
+    """Credentials acting for ``subject``: the same object for every sync of that user with
+    the same key (google-auth refreshes its token when it expires or is refused), shared by
+    the threads that use it (:class:`~calsync_google.client.SharedCredentials`)."""
+    from calsync_google.client import SharedCredentials
+
     key = check_key(creds.get("service_account_key"), "stored service-account key")
+    # the whole key file: a new key (or token URI) is new credentials
+    which = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    kept = (str(key.get("client_email")), which, subject.lower())
+    with _kept_lock:
+        found = _kept.get(kept)
+        if found is not None:
+            _kept.move_to_end(kept)
+            return found
     try:
-        return service_account.Credentials.from_service_account_info(  # type: ignore[no-any-return,no-untyped-call]
-            key, scopes=[SCOPE], subject=subject)
+        made = SharedCredentials(service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            key, scopes=[SCOPE], subject=subject))
     except (ValueError, KeyError) as exc:
         raise UserError("the stored service-account key cannot be read; run `calsync connect "
                         "google-domain` again with a new key") from exc
+    with _kept_lock:
+        made = _kept.setdefault(kept, made)
+        while len(_kept) > KEPT_USERS:
+            _kept.popitem(last=False)
+    return made
+
+
+def forget_impersonations() -> None:
+    """Drop every kept user's credentials (tests; a key withdrawn by the admin)."""
+    with _kept_lock:
+        _kept.clear()
 
 
 class NotAuthorised(ProviderError):
