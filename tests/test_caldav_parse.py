@@ -1,4 +1,4 @@
-"""The pure ICS normaliser of the CalDAV connector (calsync_caldav.parse / render)."""
+"""The pure ICS normaliser the CalDAV connector uses (calsync.ical.parse) and its renderer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from calsync.sync.connector import Occurrence, OutgoingEvent, RemoteEvent, Window
-from calsync_caldav.parse import CalendarParse, ParseOptions, parse_calendar, parse_resource
+from calsync.ical.parse import CalendarParse, ParseOptions, parse_calendar, parse_resource
 from calsync_caldav.render import render_event
 
 UTC = dt.timezone.utc
@@ -286,7 +286,7 @@ def test_broken_lines_inside_the_text_never_reach_notes() -> None:
 
 
 def test_a_file_icalendar_refuses_whole_names_the_line_at_fault() -> None:
-    from calsync_caldav.parse import unreadable_reason
+    from calsync.ical.parse import unreadable_reason
 
     text = cal(f"UID:abc@x\r\n{PRIVATE}DTSTART;VALUE=DATE,DATE-TIME:20260301\r\n")
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from calsync.config import Settings
 from calsync.sync.connector import ConnectContext, Occurrence, Window, load_connector_factory
-from calsync_caldav.parse import ParseOptions, parse_calendar, parse_resource
+from calsync.ical.parse import ParseOptions, parse_calendar, parse_resource
 from tests.caldav_servers import (  # noqa: F401 - fixtures used by name
     DavServer,
     dav_server,
