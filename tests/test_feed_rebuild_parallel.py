@@ -117,18 +117,25 @@ def test_a_failing_worker_leaves_the_chunk_unwritten_and_reports_its_users(
     assert sorted(again.rendered) == USERS and again.failed == []
 
 
-def test_a_dying_worker_fails_its_chunk_and_later_chunks_render_in_process(
-        db, linked, monkeypatch) -> None:
-    _load(db, linked, NOW)
+def in_workers(monkeypatch: pytest.MonkeyPatch, action: Any) -> Any:
+    """Make every render in a worker process run ``action`` first (the parent renders as
+    before); returns the real renderer."""
     parent = os.getpid()
     real = ics.render_event
 
-    def dying(item, template=""):  # type: ignore[no-untyped-def]
+    def render(item, template=""):  # type: ignore[no-untyped-def]
         if os.getpid() != parent:
-            os._exit(3)
+            action()
         return real(item, template)
 
-    monkeypatch.setattr(ics, "render_event", dying)
+    monkeypatch.setattr(ics, "render_event", render)
+    return real
+
+
+def test_a_dying_worker_fails_its_chunk_and_later_chunks_render_in_process(
+        db, linked, monkeypatch) -> None:
+    _load(db, linked, NOW)
+    in_workers(monkeypatch, lambda: os._exit(3))
     with _workers() as pool:
         first = rebuild_all_feeds(linked, db, NOW, pool=pool)
         assert first.rendered == [] and sorted(first.failed) == USERS
@@ -142,15 +149,7 @@ def test_a_hung_worker_is_stopped_and_fails_its_chunk(db, linked, monkeypatch) -
     # a worker stuck for good (say, on a lock another thread of the parent held when it
     # forked) must not hold the nightly rebuild for ever
     _load(db, linked, NOW)
-    parent = os.getpid()
-    real = ics.render_event
-
-    def hanging(item, template=""):  # type: ignore[no-untyped-def]
-        if os.getpid() != parent:
-            time.sleep(120)
-        return real(item, template)
-
-    monkeypatch.setattr(ics, "render_event", hanging)
+    real = in_workers(monkeypatch, lambda: time.sleep(120))
     done: dict[str, Any] = {}
     with RenderPool(workers=2, min_fragments=1, answer_seconds=1.0) as pool:
         worker = threading.Thread(

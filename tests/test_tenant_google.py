@@ -75,20 +75,28 @@ def calsync(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     return code, out, err
 
 
-def test_every_user_of_the_domain_is_impersonated_and_synced(
-        workspace: tuple[Database, Path, Any], google: GoogleEmulator,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    db, key_file, key = workspace
+def connect_domain(google: GoogleEmulator, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str], key_file: Path, key: Any
+                   ) -> tuple[Any, str]:
+    """The admin authorises the service account, then `calsync connect google-domain`;
+    its JSON summary and what it printed."""
     google.delegate(key["client_id"], DOMAIN)
     code, out, err = calsync(monkeypatch, capsys, "connect", "google-domain", "--domain",
                              DOMAIN, "--service-account-key-file", str(key_file), "--json")
     assert code == 0, err
-    summary = json.loads(out)
+    return json.loads(out), out
+
+
+def test_every_user_of_the_domain_is_impersonated_and_synced(
+        workspace: tuple[Database, Path, Any], google: GoogleEmulator,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    db, key_file, key = workspace
+    summary, printed = connect_domain(google, monkeypatch, capsys, key_file, key)
     assert summary["matched"] == len(MEMBERS) + 1 and summary["connected"] == len(MEMBERS)
     [refused] = summary["refused"]
     assert refused["user"] == "ghost" and "does not know" in refused["error"]
     assert summary["synced"] == {"ok": len(MEMBERS), "failed": 0}
-    assert key["private_key"] not in out
+    assert key["private_key"] not in printed
     # each user's own (primary) calendar got their job, written as that user
     for email in MEMBERS:
         copies = [e for e in google.events(email).values() if e.get("status") != "cancelled"]
@@ -131,10 +139,7 @@ def test_a_users_token_serves_their_later_syncs_until_it_expires(
     # 10,000 users on a 5-minute cycle would otherwise sign a JWT grant per user per sync
     # (33/s against Google's token endpoint) for tokens that live an hour
     db, key_file, key = workspace
-    google.delegate(key["client_id"], DOMAIN)
-    code, out, err = calsync(monkeypatch, capsys, "connect", "google-domain", "--domain",
-                             DOMAIN, "--service-account-key-file", str(key_file), "--json")
-    assert code == 0, err
+    connect_domain(google, monkeypatch, capsys, key_file, key)
     grants = "token:urn:ietf:params:oauth:grant-type:jwt-bearer"
     after_connect = google.counts[grants]
     for _ in range(2):  # two more rounds of every member's sync
