@@ -7,7 +7,7 @@ regenerates the feed link (the old one 404s) and turns private mode off and on. 
 dispatcher opens the board, sees that event only as "Busy", finds a free slot and books
 it; a second dispatcher's booking of the same slot shows the conflict. Both pages are
 checked with axe-core (no serious or critical violations) and photographed into
-tests/artifacts/."""
+tests/artifacts/. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def _link(base: str, admin: str, body: dict[str, str]) -> str:
     return str(r.json()["url"])
 
 
-def test_technician_and_dispatcher_in_chromium(sqlite_db, radicale_server) -> None:
-    db = sqlite_db
+def test_technician_and_dispatcher_in_chromium(db, radicale_server) -> None:
+    # on both engines: the pages' reads and writes are the product's, not SQLite's
     tag = uuid.uuid4().hex[:6]
     jobs_cal, personal_cal = f"Work jobs {tag}", f"Personal {tag}"
     server = radicale_server
