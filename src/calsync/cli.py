@@ -202,13 +202,10 @@ SUBSYSTEM_COMMANDS = {
 class LazyGroup(click.Group):
     """The top-level group: subsystem commands are imported on first use."""
 
-    loaded = False
     _listing = False
 
     def load_subsystems(self, modules: tuple[str, ...] = SUBSYSTEM_MODULES) -> None:
-        if not self.loaded:
-            self.loaded = set(modules) >= set(SUBSYSTEM_MODULES)
-            _register_subsystem_commands(modules)
+        _register_subsystem_commands(modules)  # each module once
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(SUBSYSTEM_COMMANDS))

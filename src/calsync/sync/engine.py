@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, lazyload
 
@@ -55,6 +55,7 @@ from calsync.db.models import (
     User,
 )
 from calsync.db.session import Database
+from calsync.db.statements import update_by_id
 from calsync.errors import (
     AlreadyExists,
     CalendarSuddenlyEmpty,
@@ -741,15 +742,6 @@ class _Executor:
 Record = Callable[[Session], None]  # a calendar's closing write, run in a given session
 
 
-@functools.lru_cache(maxsize=64)
-def _calendar_update(columns: tuple[str, ...]) -> Any:
-    """The closing update of a calendar setting ``columns`` (Core: no ORM bookkeeping for a
-    row nobody holds), built once per set of columns."""
-    table = cast(Table, Calendar.__table__)
-    return update(table).where(table.c.id == bindparam("b_id")) \
-        .values({name: bindparam(name) for name in columns})
-
-
 def sync_calendar(db: Database, settings: Settings, calendar: int | _CalendarInfo,
                   connector: Connector, now: dt.datetime, call: Call = direct_call,
                   finish: list[Record] | None = None) -> CalendarResult:
@@ -871,7 +863,9 @@ def sync_calendar(db: Database, settings: Settings, calendar: int | _CalendarInf
                             .where(ExternalEvent.calendar_id == info.id)) or 0)
         extra = {"empty_confirmed": False} if known > 0 else {}
         row = {"known_items": known, **extra, **values}
-        s.execute(_calendar_update(tuple(sorted(row))), {"b_id": info.id, **row})
+        # Core: no ORM bookkeeping for a row nobody holds
+        s.execute(update_by_id(cast(Table, Calendar.__table__), tuple(sorted(row))),
+                  {"b_id": info.id, **row})
 
     if finish is not None:
         finish.append(record)

@@ -45,6 +45,7 @@ from calsync import metrics
 from calsync.config import Settings
 from calsync.db.models import Calendar, Connection, User
 from calsync.db.session import Database
+from calsync.db.statements import update_by_id
 from calsync.errors import (
     CalendarGone,
     CalendarSuddenlyEmpty,
@@ -149,6 +150,17 @@ def _lease_taken_over(conn: Connection, owner: str, now: dt.datetime) -> bool:
 _connections: Table = cast(Table, Connection.__table__)
 
 
+def _due(now: Any) -> tuple[Any, ...]:
+    """Due (never synced, or its time has come) and not waiting for a new sign-in."""
+    c = _connections.c
+    return (or_(c.next_sync_at.is_(None), c.next_sync_at <= now), c.status != "needs_reauth")
+
+
+_OVERDUE_FIRST = (_connections.c.next_sync_at.is_not(None), _connections.c.next_sync_at,
+                  _connections.c.id)
+
+
+@functools.lru_cache(maxsize=4)
 def _claim_statements(dialect: str) -> tuple[Any, Any]:
     """The claim's select and lease update, built once per dialect (a worker claims for
     every sync it runs: building and caching-key the statements each time cost more than
@@ -156,19 +168,14 @@ def _claim_statements(dialect: str) -> tuple[Any, Any]:
     c = _connections
     now = bindparam("now", type_=c.c.next_sync_at.type)
     pick = (select(c.c.id, c.c.lease_owner)
-            .where(or_(c.c.next_sync_at.is_(None), c.c.next_sync_at <= now),
-                   c.c.status != "needs_reauth",
-                   or_(c.c.lease_until.is_(None), c.c.lease_until <= now))
-            .order_by(c.c.next_sync_at.is_not(None), c.c.next_sync_at, c.c.id)
+            .where(*_due(now), or_(c.c.lease_until.is_(None), c.c.lease_until <= now))
+            .order_by(*_OVERDUE_FIRST)
             .limit(bindparam("limit", type_=Integer)))
     if dialect == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     lease = (update(c).where(c.c.id.in_(bindparam("ids", expanding=True)))
              .values(lease_owner=bindparam("owner"), lease_until=bindparam("until")))
     return pick, lease
-
-
-_CLAIM: dict[str, tuple[Any, Any]] = {}
 
 
 def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
@@ -178,8 +185,7 @@ def claim_due(db: Database, owner: str, now: dt.datetime, lease_seconds: int,
     as free. One transaction for the lot; on PostgreSQL only the rows taken are locked
     (``SKIP LOCKED``), so workers claiming at the same time each get their own. The index
     ``ix_connections_due`` serves the query."""
-    pick, lease = _CLAIM.get(db.dialect) or _CLAIM.setdefault(
-        db.dialect, _claim_statements(db.dialect))
+    pick, lease = _claim_statements(db.dialect)
     until = now + dt.timedelta(seconds=lease_seconds)
     with db.session() as s:
         conn = s.connection()
@@ -200,11 +206,9 @@ def _claim_from_dead_holders(s: Any, dialect: str, owner: str, now: dt.datetime,
     """Due connections under a live lease of a process of this host that is gone (a
     crashed worker), up to ``limit``."""
     q = (select(Connection)
-         .where(or_(Connection.next_sync_at.is_(None), Connection.next_sync_at <= now),
-                Connection.status != "needs_reauth", Connection.lease_until > now,
+         .where(*_due(now), Connection.lease_until > now,
                 Connection.lease_owner.like(f"{HOST}:%"), Connection.lease_owner != owner)
-         .order_by(Connection.next_sync_at.is_not(None), Connection.next_sync_at,
-                   Connection.id)
+         .order_by(*_OVERDUE_FIRST)
          .limit(50))
     if dialect == "postgresql":
         q = q.with_for_update(skip_locked=True)
@@ -541,7 +545,8 @@ def _record_connection(settings: Settings, s: Any, dialect: str, connection_id: 
         values["next_sync_at"] = max(later or now, next_due(settings, now, rng))
     if release and row.lease_owner == owner:
         values.update(lease_owner=None, lease_until=None)
-    s.execute(_connection_update(tuple(sorted(values))), {"b_id": connection_id, **values})
+    s.execute(update_by_id(_connections, tuple(sorted(values))),
+              {"b_id": connection_id, **values})
 
 
 _FINISHED = select(_connections.c.public_id, _connections.c.user_id, _connections.c.provider,
@@ -549,14 +554,6 @@ _FINISHED = select(_connections.c.public_id, _connections.c.user_id, _connection
                    _connections.c.next_sync_at, _connections.c.lease_owner) \
     .where(_connections.c.id == bindparam("connection_id"))
 _FINISHED_LOCKED = _FINISHED.with_for_update()
-
-
-@functools.lru_cache(maxsize=64)
-def _connection_update(columns: tuple[str, ...]) -> Any:
-    """The update of a finished sync setting ``columns``, built once per set of columns."""
-    c = _connections.c
-    return update(_connections).where(c.id == bindparam("b_id")) \
-        .values({name: bindparam(name) for name in columns})
 
 
 def _sync_claimed(settings: Settings, db: Database, cid: int, now: dt.datetime, owner: str,
