@@ -28,7 +28,7 @@ import datetime as dt
 import os
 import time
 from collections import namedtuple
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -300,21 +300,30 @@ def _render_stored(url: str, template: str, settings_hash: str,
         engine = _worker_engines[os.getpid(), url] = make_engine(url, pool_size=1)
         # close the connection when the worker exits (multiprocessing runs these)
         Finalize(None, engine.dispose, exitpriority=10)
-    pg = engine.dialect.name == "postgresql"
-    columns = _RENDER_COLUMNS if pg else _sqlite_render_columns()
-    make: Any = _RenderRow._make if pg else _sqlite_item
-    render, fragment_key = ics.render_event, ics.fragment_key
     out_pks: list[int] = []
     fragments: list[str] = []
     keys: list[str] = []
     with engine.connect() as conn:
-        rows = conn.execute(select(*columns).where(_among_on(pg, _items.c.pk, pks))).all()
-    for row in rows:
-        item = make(row)
-        out_pks.append(item.pk)
-        fragments.append(render(item, template))
-        keys.append(fragment_key(item.content_hash, item.sequence, settings_hash))
+        for pk, fragment, key in _rendered(conn.execute, engine.dialect.name == "postgresql",
+                                           pks, template, settings_hash):
+            out_pks.append(pk)
+            fragments.append(fragment)
+            keys.append(key)
     return out_pks, fragments, keys
+
+
+def _rendered(execute: Callable[[Any], Any], pg: bool, pks: Sequence[int], template: str,
+              settings_hash: str) -> Iterator[tuple[int, str, str]]:
+    """Read the full rows of ``pks`` through ``execute`` and render each: its primary key,
+    fragment and fragment key (in this process or a render worker)."""
+    columns = _RENDER_COLUMNS if pg else _sqlite_render_columns()
+    make: Any = _RenderRow._make if pg else _sqlite_item  # plain attributes: Row's cost 2x
+    render, fragment_key = ics.render_event, ics.fragment_key
+    for batch in _batches(pks):
+        for row in execute(select(*columns).where(_among_on(pg, _items.c.pk, batch))):
+            item = make(row)
+            yield item.pk, render(item, template), fragment_key(item.content_hash,
+                                                                item.sequence, settings_hash)
 
 
 def _render_fragments(session: Session, pks: list[int], template: str, settings_hash: str,
@@ -322,15 +331,10 @@ def _render_fragments(session: Session, pks: list[int], template: str, settings_
     """Render the fragments of ``pks`` from their full rows; their new fragment keys go
     to ``keys``."""
     out: dict[int, str] = {}
-    render, fragment_key = ics.render_event, ics.fragment_key
-    pg = _is_pg(session)
-    columns = _RENDER_COLUMNS if pg else _sqlite_render_columns()
-    make = _RenderRow._make if pg else _sqlite_item  # plain attributes: Row's cost 2x
-    for batch in _batches(pks):
-        for row in session.execute(select(*columns).where(_among(session, _items.c.pk, batch))):
-            item: Any = make(row)
-            out[item.pk] = render(item, template)
-            keys[item.pk] = fragment_key(item.content_hash, item.sequence, settings_hash)
+    for pk, fragment, key in _rendered(session.execute, _is_pg(session), pks, template,
+                                       settings_hash):
+        out[pk] = fragment
+        keys[pk] = key
     return out
 
 
