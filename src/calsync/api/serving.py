@@ -43,12 +43,11 @@ def app_from_environment() -> FastAPI:
     from calsync.cli import follow_port
     from calsync.config import load_settings
     from calsync.db.session import Database, pool_size_for
+    from calsync.heap import freeze_startup_heap
     from calsync.secrets import resolve_secret_key
 
     settings = resolve_secret_key(load_settings(os.environ.get(CONFIG_ENV) or None))
     port = os.environ.get(PORT_ENV)
-    from calsync.heap import freeze_startup_heap
-
     settings = follow_port(settings, os.environ.get(HOST_ENV), int(port) if port else None)
     app = create_app(settings, Database(settings.database.url, echo=settings.database.echo,
                                         pool_size=pool_size_for(settings)))

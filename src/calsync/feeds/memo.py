@@ -70,6 +70,12 @@ class MemoEntry:
     def size(self) -> int:
         return len(self.body) + len(self.gzip_body or b"")
 
+    def same_link(self, feed_version: int, enabled: Any, deleted_at: Any) -> bool:
+        """Whether the user's link material, read again, is what this entry was served
+        with (a regenerated, disabled or deleted link is not)."""
+        return feed_version == self.feed_version \
+            and (bool(enabled) and deleted_at is None) == self.servable
+
 
 class FeedMemo:
     """Served feeds of one database, held in this process."""
@@ -169,9 +175,8 @@ class FeedMemo:
         if row is None:
             return False
         feed_version, enabled, deleted_at, etag, dirty = row
-        servable = bool(enabled) and deleted_at is None
-        return (feed_version == entry.feed_version and servable == entry.servable
-                and etag == entry.etag and not dirty)
+        return entry.same_link(feed_version, enabled, deleted_at) and etag == entry.etag \
+            and not dirty
 
     def _link_still_valid(self, entry: MemoEntry) -> bool:
         """PostgreSQL: NOTIFY arrives a moment after another process commits, so the link
@@ -185,10 +190,7 @@ class FeedMemo:
                     {"u": entry.user_id}).first()
         except Exception:  # noqa: BLE001 - no answer: serve nothing from memory
             return False
-        if row is None:
-            return False
-        servable = bool(row[1]) and row[2] is None
-        return row[0] == entry.feed_version and servable == entry.servable
+        return row is not None and entry.same_link(*row)
 
     def refresh(self, user_id: str, etag: str, fetch_recorded: float) -> bool:
         """The user's valid entry has ``etag``: note that the fetch time was written at
