@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 
 from calsync.api.auth import Principal, PrincipalDep
-from calsync.db.models import Tenant, utcnow
-from calsync.sync.tenants import find_tenant, remove_tenant, tenant_connections
+from calsync.db.models import utcnow
+from calsync.sync.tenants import find_tenant, remove_tenant, tenant_overviews
 
 router = APIRouter(tags=["organisations"])
 
@@ -29,21 +28,13 @@ def list_tenants(request: Request, who: Principal = PrincipalDep) -> dict[str, A
     "connections": [{"id", "user_id", "account", "status", "last_sync_at",
     "last_error"}]}]}``; never a credential."""
     who.require("admin", "dispatcher")
-    out = []
     with request.app.state.db.read_session() as s:
-        for t in s.scalars(select(Tenant).order_by(Tenant.id)):
-            conns = tenant_connections(s, t.id)
-            health: dict[str, int] = {}
-            for c in conns:
-                health[c.status] = health.get(c.status, 0) + 1
-            out.append({"id": t.public_id, "provider": t.provider, "name": t.name,
-                        "domains": list(t.domains or []), "users": len(conns),
-                        "health": health, "left_out": list(t.left_out or []),
-                        "created_at": _iso(t.created_at),
-                        "connections": [{"id": c.public_id, "user_id": c.user_id,
-                                         "account": c.account, "status": c.status,
-                                         "last_sync_at": _iso(c.last_sync_at),
-                                         "last_error": c.last_error} for c in conns]})
+        out = [{**overview, "created_at": _iso(t.created_at),
+                "connections": [{"id": c.public_id, "user_id": c.user_id,
+                                 "account": c.account, "status": c.status,
+                                 "last_sync_at": _iso(c.last_sync_at),
+                                 "last_error": c.last_error} for c in conns]}
+               for t, overview, conns in tenant_overviews(s)]
     return {"tenants": out}
 
 

@@ -30,6 +30,7 @@ from calsync.sync.tenants import (
     save_tenant,
     take_back,
     tenant_connections,
+    tenant_overviews,
 )
 
 
@@ -268,18 +269,11 @@ def tenants_group() -> None:
 def tenants_list(ctx: click.Context, as_json: bool) -> None:
     """Each organisation with its domains and its users' health."""
     with _app(ctx).migrated_db().read_session() as s:
-        data = []
-        for t in s.scalars(select(Tenant).order_by(Tenant.id)):
-            conns = tenant_connections(s, t.id)
-            health: dict[str, int] = {}
-            for c in conns:
-                health[c.status] = health.get(c.status, 0) + 1
-            data.append({"id": t.public_id, "provider": t.provider, "name": t.name,
-                         "domains": list(t.domains or []), "users": len(conns),
-                         "health": health, "left_out": list(t.left_out or []),
-                         "problems": [{"user": c.user_id, "connection": c.public_id,
-                                       "status": c.status, "error": c.last_error}
-                                      for c in conns if c.status != "ok"]})
+        data = [{**overview,
+                 "problems": [{"user": c.user_id, "connection": c.public_id,
+                               "status": c.status, "error": c.last_error}
+                              for c in conns if c.status != "ok"]}
+                for _t, overview, conns in tenant_overviews(s)]
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -314,6 +308,7 @@ def tenants_onboard(ctx: click.Context, users: tuple[str, ...], as_json: bool) -
         with db.session() as s:
             tenant_ids = list(s.scalars(select(Tenant.id)))
             for user in users:
+                # every organisation that left them out takes them back (no short cut)
                 if not any([take_back(s, tid, user) for tid in tenant_ids]):
                     raise click.UsageError(f"--user {user}: no organisation left them out "
                                            "(see `calsync tenants list`)")

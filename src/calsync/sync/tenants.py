@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,6 +293,23 @@ def onboard_due(settings: Settings, db: Database, now: dt.datetime,
 def tenant_connections(s: Session, tenant_id: int) -> list[Connection]:
     return list(s.scalars(select(Connection).where(Connection.tenant_id == tenant_id)
                           .order_by(Connection.user_id)))
+
+
+def tenant_overviews(s: Session
+                     ) -> Iterator[tuple[Tenant, dict[str, Any], list[Connection]]]:
+    """Each organisation, oldest first, with what ``tenants list`` and ``GET /api/tenants``
+    both show of it (``{"id", "provider", "name", "domains", "users", "health": {status:
+    count}, "left_out"}``; never a credential) and its users' connections."""
+    for t in s.scalars(select(Tenant).order_by(Tenant.id)):
+        conns = tenant_connections(s, t.id)
+        health: dict[str, int] = {}
+        for c in conns:
+            health[c.status] = health.get(c.status, 0) + 1
+        overview: dict[str, Any] = {
+            "id": t.public_id, "provider": t.provider, "name": t.name,
+            "domains": list(t.domains or []), "users": len(conns), "health": health,
+            "left_out": list(t.left_out or [])}
+        yield t, overview, conns
 
 
 def remove_tenant(settings: Settings, db: Database, tenant_id: int, now: dt.datetime,
