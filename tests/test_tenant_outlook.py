@@ -288,6 +288,7 @@ def test_a_disconnected_user_is_not_connected_again_until_taken_back(
     # an admin takes them back
     code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--user", "nobody")
     assert code != 0 and "no organisation left them out" in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, like every other bad input
     code, out, err = calsync(monkeypatch, capsys, "tenants", "onboard", "--user", "tech001",
                              "--json")
     assert code == 0, err

@@ -310,8 +310,8 @@ def tenants_onboard(ctx: click.Context, users: tuple[str, ...], as_json: bool) -
             for user in users:
                 # every organisation that left them out takes them back (no short cut)
                 if not any([take_back(s, tid, user) for tid in tenant_ids]):
-                    raise click.UsageError(f"--user {user}: no organisation left them out "
-                                           "(see `calsync tenants list`)")
+                    raise UserError(f"--user {user}: no organisation left them out "
+                                    "(see `calsync tenants list`)")
     reports = onboard_all(app.settings, db, now, discover_through(app.settings))
     with db.read_session() as s:
         ids = list(s.scalars(select(Tenant.id)))
